@@ -1,0 +1,21 @@
+"""The built-in commands, added through ``register_commands`` like a plugin's own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaptool.hookspecs import hookimpl
+
+
+@hookimpl
+def register_commands(app: Any) -> None:
+    from adaptool.cli import check, generate, inspect, merge, plugins, pull, push, train
+
+    app.command("train")(train.train_cli)
+    app.command("generate")(generate.generate_cli)
+    app.command("merge")(merge.merge_cli)
+    app.command("push")(push.push_cli)
+    app.command("pull")(pull.pull_cli)
+    app.command("inspect")(inspect.inspect_cli)
+    app.command("check")(check.check_cli)
+    app.command("plugins")(plugins.plugins_cli)

@@ -1,0 +1,194 @@
+"""Built-in formatters: quote-tags (the reference notebook), text, instruction, chat."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from typing import Any
+
+from adaptool.base import Example, Formatter, Options
+from adaptool.errors import DataError, ModelError
+from adaptool.hookspecs import hookimpl
+
+OPEN_QUOTES = ('"', "“", "'", "‘", "«")
+
+
+def _field(row: Mapping[str, Any] | str, column: str, formatter: str) -> Any:
+    if isinstance(row, str):
+        return row
+    try:
+        return row[column]
+    except KeyError:
+        raise DataError(
+            f"formatter '{formatter}' needs the column '{column}', which this row lacks "
+            f"(it has: {', '.join(map(str, row)) or 'nothing'})."
+        ) from None
+
+
+class QuoteTags(Formatter):
+    """``“<quote>” ->: ['tag', ...]`` — the reference notebook's quote tagger."""
+
+    name = "quote-tags"
+    description = "quote -> list of tags, as in the bloom-7b1 LoRA tagger notebook"
+
+    class Options(Options):
+        quote_column: str = "quote"
+        tags_column: str = "tags"
+        separator: str = " ->: "
+
+    def columns(self) -> list[str]:
+        return [self.options.quote_column, self.options.tags_column]
+
+    def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
+        tags = _field(row, self.options.tags_column, self.name)
+        if isinstance(tags, str):
+            completion = tags
+        else:
+            completion = str([str(t) for t in tags])  # the notebook's str(list) rendering
+        return Example(self.generation_prompt(row, tokenizer), completion)
+
+    def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
+        quote = str(_field(raw, self.options.quote_column, self.name)).strip()
+        if not quote.startswith(OPEN_QUOTES):
+            quote = f"“{quote}”"
+        return quote + self.options.separator
+
+    def parse(self, completion: str) -> list[str] | None:
+        """The tag list, when the output is a Python-style list of strings (and nothing else)."""
+        try:
+            value = ast.literal_eval(completion.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+        if isinstance(value, list) and all(isinstance(t, str) for t in value):
+            return value
+        return None
+
+
+class Text(Formatter):
+    """One column used as is; the whole text is trained on."""
+
+    name = "text"
+    description = "a text column used as is (no prompt; everything is trained on)"
+
+    class Options(Options):
+        column: str = "text"
+
+    def columns(self) -> list[str]:
+        return [self.options.column]
+
+    def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
+        return Example("", str(_field(row, self.options.column, self.name)))
+
+    def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
+        return str(_field(raw, self.options.column, self.name))
+
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task{with_input}. "
+    "Write a response that appropriately completes the request."
+)
+
+
+class Instruction(Formatter):
+    """Instruction / optional input / response, in the Alpaca layout."""
+
+    name = "instruction"
+    description = "instruction + optional input -> response (Alpaca layout)"
+
+    class Options(Options):
+        instruction_column: str = "instruction"
+        input_column: str = "input"
+        response_column: str = "output"
+        preamble: bool = True
+
+    def columns(self) -> list[str]:
+        return [self.options.instruction_column, self.options.response_column]
+
+    def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
+        response = _field(row, self.options.response_column, self.name)
+        return Example(self.generation_prompt(row, tokenizer), str(response))
+
+    def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
+        instruction = str(_field(raw, self.options.instruction_column, self.name)).strip()
+        extra = "" if isinstance(raw, str) else str(raw.get(self.options.input_column) or "")
+        extra = extra.strip()
+        parts = []
+        if self.options.preamble:
+            with_input = ", paired with an input that provides further context" if extra else ""
+            parts.append(ALPACA_PREAMBLE.format(with_input=with_input))
+        parts.append(f"### Instruction:\n{instruction}")
+        if extra:
+            parts.append(f"### Input:\n{extra}")
+        parts.append("### Response:\n")
+        return "\n\n".join(parts)
+
+
+class Chat(Formatter):
+    """A list of ``{"role", "content"}`` messages rendered with the tokenizer's chat template;
+    the last (assistant) message is the completion."""
+
+    name = "chat"
+    description = "a messages column rendered with the tokenizer's chat template"
+    prompt_has_special_tokens = True
+
+    class Options(Options):
+        messages_column: str = "messages"
+        system_prompt: str | None = None
+
+    def columns(self) -> list[str]:
+        return [self.options.messages_column]
+
+    def _messages(self, raw: Any) -> list[dict[str, str]]:
+        if isinstance(raw, str):
+            return [{"role": "user", "content": raw}]
+        messages = _field(raw, self.options.messages_column, self.name)
+        if isinstance(messages, str) or not all(
+            isinstance(m, Mapping) and "role" in m and "content" in m for m in messages or []
+        ):
+            raise DataError(
+                f"formatter 'chat' expects the column '{self.options.messages_column}' to hold "
+                f"a list of {{role, content}} messages, found {str(messages)[:80]!r}."
+            )
+        out = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+        if self.options.system_prompt and (not out or out[0]["role"] != "system"):
+            out.insert(0, {"role": "system", "content": self.options.system_prompt})
+        return out
+
+    def _render(self, tokenizer: Any, messages: list[dict[str, str]], *, prompt: bool) -> str:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError(
+                f"formatter 'chat' needs a tokenizer with a chat template; "
+                f"{getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none. Use a chat "
+                f"model's tokenizer or another formatter (instruction, text)."
+            )
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=prompt
+        )
+
+    def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
+        messages = self._messages(row)
+        if not messages or messages[-1]["role"] != "assistant":
+            raise DataError(
+                "formatter 'chat' needs the last message of every conversation to be the "
+                "assistant's (it is the completion trained on)."
+            )
+        prompt = self._render(tokenizer, messages[:-1], prompt=True)
+        full = self._render(tokenizer, messages, prompt=False)
+        if not full.startswith(prompt):
+            raise ModelError(
+                "formatter 'chat': the chat template renders the conversation differently from "
+                "its prompt, so the completion cannot be separated from it."
+            )
+        return Example(prompt, full[len(prompt):])
+
+    def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
+        messages = self._messages(raw)
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        return self._render(tokenizer, messages, prompt=True)
+
+
+@hookimpl
+def register_formatters(register) -> None:  # noqa: ANN001 - typed in hookspecs
+    for cls in (QuoteTags, Text, Instruction, Chat):
+        register(cls)

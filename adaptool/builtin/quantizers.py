@@ -1,0 +1,90 @@
+"""Built-in quantization backends: bitsandbytes 4-bit (nf4/fp4) and 8-bit, and none."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from adaptool.base import Options, Quantizer
+from adaptool.hookspecs import hookimpl
+
+
+class NoQuantization(Quantizer):
+    """Load the base as is (its dtype is the recipe's ``model.dtype``)."""
+
+    name = "none"
+    description = "no quantization: the base in its own dtype"
+    quantized = False
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        return {}
+
+
+def disable_cpu_bf16_repack(model: Any) -> Any:
+    """bitsandbytes 0.50 on CPUs with AVX512-BF16: the first no-grad forward of a Linear4bit
+    repacks its weight for good, after which training fails or silently stops updating and
+    merges come out wrong (see shared COMPAT notes). Turning the fast path off avoids it."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
+class Bnb4bit(Quantizer):
+    """bitsandbytes 4-bit (QLoRA): nf4 or fp4 weights, optional double quantization."""
+
+    name = "bnb-4bit"
+    description = "bitsandbytes 4-bit (nf4|fp4), QLoRA"
+
+    class Options(Options):
+        quant_type: Literal["nf4", "fp4"] = "nf4"
+        double_quant: bool = True
+        compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+        skip_modules: list[str] | None = None
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=self.options.quant_type,
+                bnb_4bit_use_double_quant=self.options.double_quant,
+                bnb_4bit_compute_dtype=getattr(torch, self.options.compute_dtype),
+                llm_int8_skip_modules=self.options.skip_modules,
+            )
+        }
+
+    def after_load(self, model: Any) -> Any:
+        return disable_cpu_bf16_repack(model)
+
+
+class Bnb8bit(Quantizer):
+    """bitsandbytes LLM.int8() 8-bit weights, as in the reference notebook."""
+
+    name = "bnb-8bit"
+    description = "bitsandbytes 8-bit (LLM.int8)"
+
+    class Options(Options):
+        threshold: float = 6.0
+        skip_modules: list[str] | None = None
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        from transformers import BitsAndBytesConfig
+
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_8bit=True,
+                llm_int8_threshold=self.options.threshold,
+                llm_int8_skip_modules=self.options.skip_modules,
+            )
+        }
+
+    def after_load(self, model: Any) -> Any:
+        return disable_cpu_bf16_repack(model)
+
+
+@hookimpl
+def register_quantizers(register) -> None:  # noqa: ANN001 - typed in hookspecs
+    for cls in (NoQuantization, Bnb4bit, Bnb8bit):
+        register(cls)

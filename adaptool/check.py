@@ -1,0 +1,159 @@
+"""``adaptool check``: a recipe's data as the trainer will see it, before any training."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from adaptool.data import check_columns, load_rows, split_eval
+from adaptool.encoding import IGNORE_INDEX, Encoded, encode_examples
+from adaptool.modeling import load_tokenizer
+
+if TYPE_CHECKING:
+    from adaptool.recipe import Recipe
+    from adaptool.registry import Registry
+
+
+@dataclass
+class ExampleView:
+    """One example with its text split into runs that are (or are not) trained on."""
+
+    row: int
+    segments: list[tuple[str, bool]]
+    prompt_tokens: int
+    completion_tokens: int
+    trained_tokens: int
+    truncated: bool
+
+
+@dataclass
+class CheckReport:
+    recipe: Recipe
+    formatter: str
+    formatter_version: str
+    tokenizer: str
+    rows: int
+    train_rows: int
+    eval_rows: int
+    examples: list[ExampleView]
+    token_counts: list[int]
+    over_max_length: int
+    without_eos: int
+    fully_masked: int
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        counts = self.token_counts
+        return {
+            "recipe": str(self.recipe.path),
+            "formatter": self.formatter,
+            "formatter_version": self.formatter_version,
+            "tokenizer": self.tokenizer,
+            "rows": self.rows,
+            "train_rows": self.train_rows,
+            "eval_rows": self.eval_rows,
+            "tokens": {
+                "min": min(counts),
+                "mean": round(statistics.fmean(counts), 1),
+                "max": max(counts),
+                "total": sum(counts),
+            },
+            "max_length": self.recipe.data.max_length,
+            "over_max_length": self.over_max_length,
+            "without_eos": self.without_eos,
+            "fully_masked": self.fully_masked,
+            "examples": [
+                {
+                    "row": e.row,
+                    "text": "".join(t for t, _ in e.segments),
+                    "trained": "".join(t for t, trained in e.segments if trained),
+                    "prompt_tokens": e.prompt_tokens,
+                    "completion_tokens": e.completion_tokens,
+                    "trained_tokens": e.trained_tokens,
+                    "truncated": e.truncated,
+                }
+                for e in self.examples
+            ],
+            "warnings": self.warnings,
+        }
+
+
+def check(recipe: Recipe, *, examples: int = 3, registry: Registry | None = None) -> CheckReport:
+    """Resolve the recipe's plugins, load its tokenizer and dataset, format and tokenize every
+    row, and report what training would see. Raises AdaptoolError subclasses on bad input."""
+    formatter = recipe.formatter(registry)
+    recipe.quantizer(registry)
+    recipe.peft_method(registry)
+    tokenizer = load_tokenizer(recipe.model)
+    rows = load_rows(recipe.data)
+    check_columns(rows, formatter, recipe.data.source)
+    train_rows, eval_rows = split_eval(rows, recipe.data.eval_fraction, recipe.training.seed)
+
+    formatted = [formatter.format(row, tokenizer) for row in rows]
+    encoded = encode_examples(
+        formatted,
+        tokenizer,
+        max_length=recipe.data.max_length,
+        train_on_prompt=recipe.data.train_on_prompt,
+        prompt_has_special_tokens=formatter.prompt_has_special_tokens,
+    )
+    eos = tokenizer.eos_token_id
+    report = CheckReport(
+        recipe=recipe,
+        formatter=formatter.name,
+        formatter_version=formatter.version,
+        tokenizer=str(getattr(tokenizer, "name_or_path", "")),
+        rows=len(rows),
+        train_rows=len(train_rows),
+        eval_rows=len(eval_rows) if eval_rows is not None else 0,
+        examples=[_view(i, e, tokenizer) for i, e in enumerate(encoded[:examples])],
+        token_counts=[len(e.input_ids) for e in encoded],
+        over_max_length=sum(e.truncated for e in encoded),
+        without_eos=sum(not e.ends_with_eos(eos) for e in encoded),
+        fully_masked=sum(e.trained_tokens == 0 for e in encoded),
+    )
+    if report.over_max_length:
+        report.warnings.append(
+            f"{report.over_max_length} of {report.rows} examples exceed max_length = "
+            f"{recipe.data.max_length} tokens and are truncated."
+        )
+    if eos is None:
+        report.warnings.append(
+            "the tokenizer has no EOS token: completions cannot end with one, so the model "
+            "will not learn to stop (generation runs on to max_new_tokens)."
+        )
+    elif report.without_eos:
+        report.warnings.append(
+            f"{report.without_eos} of {report.rows} examples do not end with a trained EOS "
+            f"(cut by max_length): those teach the model not to stop."
+        )
+    if report.fully_masked:
+        report.warnings.append(
+            f"{report.fully_masked} of {report.rows} examples have every label masked (empty "
+            f"completion, or the prompt alone fills max_length): they add nothing to training."
+        )
+    return report
+
+
+def _view(row: int, encoded: Encoded, tokenizer: Any) -> ExampleView:
+    segments: list[tuple[str, bool]] = []
+    run: list[int] = []
+    run_trained: bool | None = None
+    for token, label in zip(encoded.input_ids, encoded.labels, strict=True):
+        trained = label != IGNORE_INDEX
+        if run and trained != run_trained:
+            segments.append((tokenizer.decode(run), bool(run_trained)))
+            run = []
+        run.append(token)
+        run_trained = trained
+    if run:
+        segments.append((tokenizer.decode(run), bool(run_trained)))
+    return ExampleView(
+        row=row,
+        segments=segments,
+        prompt_tokens=encoded.prompt_tokens,
+        completion_tokens=encoded.completion_tokens,
+        trained_tokens=encoded.trained_tokens,
+        truncated=encoded.truncated,
+    )

@@ -1,0 +1,68 @@
+"""``adaptool check RECIPE``: validate a recipe and show the data as training will see it."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from adaptool.cli.options import JsonOpt, RecipeArg, SetOpt
+from adaptool.cli.output import console
+
+
+def check_cli(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    examples: Annotated[int, typer.Option("--examples", "-n", min=0, help="Examples to show.")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate RECIPE, resolve its plugins, load its tokenizer and dataset, and show formatted
+    examples with the part that is trained on marked, token counts and warnings."""
+    from adaptool.check import check
+    from adaptool.recipe import load_recipe
+
+    report = check(load_recipe(recipe, set_ or []), examples=examples)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+        return
+    out = console()
+    r = report.recipe
+    out.print(Text(f"Recipe {r.path}", style="bold"))
+    out.print(f"  model        {r.model.name}", markup=False)
+    out.print(f"  quantization {r.quantization.backend}", markup=False)
+    out.print(f"  peft         {r.peft.method} (r={r.peft.r}, alpha={r.peft.alpha})", markup=False)
+    out.print(f"  formatter    {report.formatter} v{report.formatter_version}", markup=False)
+    out.print(f"  output       {r.output.dir}", markup=False)
+    out.print(
+        f"Data: {report.rows} rows from {r.data.source} "
+        f"(train {report.train_rows}, eval {report.eval_rows})",
+        markup=False,
+    )
+    counts = report.token_counts
+    out.print(
+        f"Tokens per example: min {min(counts)}, mean {statistics.fmean(counts):.1f}, "
+        f"max {max(counts)}; {report.over_max_length} over max_length = {r.data.max_length}",
+        markup=False,
+    )
+    if report.examples:
+        out.print("Examples («…» is trained on, the rest is masked from the loss):", markup=False)
+    for view in report.examples:
+        cut = ", truncated" if view.truncated else ""
+        out.print(
+            f"  row {view.row}: {view.prompt_tokens} prompt + {view.completion_tokens} "
+            f"completion tokens, {view.trained_tokens} trained{cut}",
+            markup=False,
+        )
+        text = Text("    ")
+        for segment, trained in view.segments:
+            if trained:
+                text.append("«" + segment + "»", style="bold green")
+            else:
+                text.append(segment, style="dim")
+        out.print(text, soft_wrap=True)
+    for warning in report.warnings:
+        out.print(Text("warning: ", style="bold yellow") + Text(warning), soft_wrap=True)
+    out.print(Text("The recipe is valid.", style="bold green"))

@@ -1,0 +1,36 @@
+"""Terminal output shared by the commands: one rich console each for stdout and stderr."""
+
+from __future__ import annotations
+
+import functools
+
+from rich.console import Console
+from rich.text import Text
+
+
+@functools.cache
+def console() -> Console:
+    return Console(highlight=False)
+
+
+@functools.cache
+def error_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def print_error(exc: BaseException) -> None:
+    """One paragraph, no traceback; the text is printed as is (no markup, no hard wraps)."""
+    text = Text("error: ", style="bold red")
+    text.append(str(exc))
+    error_console().print(text, soft_wrap=True)
+
+
+def not_yet(command: str, instead: str) -> None:
+    """Refuse a command whose engine has not landed yet, saying what works today."""
+    from adaptool import __version__
+    from adaptool.errors import NotAvailableYet
+
+    raise NotAvailableYet(
+        f"`adaptool {command}` is not available yet in adaptool {__version__}; its engine is "
+        f"still being built. {instead}"
+    )

@@ -1,0 +1,83 @@
+"""Datasets: load a recipe's source with ``datasets``, check it fits the formatter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adaptool.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
+
+    from adaptool.base import Formatter
+    from adaptool.recipe import DataSection
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _quiet_datasets() -> Any:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    return datasets
+
+
+def load_rows(data: DataSection, *, token: str | None = None) -> datasets.Dataset:
+    """The rows of ``data.source`` (a local .jsonl/.json/.csv/.parquet file or a Hub dataset id)
+    for ``data.split``. Raises DataError naming the source when it cannot be read."""
+    ds = _quiet_datasets()
+    source = data.source
+    if data.is_local:
+        path = Path(source)
+        builder = BUILDERS.get(path.suffix.lower())
+        if not path.is_file():
+            raise DataError(f"data.source: the file {path} does not exist.")
+        if builder is None:
+            raise DataError(
+                f"data.source: {path} is not a file type adaptool reads "
+                f"({', '.join(BUILDERS)})."
+            )
+        split = data.split if data.split.startswith("train") else "train"
+        try:
+            return ds.load_dataset(builder, data_files={"train": str(path)}, split=split)
+        except Exception as exc:
+            raise DataError(
+                f"data.source: could not read {path} as {builder}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
+    try:
+        return ds.load_dataset(source, split=data.split, token=token)
+    except Exception as exc:
+        raise DataError(
+            f"data.source: could not load the Hub dataset '{source}' (split '{data.split}'): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Without a "
+            f"network, point data.source at a local .jsonl/.json/.csv/.parquet file."
+        ) from None
+
+
+def check_columns(rows: datasets.Dataset, formatter: Formatter, source: str) -> None:
+    """Refuse an empty dataset or one that lacks a column the formatter needs."""
+    if len(rows) == 0:
+        raise DataError(f"the dataset {source} has no rows (formatter '{formatter.name}').")
+    missing = [c for c in formatter.columns() if c not in rows.column_names]
+    if missing:
+        raise DataError(
+            f"the dataset {source} has no column {', '.join(repr(c) for c in missing)}, which "
+            f"formatter '{formatter.name}' needs (columns found: {', '.join(rows.column_names)}). "
+            f"Rename the column or set the formatter's column option in [data]."
+        )
+
+
+def split_eval(
+    rows: datasets.Dataset, fraction: float, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Hold out ``fraction`` of the rows (at least one) for evaluation."""
+    if fraction <= 0:
+        return rows, None
+    if len(rows) < 2:
+        raise DataError(f"eval_fraction = {fraction} needs at least 2 rows; the dataset has {len(rows)}.")
+    n_eval = max(1, round(len(rows) * fraction))
+    parts = rows.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]

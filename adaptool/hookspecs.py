@@ -1,0 +1,75 @@
+"""The hooks a plugin implements. Each is called once per plugin, with a ``register`` callable
+owned by adaptool that checks what it is given and remembers which plugin gave it.
+
+A plugin is one module with an entry point in the ``adaptool`` group::
+
+    # pyproject.toml of the plugin package
+    [project.entry-points.adaptool]
+    sharegpt = "adaptool_sharegpt"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import typer
+
+    from adaptool.base import Formatter, PeftMethod, Quantizer
+
+hookspec = pluggy.HookspecMarker("adaptool")
+hookimpl = pluggy.HookimplMarker("adaptool")
+
+
+@hookspec
+def register_formatters(register: Callable[[type[Formatter]], None]) -> None:
+    """Register dataset formatters (subclasses of :class:`adaptool.Formatter`).
+
+    Example::
+
+        @adaptool.hookimpl
+        def register_formatters(register):
+            register(ShareGPT)   # ShareGPT.name == "sharegpt"; recipes use formatter = "sharegpt"
+    """
+
+
+@hookspec
+def register_quantizers(register: Callable[[type[Quantizer]], None]) -> None:
+    """Register quantization backends (subclasses of :class:`adaptool.Quantizer`).
+
+    Example::
+
+        @adaptool.hookimpl
+        def register_quantizers(register):
+            register(HQQ4bit)    # recipes use [quantization] backend = "hqq-4bit"
+    """
+
+
+@hookspec
+def register_peft_methods(register: Callable[[type[PeftMethod]], None]) -> None:
+    """Register PEFT methods (subclasses of :class:`adaptool.PeftMethod`).
+
+    Example::
+
+        @adaptool.hookimpl
+        def register_peft_methods(register):
+            register(IA3)        # recipes use [peft] method = "ia3"
+    """
+
+
+@hookspec
+def register_commands(app: typer.Typer) -> None:
+    """Add commands to the ``adaptool`` command line (the Typer app itself).
+
+    Example::
+
+        @adaptool.hookimpl
+        def register_commands(app):
+            @app.command()
+            def hello(name: str):
+                "Say hello."
+                print(f"hello {name}")
+    """

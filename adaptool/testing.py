@@ -1,0 +1,105 @@
+"""Helpers for tests (ours and plugin authors'): tiny tokenizers and models built locally, and
+fake installed plugin distributions. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+#: A minimal chat template: every message ends with EOS, so a completion ends with it too.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def make_tokenizer(
+    directory: str | Path | None,
+    corpus: Iterable[str],
+    *,
+    vocab_size: int = 512,
+    eos: bool = True,
+    chat_template: str | None = CHAT_TEMPLATE,
+) -> Any:
+    """Train a byte-level BPE tokenizer (BLOOM-like special tokens) on ``corpus``; save it to
+    ``directory`` when given. ``eos=False`` makes one without an EOS token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = dict(SPECIAL_TOKENS)
+    if not eos:
+        specials.pop("eos_token")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(specials.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(list(corpus), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    if directory is not None:
+        tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+def make_tiny_bloom(
+    directory: str | Path | None,
+    tokenizer: Any,
+    *,
+    hidden_size: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    seed: int = 0,
+) -> Any:
+    """A randomly initialised BLOOM sized for tests; saved (safetensors) with the tokenizer to
+    ``directory`` when given."""
+    import torch
+    from transformers import BloomConfig, BloomForCausalLM
+
+    torch.manual_seed(seed)
+    config = BloomConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = BloomForCausalLM(config)
+    if directory is not None:
+        model.save_pretrained(str(directory))
+        tokenizer.save_pretrained(str(directory))
+    return model
+
+
+def install_fake_plugin(
+    site: str | Path,
+    *,
+    distribution: str,
+    module: str,
+    source: str,
+    entry_point: str | None = None,
+    version: str = "1.0",
+) -> Path:
+    """Write ``module.py`` and an installed-distribution record whose ``adaptool`` entry point
+    names it into ``site``; put ``site`` on ``sys.path`` and ``load_plugins()`` finds it, as if
+    the package had been pip-installed."""
+    site = Path(site)
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(source, encoding="utf-8")
+    info = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        f"[adaptool]\n{entry_point or module} = {module}\n", encoding="utf-8"
+    )
+    return site
