@@ -39,6 +39,8 @@ def load_rows(data: DataSection, *, token: str | None = None) -> datasets.Datase
                 f"data.source: {path} is not a file type adaptool reads "
                 f"({', '.join(BUILDERS)})."
             )
+        if path.stat().st_size < 4096 and not path.read_bytes().strip():
+            raise DataError(f"the dataset {path} has no rows (the file is empty).")
         split = data.split if data.split.startswith("train") else "train"
         try:
             return ds.load_dataset(builder, data_files={"train": str(path)}, split=split)

@@ -33,6 +33,12 @@ class Section(BaseModel):
     #: For plugin sections: (key naming the plugin, plugin kind).
     plugin_key: ClassVar[tuple[str, str] | None] = None
 
+    @classmethod
+    def cross_key_problems(cls, values: Mapping[str, Any]) -> list[str]:
+        """Rules across keys, checked on the raw values so they are reported together with
+        every per-key problem."""
+        return []
+
 
 class ModelSection(Section):
     name: str = Field(min_length=1, description="Hub model id or local path")
@@ -93,10 +99,16 @@ class TrainingSection(Section):
     logging_steps: int = Field(default=10, gt=0)
     save_steps: int = Field(default=100, ge=0, description="0: no intermediate checkpoints")
 
+    @classmethod
+    def cross_key_problems(cls, values: Mapping[str, Any]) -> list[str]:
+        if values.get("max_steps") is not None and values.get("epochs") is not None:
+            return ["set max_steps or epochs, not both"]
+        return []
+
     @model_validator(mode="after")
-    def _steps_or_epochs(self) -> TrainingSection:
-        if self.max_steps is not None and self.epochs is not None:
-            raise ValueError("set max_steps or epochs, not both")
+    def _cross_keys(self) -> TrainingSection:
+        for problem in self.cross_key_problems(self.model_dump()):
+            raise ValueError(problem)
         return self
 
     @property
@@ -268,7 +280,10 @@ def validate_recipe(
         if name not in data:
             if name in REQUIRED_SECTIONS:
                 problems.append(RecipeProblem(name, f"missing section: add a [{name}] table"))
-            continue
+                continue
+            if name == "hub":
+                continue
+            data[name] = {}  # defaults, with the default plugin's options filled in
         if not isinstance(data[name], dict):
             problems.append(RecipeProblem(name, f"expected a [{name}] table, found {_show(data[name])}"))
             continue
@@ -298,10 +313,15 @@ def _validate_section(
     core = {k: v for k, v in values.items() if k in core_keys}
     extra = {k: v for k, v in values.items() if k not in core_keys}
     ok = True
+    cross = cls.cross_key_problems(core)
+    problems.extend(RecipeProblem(name, message) for message in cross)
     try:
         section = cls.model_validate(core)
     except ValidationError as exc:
-        problems.extend(_problems_from(exc, prefix=name))
+        if not cross:
+            problems.extend(_problems_from(exc, prefix=name))
+        else:  # the cross-key rule failing again is already reported
+            problems.extend(p for p in _problems_from(exc, prefix=name) if p.key != name)
         section, ok = None, False
 
     if cls.plugin_key is None:

@@ -139,9 +139,11 @@ class Chat(Formatter):
         return [self.options.messages_column]
 
     def _messages(self, raw: Any) -> list[dict[str, str]]:
-        if isinstance(raw, str):
-            return [{"role": "user", "content": raw}]
-        messages = _field(raw, self.options.messages_column, self.name)
+        messages = (
+            [{"role": "user", "content": raw}]
+            if isinstance(raw, str)
+            else _field(raw, self.options.messages_column, self.name)
+        )
         if isinstance(messages, str) or not all(
             isinstance(m, Mapping) and "role" in m and "content" in m for m in messages or []
         ):

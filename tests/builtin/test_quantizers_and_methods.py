@@ -1,0 +1,90 @@
+"""The built-in quantizers load a real (tiny) BLOOM with bitsandbytes on the CPU; the LoRA
+method builds a peft config that wraps it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def load(tiny_bloom_dir, quantizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(tiny_bloom_dir), dtype=torch.float32, **quantizer.from_pretrained_kwargs()
+    )
+    return quantizer.after_load(model)
+
+
+def make(registry, kind, name, **options):
+    cls = registry.get(kind, name)
+    return cls(cls.Options(**options))
+
+
+def test_none_loads_the_base_as_is(registry, tiny_bloom_dir):
+    quantizer = make(registry, "quantizer", "none")
+    assert quantizer.from_pretrained_kwargs() == {} and not quantizer.quantized
+    model = load(tiny_bloom_dir, quantizer)
+    assert type(model.transformer.h[0].self_attention.query_key_value) is torch.nn.Linear
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_bnb_4bit_quantizes_and_disables_the_cpu_repack(registry, tiny_bloom_dir, quant_type):
+    import bitsandbytes as bnb
+
+    quantizer = make(registry, "quantizer", "bnb-4bit", quant_type=quant_type,
+                     compute_dtype="float32")
+    config = quantizer.from_pretrained_kwargs()["quantization_config"]
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == quant_type
+    assert config.bnb_4bit_use_double_quant is True
+    model = load(tiny_bloom_dir, quantizer)
+    layer = model.transformer.h[0].self_attention.query_key_value
+    assert isinstance(layer, bnb.nn.Linear4bit)
+    assert layer.weight.quant_state.quant_type == quant_type
+    assert all(not m.support_avx512bf16_for_cpu for m in model.modules()
+               if hasattr(m, "support_avx512bf16_for_cpu"))
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert torch.isfinite(logits).all()
+    assert quantizer.describe() == {"backend": "bnb-4bit", "quant_type": quant_type,
+                                    "double_quant": True, "compute_dtype": "float32",
+                                    "skip_modules": None}
+
+
+def test_bnb_8bit_quantizes(registry, tiny_bloom_dir):
+    import bitsandbytes as bnb
+
+    quantizer = make(registry, "quantizer", "bnb-8bit", threshold=5.0)
+    assert quantizer.from_pretrained_kwargs()["quantization_config"].llm_int8_threshold == 5.0
+    model = load(tiny_bloom_dir, quantizer)
+    assert isinstance(model.transformer.h[0].mlp.dense_h_to_4h, bnb.nn.Linear8bitLt)
+
+
+@pytest.mark.parametrize(
+    ("options", "dora", "rslora"),
+    [({}, False, False), ({"use_dora": True}, True, False), ({"use_rslora": True}, False, True)],
+)
+def test_lora_config_wraps_the_base(registry, plugins, tiny_bloom_dir, options, dora, rslora):
+    from peft import get_peft_model
+
+    from adaptool.recipe import PeftSection
+
+    method = make(registry, "peft-method", "lora", **options)
+    config = method.peft_config(PeftSection(r=4, alpha=8.0, dropout=0.0))
+    assert (config.r, config.lora_alpha, config.use_dora, config.use_rslora) == (4, 8.0, dora, rslora)
+    model = get_peft_model(load(tiny_bloom_dir, make(registry, "quantizer", "none")), config)
+    # auto targets: peft's default for bloom, query_key_value (64 -> 192) in each of 2 layers
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    magnitude = 192 * 2 if dora else 0
+    assert trainable == 2 * 4 * (64 + 192) + magnitude
+    assert config.target_modules == {"query_key_value"}
+
+
+def test_lora_explicit_targets_and_init(registry):
+    from adaptool.recipe import PeftSection
+
+    method = make(registry, "peft-method", "lora", init="gaussian")
+    config = method.peft_config(PeftSection(target_modules=["dense"], bias="lora_only"))
+    assert config.init_lora_weights == "gaussian"
+    assert config.target_modules == {"dense"} and config.bias == "lora_only"

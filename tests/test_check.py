@@ -1,0 +1,145 @@
+"""``adaptool check`` on local datasets with a tiny tokenizer built in the test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from adaptool import DataError, ModelError
+from adaptool.check import check
+from adaptool.cli import build_app
+from adaptool.recipe import load_recipe
+from adaptool.testing import make_tokenizer
+from tests.conftest import DATA, corpus, write_recipe
+
+
+def recipe_text(model: str, source: str, formatter: str = "quote-tags", extra: str = "") -> str:
+    return f"""
+[model]
+name = "{model}"
+
+[data]
+source = "{source}"
+formatter = "{formatter}"
+max_length = 64
+eval_fraction = 0.25
+{extra}
+
+[output]
+dir = "out"
+"""
+
+
+@pytest.fixture
+def quotes_recipe(tmp_path, tokenizer_dir):
+    return write_recipe(tmp_path, recipe_text(str(tokenizer_dir), str(DATA / "quotes.jsonl")))
+
+
+def test_check_reports_examples_counts_and_masking(quotes_recipe, registry, tokenizer):
+    report = check(load_recipe(quotes_recipe, registry=registry), registry=registry)
+    assert (report.rows, report.train_rows, report.eval_rows) == (8, 6, 2)
+    assert report.formatter == "quote-tags"
+    assert len(report.examples) == 3
+    first = report.examples[0]
+    assert first.segments == [
+        ("“Be yourself; everyone else is already taken.” ->: ", False),
+        ("['be-yourself', 'honesty', 'inspirational']</s>", True),
+    ]
+    completion_ids = tokenizer("['be-yourself', 'honesty', 'inspirational']")["input_ids"]
+    assert first.trained_tokens == first.completion_tokens == len(completion_ids) + 1
+    assert report.over_max_length == 0 and report.without_eos == 0 and report.fully_masked == 0
+    assert report.warnings == []
+    assert len(report.token_counts) == 8
+
+
+def test_check_counts_truncation_and_lost_eos(tmp_path, tokenizer_dir, registry):
+    path = write_recipe(tmp_path, recipe_text(str(tokenizer_dir), str(DATA / "quotes.jsonl")))
+    recipe = load_recipe(path, ["data.max_length=18"], registry=registry)
+    report = check(recipe, registry=registry)
+    over = sum(n >= 18 for n in report.token_counts)
+    assert report.over_max_length == over > 0
+    assert report.without_eos >= report.over_max_length - report.fully_masked
+    assert any("exceed max_length = 18" in w for w in report.warnings)
+    assert any("do not end with a trained EOS" in w for w in report.warnings)
+
+
+def test_check_warns_when_every_label_is_masked(tmp_path, tokenizer_dir, registry):
+    path = write_recipe(tmp_path, recipe_text(str(tokenizer_dir), str(DATA / "quotes.jsonl")))
+    report = check(load_recipe(path, ["data.max_length=4"], registry=registry), registry=registry)
+    assert report.fully_masked == 8
+    assert any("8 of 8 examples have every label masked" in w for w in report.warnings)
+
+
+def test_check_warns_without_an_eos_token(tmp_path, registry):
+    tok_dir = tmp_path / "no-eos"
+    make_tokenizer(tok_dir, corpus(), vocab_size=300, eos=False)
+    path = write_recipe(tmp_path, recipe_text(str(tok_dir), str(DATA / "text.csv"), "text"))
+    report = check(load_recipe(path, registry=registry), registry=registry)
+    assert report.without_eos == 3
+    assert any("no EOS token" in w for w in report.warnings)
+
+
+def test_check_missing_column_and_empty_data(tmp_path, tokenizer_dir, registry):
+    path = write_recipe(tmp_path, recipe_text(str(tokenizer_dir), str(DATA / "text.csv")))
+    with pytest.raises(DataError) as err:
+        check(load_recipe(path, registry=registry), registry=registry)
+    assert "'quote'" in str(err.value) and "quote-tags" in str(err.value)
+    assert "text.csv" in str(err.value)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    path = write_recipe(tmp_path, recipe_text(str(tokenizer_dir), str(empty)), "e.toml")
+    with pytest.raises(DataError, match="has no rows"):
+        check(load_recipe(path, registry=registry), registry=registry)
+
+
+def test_check_missing_file_and_bad_tokenizer(tmp_path, tokenizer_dir, registry):
+    path = write_recipe(tmp_path, recipe_text(str(tokenizer_dir), "missing.jsonl"))
+    with pytest.raises(DataError, match="missing.jsonl does not exist"):
+        check(load_recipe(path, registry=registry), registry=registry)
+    (tmp_path / "empty-model").mkdir()
+    path = write_recipe(tmp_path, recipe_text("./empty-model", str(DATA / "quotes.jsonl")), "m.toml")
+    with pytest.raises(ModelError, match="could not load the tokenizer"):
+        check(load_recipe(path, registry=registry), registry=registry)
+
+
+def test_check_cli_prints_marked_examples(quotes_recipe, plugins):
+    result = CliRunner().invoke(build_app(plugins), ["check", str(quotes_recipe)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Data: 8 rows" in out and "(train 6, eval 2)" in out
+    assert "“Be yourself; everyone else is already taken.” ->: «['be-yourself', 'honesty', " \
+           "'inspirational']</s>»" in out
+    assert "0 over max_length = 64" in out
+    assert "The recipe is valid." in out
+
+
+def test_check_cli_json(quotes_recipe, plugins):
+    result = CliRunner().invoke(
+        build_app(plugins), ["check", str(quotes_recipe), "--json", "-n", "1", "--set",
+                             "data.max_length=40"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["rows"] == 8 and len(data["examples"]) == 1
+    assert data["examples"][0]["trained"].startswith("['be-yourself'")
+    assert data["max_length"] == 40 and data["over_max_length"] > 0
+
+
+def test_check_cli_bad_recipe_is_exit_2_without_traceback(tmp_path, tokenizer_dir, plugins):
+    text = recipe_text(str(tokenizer_dir), str(DATA / "quotes.jsonl"), "quote-tag",
+                       extra="max_lenght = 3")
+    path = write_recipe(tmp_path, text)
+    result = CliRunner().invoke(build_app(plugins), ["check", str(path)])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert f"error: {path} has 2 problems:" in result.output
+    assert "data.formatter: unknown formatter 'quote-tag'. Did you mean 'quote-tags'?" in result.output
+    assert "did you mean 'max_length'?" in result.output
+
+
+def test_check_cli_missing_column_is_exit_2(tmp_path, tokenizer_dir, plugins):
+    path = write_recipe(tmp_path, recipe_text(str(tokenizer_dir), str(DATA / "text.csv")))
+    result = CliRunner().invoke(build_app(plugins), ["check", str(path)])
+    assert result.exit_code == 2
+    assert "error: the dataset" in result.output and "Traceback" not in result.output

@@ -1,0 +1,234 @@
+"""Recipe loading and validation: every problem at once, did-you-mean, plugin options,
+overrides, path resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adaptool import RecipeError
+from adaptool.recipe import load_recipe, parse_override, validate_recipe
+from tests.conftest import write_recipe
+
+MINIMAL = """
+[model]
+name = "bigscience/bloom-560m"
+
+[data]
+source = "quotes.jsonl"
+formatter = "quote-tags"
+
+[output]
+dir = "out"
+"""
+
+
+def problems(exc: pytest.ExceptionInfo[RecipeError]) -> dict[str, str]:
+    return {p.key: p.message for p in exc.value.problems}
+
+
+def test_minimal_recipe_gets_defaults_and_resolves_paths(tmp_path, registry):
+    path = write_recipe(tmp_path, MINIMAL)
+    recipe = load_recipe(path, registry=registry)
+    assert recipe.model.name == "bigscience/bloom-560m"  # a Hub id stays as it is
+    assert not recipe.model.is_local
+    assert recipe.data.source == str(tmp_path / "quotes.jsonl")
+    assert recipe.data.is_local
+    assert recipe.output.dir == str(tmp_path / "out")
+    assert recipe.quantization.backend == "none"
+    assert recipe.peft.method == "lora"
+    assert recipe.peft.options == {"use_dora": False, "use_rslora": False, "init": "default",
+                                   "modules_to_save": None}
+    assert recipe.data.options == {"quote_column": "quote", "tags_column": "tags",
+                                   "separator": " ->: "}
+    assert recipe.training.total_epochs == 1.0
+    assert recipe.path == path
+
+
+def test_local_model_path_resolves_against_the_recipe_folder(tmp_path, registry):
+    (tmp_path / "recipes" / "assets" / "base").mkdir(parents=True)
+    text = MINIMAL.replace("bigscience/bloom-560m", "assets/base")
+    recipe = load_recipe(write_recipe(tmp_path / "recipes", text), registry=registry)
+    assert recipe.model.name == str(tmp_path / "recipes" / "assets" / "base")
+    assert recipe.model.is_local
+
+
+def test_every_problem_is_reported_at_once(tmp_path, registry):
+    text = """
+[model]
+name = "x"
+dtype = "float64"
+
+[peft]
+r = 0
+target_modules = 3
+
+[data]
+source = "d.jsonl"
+formatter = "quote-tags"
+eval_fraction = 1.5
+
+[training]
+learning_rate = "fast"
+max_steps = 10
+epochs = 2
+"""
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_recipe(tmp_path, text), registry=registry)
+    found = problems(err)
+    assert set(found) == {"model.dtype", "peft.r", "peft.target_modules", "data.eval_fraction",
+                          "training.learning_rate", "training", "output"}
+    assert found["model.dtype"] == (
+        "expected 'auto', 'float32', 'bfloat16' or 'float16', found \"float64\" (string)")
+    assert found["peft.r"] == "expected greater than 0, found 0 (integer)"
+    assert "found 3 (integer)" in found["peft.target_modules"]
+    assert found["training.learning_rate"] == "expected a valid number, found \"fast\" (string)"
+    assert found["training"] == "set max_steps or epochs, not both"
+    assert found["output"] == "missing section: add a [output] table"
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'recipe.toml'} has 7 problems:")
+    assert "  - training.learning_rate: expected a valid number" in message
+
+
+def test_unknown_keys_and_sections_get_did_you_mean(tmp_path, registry):
+    text = MINIMAL + """
+[trainig]
+seed = 1
+
+[training]
+learnig_rate = 1e-4
+"""
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_recipe(tmp_path, text), registry=registry)
+    found = problems(err)
+    assert found["trainig"] == "unknown section; did you mean 'training'?"
+    assert found["training.learnig_rate"] == "unknown key; did you mean 'learning_rate'?"
+
+
+def test_plugin_options_are_validated_by_the_plugins_schema(tmp_path, registry):
+    text = MINIMAL.replace('formatter = "quote-tags"', 'formatter = "quote-tags"\nquote_colum = "q"')
+    text += """
+[quantization]
+backend = "bnb-4bit"
+quant_type = "nf3"
+compute_dtype = "bfloat16"
+
+[peft]
+method = "lora"
+use_dora = "yes"
+"""
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_recipe(tmp_path, text), registry=registry)
+    found = problems(err)
+    assert found["quantization.quant_type"] == (
+        "expected 'nf4' or 'fp4' (quantizer 'bnb-4bit' option), found \"nf3\" (string)")
+    assert found["peft.use_dora"] == (
+        "expected a valid boolean (peft-method 'lora' option), found \"yes\" (string)")
+    assert found["data.quote_colum"].startswith(
+        "unknown key (neither a [data] key nor an option of formatter 'quote-tags')")
+    assert found["data.quote_colum"].endswith("did you mean 'quote_column'?")
+    assert len(found) == 3
+
+
+def test_valid_plugin_options_are_kept(tmp_path, registry):
+    text = MINIMAL + """
+[quantization]
+backend = "bnb-4bit"
+quant_type = "fp4"
+double_quant = false
+"""
+    recipe = load_recipe(write_recipe(tmp_path, text), registry=registry)
+    assert recipe.quantization.options["quant_type"] == "fp4"
+    assert recipe.quantization.options["double_quant"] is False
+    quantizer = recipe.quantizer(registry)
+    assert quantizer.options.quant_type == "fp4"
+
+
+def test_unknown_plugin_name_lists_available(tmp_path, registry):
+    text = MINIMAL.replace('"quote-tags"', '"quote-tag"') + '[quantization]\nbackend = "gptq"\n'
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_recipe(tmp_path, text), registry=registry)
+    found = problems(err)
+    assert "unknown formatter 'quote-tag'. Did you mean 'quote-tags'?" in found["data.formatter"]
+    assert "Available quantizers: bnb-4bit, bnb-8bit, none" in found["quantization.backend"]
+
+
+def test_cross_section_problems_from_plugins(tmp_path, registry):
+    text = MINIMAL + '[quantization]\nbackend = "bnb-8bit"\n[peft]\nuse_dora = true\ninit = "pissa"\n'
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_recipe(tmp_path, text), registry=registry)
+    found = problems(err)
+    assert "8-bit" in found["peft.use_dora"]
+    assert "quantized base" in found["peft.init"]
+
+
+def test_overrides_are_toml_typed(tmp_path, registry):
+    path = write_recipe(tmp_path, MINIMAL)
+    recipe = load_recipe(
+        path,
+        ["training.max_steps=10", "training.learning_rate=1e-3", "peft.target_modules=['a', 'b']",
+         "data.train_on_prompt=true", "hub.repo_id=me/tagger", "model.revision=main",
+         "peft.use_rslora=true"],
+        registry=registry,
+    )
+    assert recipe.training.max_steps == 10
+    assert recipe.training.learning_rate == 1e-3
+    assert recipe.peft.target_modules == ["a", "b"]
+    assert recipe.data.train_on_prompt is True
+    assert recipe.hub.repo_id == "me/tagger"
+    assert recipe.model.revision == "main"  # not TOML: taken as a string
+    assert recipe.peft.options["use_rslora"] is True
+
+
+def test_override_errors_are_reported_like_file_errors(tmp_path, registry):
+    path = write_recipe(tmp_path, MINIMAL)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["training.max_step=10", "training.seed=one"], registry=registry)
+    found = problems(err)
+    assert found["training.max_step"] == "unknown key; did you mean 'max_steps'?"
+    assert found["training.seed"] == "expected a valid integer, found \"one\" (string)"
+    with pytest.raises(RecipeError, match="expected section.key=value"):
+        parse_override("max_steps")
+
+
+def test_override_paths_resolve_against_the_current_folder(tmp_path, registry):
+    recipe_dir = tmp_path / "recipes"
+    recipe_dir.mkdir()
+    path = write_recipe(recipe_dir, MINIMAL)
+    recipe = load_recipe(path, ["data.source=other.jsonl", "output.dir=runs/x"],
+                         registry=registry, cwd=tmp_path)
+    assert recipe.data.source == str(tmp_path / "other.jsonl")
+    assert recipe.output.dir == str(tmp_path / "runs" / "x")
+
+
+def test_bad_toml_and_missing_file(tmp_path, registry):
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.toml", registry=registry)
+    path = write_recipe(tmp_path, "[model\nname = 1")
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(path, registry=registry)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_recipe(tmp_path, "model = 3\n" + MINIMAL.split("[data]")[1].join(["[data]", ""]), "b.toml"), registry=registry)
+    assert "expected a [model] table, found 3 (integer)" in str(err.value)
+
+
+def test_resolved_recipe_round_trips_through_toml(tmp_path, registry):
+    text = MINIMAL + '[quantization]\nbackend = "bnb-4bit"\n[training]\nmax_steps = 5\n[hub]\nrepo_id = "me/x"\n'
+    recipe = load_recipe(write_recipe(tmp_path, text), registry=registry)
+    again_path = tmp_path / "elsewhere" / "recipe.toml"
+    again_path.parent.mkdir()
+    again_path.write_text(recipe.to_toml())
+    again = load_recipe(again_path, registry=registry)
+    assert again.model_dump(exclude={"path"}) == recipe.model_dump(exclude={"path"})
+
+
+def test_validate_recipe_from_a_dict(registry):
+    recipe = validate_recipe(
+        {"model": {"name": "/abs/base"}, "data": {"source": "org/ds", "formatter": "text"},
+         "output": {"dir": "/tmp/out"}},
+        registry=registry,
+    )
+    assert recipe.data.source == "org/ds" and not recipe.data.is_local
+    assert recipe.path is None
+    assert Path(recipe.output.dir) == Path("/tmp/out")
