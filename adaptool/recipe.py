@@ -339,6 +339,10 @@ def _validate_section(
         plugin_cls: type[Plugin] = registry.get(kind, plugin_name)
     except PluginError as exc:
         problems.append(RecipeProblem(f"{name}.{name_key}", str(exc)))
+        # the other keys may be options of the intended plugin: report only likely typos
+        for key in extra:
+            if hint := _did_you_mean(key, core_keys):
+                problems.append(RecipeProblem(f"{name}.{key}", "unknown key" + hint))
         return None
     option_keys = list(plugin_cls.Options.model_fields)
     unknown = [k for k in extra if k not in option_keys]

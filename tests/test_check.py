@@ -122,7 +122,7 @@ def test_check_cli_json(quotes_recipe, plugins):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["rows"] == 8 and len(data["examples"]) == 1
-    assert data["examples"][0]["trained"].startswith("['be-yourself'")
+    assert data["examples"][0]["trained"].startswith("['be-yourself")
     assert data["max_length"] == 40 and data["over_max_length"] > 0
 
 
