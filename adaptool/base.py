@@ -63,7 +63,8 @@ class Formatter(Plugin):
             class Options(adaptool.Options):
                 column: str = "text"
             def columns(self): return [self.options.column]
-            def format(self, row, tokenizer): return Example("Shout: ", row[self.options.column].upper())
+            def format(self, row, tokenizer):
+                return Example("Shout: ", row[self.options.column].upper())
             def generation_prompt(self, raw, tokenizer): return "Shout: "
     """
 

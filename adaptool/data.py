@@ -36,8 +36,7 @@ def load_rows(data: DataSection, *, token: str | None = None) -> datasets.Datase
             raise DataError(f"data.source: the file {path} does not exist.")
         if builder is None:
             raise DataError(
-                f"data.source: {path} is not a file type adaptool reads "
-                f"({', '.join(BUILDERS)})."
+                f"data.source: {path} is not a file type adaptool reads ({', '.join(BUILDERS)})."
             )
         if path.stat().st_size < 4096 and not path.read_bytes().strip():
             raise DataError(f"the dataset {path} has no rows (the file is empty).")
@@ -79,7 +78,9 @@ def split_eval(
     if fraction <= 0:
         return rows, None
     if len(rows) < 2:
-        raise DataError(f"eval_fraction = {fraction} needs at least 2 rows; the dataset has {len(rows)}.")
+        raise DataError(
+            f"eval_fraction = {fraction} needs at least 2 rows; the dataset has {len(rows)}."
+        )
     n_eval = max(1, round(len(rows) * fraction))
     parts = rows.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
     return parts["train"], parts["test"]

@@ -159,8 +159,9 @@ class Recipe(BaseModel):
         return _instantiate(registry, "formatter", self.data.formatter, self.data.options)
 
     def quantizer(self, registry: Registry | None = None) -> Quantizer:
-        return _instantiate(registry, "quantizer", self.quantization.backend,
-                            self.quantization.options)
+        return _instantiate(
+            registry, "quantizer", self.quantization.backend, self.quantization.options
+        )
 
     def peft_method(self, registry: Registry | None = None) -> PeftMethod:
         return _instantiate(registry, "peft-method", self.peft.method, self.peft.options)
@@ -285,7 +286,9 @@ def validate_recipe(
                 continue
             data[name] = {}  # defaults, with the default plugin's options filled in
         if not isinstance(data[name], dict):
-            problems.append(RecipeProblem(name, f"expected a [{name}] table, found {_show(data[name])}"))
+            problems.append(
+                RecipeProblem(name, f"expected a [{name}] table, found {_show(data[name])}")
+            )
             continue
         section = _validate_section(name, cls, data[name], registry, problems)
         if section is not None:
@@ -356,7 +359,9 @@ def _validate_section(
             )
         )
     try:
-        options = plugin_cls.Options.model_validate({k: extra[k] for k in extra if k in option_keys})
+        options = plugin_cls.Options.model_validate(
+            {k: extra[k] for k in extra if k in option_keys}
+        )
     except ValidationError as exc:
         problems.extend(_problems_from(exc, prefix=name, note=f" ({kind} '{plugin_name}' option)"))
         return None
@@ -396,8 +401,14 @@ def _did_you_mean(key: str, known: Iterable[str]) -> str:
 
 
 def _show(value: Any) -> str:
-    kinds = {bool: "boolean", int: "integer", float: "float", str: "string",
-             list: "array", dict: "table"}
+    kinds = {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }
     kind = kinds.get(type(value), type(value).__name__)
     shown = f'"{value}"' if isinstance(value, str) else repr(value)
     if len(shown) > 60:

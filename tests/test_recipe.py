@@ -38,10 +38,17 @@ def test_minimal_recipe_gets_defaults_and_resolves_paths(tmp_path, registry):
     assert recipe.output.dir == str(tmp_path / "out")
     assert recipe.quantization.backend == "none"
     assert recipe.peft.method == "lora"
-    assert recipe.peft.options == {"use_dora": False, "use_rslora": False, "init": "default",
-                                   "modules_to_save": None}
-    assert recipe.data.options == {"quote_column": "quote", "tags_column": "tags",
-                                   "separator": " ->: "}
+    assert recipe.peft.options == {
+        "use_dora": False,
+        "use_rslora": False,
+        "init": "default",
+        "modules_to_save": None,
+    }
+    assert recipe.data.options == {
+        "quote_column": "quote",
+        "tags_column": "tags",
+        "separator": " ->: ",
+    }
     assert recipe.training.total_epochs == 1.0
     assert recipe.path == path
 
@@ -77,13 +84,21 @@ epochs = 2
     with pytest.raises(RecipeError) as err:
         load_recipe(write_recipe(tmp_path, text), registry=registry)
     found = problems(err)
-    assert set(found) == {"model.dtype", "peft.r", "peft.target_modules", "data.eval_fraction",
-                          "training.learning_rate", "training", "output"}
+    assert set(found) == {
+        "model.dtype",
+        "peft.r",
+        "peft.target_modules",
+        "data.eval_fraction",
+        "training.learning_rate",
+        "training",
+        "output",
+    }
     assert found["model.dtype"] == (
-        "expected 'auto', 'float32', 'bfloat16' or 'float16', found \"float64\" (string)")
+        "expected 'auto', 'float32', 'bfloat16' or 'float16', found \"float64\" (string)"
+    )
     assert found["peft.r"] == "expected greater than 0, found 0 (integer)"
     assert "found 3 (integer)" in found["peft.target_modules"]
-    assert found["training.learning_rate"] == "expected a valid number, found \"fast\" (string)"
+    assert found["training.learning_rate"] == 'expected a valid number, found "fast" (string)'
     assert found["training"] == "set max_steps or epochs, not both"
     assert found["output"] == "missing section: add a [output] table"
     message = str(err.value)
@@ -92,13 +107,16 @@ epochs = 2
 
 
 def test_unknown_keys_and_sections_get_did_you_mean(tmp_path, registry):
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
 [trainig]
 seed = 1
 
 [training]
 learnig_rate = 1e-4
 """
+    )
     with pytest.raises(RecipeError) as err:
         load_recipe(write_recipe(tmp_path, text), registry=registry)
     found = problems(err)
@@ -107,7 +125,9 @@ learnig_rate = 1e-4
 
 
 def test_plugin_options_are_validated_by_the_plugins_schema(tmp_path, registry):
-    text = MINIMAL.replace('formatter = "quote-tags"', 'formatter = "quote-tags"\nquote_colum = "q"')
+    text = MINIMAL.replace(
+        'formatter = "quote-tags"', 'formatter = "quote-tags"\nquote_colum = "q"'
+    )
     text += """
 [quantization]
 backend = "bnb-4bit"
@@ -122,22 +142,28 @@ use_dora = "yes"
         load_recipe(write_recipe(tmp_path, text), registry=registry)
     found = problems(err)
     assert found["quantization.quant_type"] == (
-        "expected 'nf4' or 'fp4' (quantizer 'bnb-4bit' option), found \"nf3\" (string)")
+        "expected 'nf4' or 'fp4' (quantizer 'bnb-4bit' option), found \"nf3\" (string)"
+    )
     assert found["peft.use_dora"] == (
-        "expected a valid boolean (peft-method 'lora' option), found \"yes\" (string)")
+        "expected a valid boolean (peft-method 'lora' option), found \"yes\" (string)"
+    )
     assert found["data.quote_colum"].startswith(
-        "unknown key (neither a [data] key nor an option of formatter 'quote-tags')")
+        "unknown key (neither a [data] key nor an option of formatter 'quote-tags')"
+    )
     assert found["data.quote_colum"].endswith("did you mean 'quote_column'?")
     assert len(found) == 3
 
 
 def test_valid_plugin_options_are_kept(tmp_path, registry):
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
 [quantization]
 backend = "bnb-4bit"
 quant_type = "fp4"
 double_quant = false
 """
+    )
     recipe = load_recipe(write_recipe(tmp_path, text), registry=registry)
     assert recipe.quantization.options["quant_type"] == "fp4"
     assert recipe.quantization.options["double_quant"] is False
@@ -155,7 +181,9 @@ def test_unknown_plugin_name_lists_available(tmp_path, registry):
 
 
 def test_cross_section_problems_from_plugins(tmp_path, registry):
-    text = MINIMAL + '[quantization]\nbackend = "bnb-8bit"\n[peft]\nuse_dora = true\ninit = "pissa"\n'
+    text = (
+        MINIMAL + '[quantization]\nbackend = "bnb-8bit"\n[peft]\nuse_dora = true\ninit = "pissa"\n'
+    )
     with pytest.raises(RecipeError) as err:
         load_recipe(write_recipe(tmp_path, text), registry=registry)
     found = problems(err)
@@ -167,9 +195,15 @@ def test_overrides_are_toml_typed(tmp_path, registry):
     path = write_recipe(tmp_path, MINIMAL)
     recipe = load_recipe(
         path,
-        ["training.max_steps=10", "training.learning_rate=1e-3", "peft.target_modules=['a', 'b']",
-         "data.train_on_prompt=true", "hub.repo_id=me/tagger", "model.revision=main",
-         "peft.use_rslora=true"],
+        [
+            "training.max_steps=10",
+            "training.learning_rate=1e-3",
+            "peft.target_modules=['a', 'b']",
+            "data.train_on_prompt=true",
+            "hub.repo_id=me/tagger",
+            "model.revision=main",
+            "peft.use_rslora=true",
+        ],
         registry=registry,
     )
     assert recipe.training.max_steps == 10
@@ -187,8 +221,8 @@ def test_override_errors_are_reported_like_file_errors(tmp_path, registry):
         load_recipe(path, ["training.max_step=10", "training.seed=one"], registry=registry)
     found = problems(err)
     assert found["training.max_step"] == "unknown key; did you mean 'max_steps'?"
-    assert found["training.seed"] == "expected a valid integer, found \"one\" (string)"
-    with pytest.raises(RecipeError, match="expected section.key=value"):
+    assert found["training.seed"] == 'expected a valid integer, found "one" (string)'
+    with pytest.raises(RecipeError, match=r"expected section\.key=value"):
         parse_override("max_steps")
 
 
@@ -196,8 +230,9 @@ def test_override_paths_resolve_against_the_current_folder(tmp_path, registry):
     recipe_dir = tmp_path / "recipes"
     recipe_dir.mkdir()
     path = write_recipe(recipe_dir, MINIMAL)
-    recipe = load_recipe(path, ["data.source=other.jsonl", "output.dir=runs/x"],
-                         registry=registry, cwd=tmp_path)
+    recipe = load_recipe(
+        path, ["data.source=other.jsonl", "output.dir=runs/x"], registry=registry, cwd=tmp_path
+    )
     assert recipe.data.source == str(tmp_path / "other.jsonl")
     assert recipe.output.dir == str(tmp_path / "runs" / "x")
 
@@ -209,12 +244,21 @@ def test_bad_toml_and_missing_file(tmp_path, registry):
     with pytest.raises(RecipeError, match="not valid TOML"):
         load_recipe(path, registry=registry)
     with pytest.raises(RecipeError) as err:
-        load_recipe(write_recipe(tmp_path, "model = 3\n" + MINIMAL.split("[data]")[1].join(["[data]", ""]), "b.toml"), registry=registry)
+        load_recipe(
+            write_recipe(
+                tmp_path, "model = 3\n" + MINIMAL.split("[data]")[1].join(["[data]", ""]), "b.toml"
+            ),
+            registry=registry,
+        )
     assert "expected a [model] table, found 3 (integer)" in str(err.value)
 
 
 def test_resolved_recipe_round_trips_through_toml(tmp_path, registry):
-    text = MINIMAL + '[quantization]\nbackend = "bnb-4bit"\n[training]\nmax_steps = 5\n[hub]\nrepo_id = "me/x"\n'
+    text = (
+        MINIMAL
+        + '[quantization]\nbackend = "bnb-4bit"\n'
+        + '[training]\nmax_steps = 5\n[hub]\nrepo_id = "me/x"\n'
+    )
     recipe = load_recipe(write_recipe(tmp_path, text), registry=registry)
     again_path = tmp_path / "elsewhere" / "recipe.toml"
     again_path.parent.mkdir()
@@ -225,8 +269,11 @@ def test_resolved_recipe_round_trips_through_toml(tmp_path, registry):
 
 def test_validate_recipe_from_a_dict(registry):
     recipe = validate_recipe(
-        {"model": {"name": "/abs/base"}, "data": {"source": "org/ds", "formatter": "text"},
-         "output": {"dir": "/tmp/out"}},
+        {
+            "model": {"name": "/abs/base"},
+            "data": {"source": "org/ds", "formatter": "text"},
+            "output": {"dir": "/tmp/out"},
+        },
         registry=registry,
     )
     assert recipe.data.source == "org/ds" and not recipe.data.is_local

@@ -41,10 +41,8 @@ class QuoteTags(Formatter):
 
     def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
         tags = _field(row, self.options.tags_column, self.name)
-        if isinstance(tags, str):
-            completion = tags
-        else:
-            completion = str([str(t) for t in tags])  # the notebook's str(list) rendering
+        # a list is rendered as the notebook does: str(list), e.g. ['books', 'humor']
+        completion = tags if isinstance(tags, str) else str([str(t) for t in tags])
         return Example(self.generation_prompt(row, tokenizer), completion)
 
     def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
@@ -163,9 +161,7 @@ class Chat(Formatter):
                 f"{getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none. Use a chat "
                 f"model's tokenizer or another formatter (instruction, text)."
             )
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=prompt
-        )
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
 
     def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
         messages = self._messages(row)
@@ -181,7 +177,7 @@ class Chat(Formatter):
                 "formatter 'chat': the chat template renders the conversation differently from "
                 "its prompt, so the completion cannot be separated from it."
             )
-        return Example(prompt, full[len(prompt):])
+        return Example(prompt, full[len(prompt) :])
 
     def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
         messages = self._messages(raw)
@@ -191,6 +187,6 @@ class Chat(Formatter):
 
 
 @hookimpl
-def register_formatters(register) -> None:  # noqa: ANN001 - typed in hookspecs
+def register_formatters(register) -> None:
     for cls in (QuoteTags, Text, Instruction, Chat):
         register(cls)

@@ -51,20 +51,24 @@ class Lora(PeftMethod):
         problems = []
         backend = recipe.quantization.backend
         if self.options.use_dora and backend == "bnb-8bit":
-            problems.append(RecipeProblem(
-                "peft.use_dora",
-                "DoRA gives wrong outputs on a bitsandbytes 8-bit base (peft 0.21); use "
-                "quantization.backend = \"bnb-4bit\" or \"none\", or set use_dora = false",
-            ))
+            problems.append(
+                RecipeProblem(
+                    "peft.use_dora",
+                    "DoRA gives wrong outputs on a bitsandbytes 8-bit base (peft 0.21); use "
+                    'quantization.backend = "bnb-4bit" or "none", or set use_dora = false',
+                )
+            )
         if self.options.init in ("pissa", "olora") and recipe.quantizer(registry).quantized:
-            problems.append(RecipeProblem(
-                "peft.init",
-                f"init = \"{self.options.init}\" rewrites the base weights and cannot run on a "
-                f"quantized base ({backend}); use init = \"default\" or \"gaussian\"",
-            ))
+            problems.append(
+                RecipeProblem(
+                    "peft.init",
+                    f'init = "{self.options.init}" rewrites the base weights and cannot run on a '
+                    f'quantized base ({backend}); use init = "default" or "gaussian"',
+                )
+            )
         return problems
 
 
 @hookimpl
-def register_peft_methods(register) -> None:  # noqa: ANN001 - typed in hookspecs
+def register_peft_methods(register) -> None:
     register(Lora)

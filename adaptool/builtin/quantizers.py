@@ -85,6 +85,6 @@ class Bnb8bit(Quantizer):
 
 
 @hookimpl
-def register_quantizers(register) -> None:  # noqa: ANN001 - typed in hookspecs
+def register_quantizers(register) -> None:
     for cls in (NoQuantization, Bnb4bit, Bnb8bit):
         register(cls)

@@ -13,8 +13,14 @@ from tests.conftest import DATA
 NOTEBOOK_ROW = {
     "quote": "“Be yourself; everyone else is already taken.”",
     "author": "Oscar Wilde",
-    "tags": ["be-yourself", "gilbert-perreira", "honesty", "inspirational",
-             "misattributed-oscar-wilde", "quote-investigator"],
+    "tags": [
+        "be-yourself",
+        "gilbert-perreira",
+        "honesty",
+        "inspirational",
+        "misattributed-oscar-wilde",
+        "quote-investigator",
+    ],
 }
 
 
@@ -32,7 +38,8 @@ def test_quote_tags_reproduces_the_notebook(registry, tokenizer):
     example = fmt.format(NOTEBOOK_ROW, tokenizer)
     # the notebook: example["quote"] + " ->: " + str(example["tags"])
     assert example.prompt + example.completion == (
-        NOTEBOOK_ROW["quote"] + " ->: " + str(NOTEBOOK_ROW["tags"]))
+        NOTEBOOK_ROW["quote"] + " ->: " + str(NOTEBOOK_ROW["tags"])
+    )
     assert example.prompt == "“Be yourself; everyone else is already taken.” ->: "
     assert fmt.parse(example.completion) == NOTEBOOK_ROW["tags"]
 
@@ -40,16 +47,25 @@ def test_quote_tags_reproduces_the_notebook(registry, tokenizer):
 def test_quote_tags_builds_the_generation_prompt_from_a_raw_quote(registry, tokenizer):
     fmt = make(registry, "quote-tags")
     assert fmt.generation_prompt("Be yourself; everyone else is already taken.", tokenizer) == (
-        "“Be yourself; everyone else is already taken.” ->: ")
+        "“Be yourself; everyone else is already taken.” ->: "
+    )
     assert fmt.generation_prompt('"Already quoted"', tokenizer) == '"Already quoted" ->: '
-    assert fmt.generation_prompt(NOTEBOOK_ROW, tokenizer) == fmt.format(NOTEBOOK_ROW, tokenizer).prompt
+    assert (
+        fmt.generation_prompt(NOTEBOOK_ROW, tokenizer) == fmt.format(NOTEBOOK_ROW, tokenizer).prompt
+    )
 
 
 @pytest.mark.parametrize(
     ("output", "parsed"),
-    [("['a', 'b-c']", ["a", "b-c"]), ("  ['x']  ", ["x"]), ("[]", []),
-     ("['training', 'teaching']\n\nA:\n\nI think", None), ("['a', 3]", None),
-     ("__import__('os')", None), ("['a'", None)],
+    [
+        ("['a', 'b-c']", ["a", "b-c"]),
+        ("  ['x']  ", ["x"]),
+        ("[]", []),
+        ("['training', 'teaching']\n\nA:\n\nI think", None),
+        ("['a', 3]", None),
+        ("__import__('os')", None),
+        ("['a'", None),
+    ],
 )
 def test_quote_tags_parse(registry, output, parsed):
     assert make(registry, "quote-tags").parse(output) == parsed
@@ -92,7 +108,10 @@ def test_instruction_formatter_with_and_without_input(registry, tokenizer):
     assert "### Input:\nGood morning\n\n### Response:\n" in with_input.prompt
     assert "paired with an input" in with_input.prompt
     bare = make(registry, "instruction", preamble=False)
-    assert bare.generation_prompt("Say hi.", tokenizer) == "### Instruction:\nSay hi.\n\n### Response:\n"
+    assert (
+        bare.generation_prompt("Say hi.", tokenizer)
+        == "### Instruction:\nSay hi.\n\n### Response:\n"
+    )
 
 
 def test_instruction_formatter_without_an_input_column(registry, tokenizer):
@@ -125,7 +144,7 @@ def test_chat_formatter_adds_a_system_prompt(registry, tokenizer):
 
 def test_chat_formatter_errors(registry, tokenizer):
     fmt = make(registry, "chat")
-    with pytest.raises(DataError, match="last message .* assistant"):
+    with pytest.raises(DataError, match=r"last message .* assistant"):
         fmt.format({"messages": [{"role": "user", "content": "hi"}]}, tokenizer)
     with pytest.raises(DataError, match="list of \\{role, content\\} messages"):
         fmt.format({"messages": "hello"}, tokenizer)

@@ -32,8 +32,9 @@ def test_none_loads_the_base_as_is(registry, tiny_bloom_dir):
 def test_bnb_4bit_quantizes_and_disables_the_cpu_repack(registry, tiny_bloom_dir, quant_type):
     import bitsandbytes as bnb
 
-    quantizer = make(registry, "quantizer", "bnb-4bit", quant_type=quant_type,
-                     compute_dtype="float32")
+    quantizer = make(
+        registry, "quantizer", "bnb-4bit", quant_type=quant_type, compute_dtype="float32"
+    )
     config = quantizer.from_pretrained_kwargs()["quantization_config"]
     assert config.load_in_4bit and config.bnb_4bit_quant_type == quant_type
     assert config.bnb_4bit_use_double_quant is True
@@ -41,15 +42,22 @@ def test_bnb_4bit_quantizes_and_disables_the_cpu_repack(registry, tiny_bloom_dir
     layer = model.transformer.h[0].self_attention.query_key_value
     assert isinstance(layer, bnb.nn.Linear4bit)
     assert layer.weight.quant_state.quant_type == quant_type
-    assert all(not m.support_avx512bf16_for_cpu for m in model.modules()
-               if hasattr(m, "support_avx512bf16_for_cpu"))
+    assert all(
+        not m.support_avx512bf16_for_cpu
+        for m in model.modules()
+        if hasattr(m, "support_avx512bf16_for_cpu")
+    )
     ids = torch.tensor([[1, 5, 9, 12]])
     with torch.no_grad():
         logits = model(ids).logits
     assert torch.isfinite(logits).all()
-    assert quantizer.describe() == {"backend": "bnb-4bit", "quant_type": quant_type,
-                                    "double_quant": True, "compute_dtype": "float32",
-                                    "skip_modules": None}
+    assert quantizer.describe() == {
+        "backend": "bnb-4bit",
+        "quant_type": quant_type,
+        "double_quant": True,
+        "compute_dtype": "float32",
+        "skip_modules": None,
+    }
 
 
 def test_bnb_8bit_quantizes(registry, tiny_bloom_dir):
@@ -72,7 +80,12 @@ def test_lora_config_wraps_the_base(registry, plugins, tiny_bloom_dir, options, 
 
     method = make(registry, "peft-method", "lora", **options)
     config = method.peft_config(PeftSection(r=4, alpha=8.0, dropout=0.0))
-    assert (config.r, config.lora_alpha, config.use_dora, config.use_rslora) == (4, 8.0, dora, rslora)
+    assert (config.r, config.lora_alpha, config.use_dora, config.use_rslora) == (
+        4,
+        8.0,
+        dora,
+        rslora,
+    )
     model = get_peft_model(load(tiny_bloom_dir, make(registry, "quantizer", "none")), config)
     # auto targets: peft's default for bloom, query_key_value (64 -> 192) in each of 2 layers
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
