@@ -10,12 +10,12 @@ from rich.text import Text
 
 @functools.cache
 def console() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 @functools.cache
 def error_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_error(exc: BaseException) -> None:
