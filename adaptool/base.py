@@ -8,7 +8,7 @@ Heavy libraries (torch, transformers, peft, bitsandbytes) are imported inside me
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -91,6 +91,23 @@ class Formatter(Plugin):
         parse (or this formatter has no structure to parse)."""
         return None
 
+    def score(
+        self, rows: Sequence[Mapping[str, Any]], outputs: Sequence[Any], tokenizer: Any
+    ) -> dict[str, float]:
+        """Score generated ``outputs`` (``adaptool.generate.Generation``) against the rows they
+        were generated from. Default: exact match with the reference completion and the share
+        of outputs that stop at EOS."""
+        n = max(len(outputs), 1)
+        exact = sum(
+            out.output.strip() == _strip_eos(self.format(row, tokenizer).completion, tokenizer)
+            for row, out in zip(rows, outputs, strict=True)
+        )
+        return {
+            "rows": len(outputs),
+            "exact_match": exact / n,
+            "stopped_at_eos": sum(o.stopped for o in outputs) / n,
+        }
+
 
 class Quantizer(Plugin):
     """Decides how the base model's weights are loaded (and stored) for training.
@@ -142,3 +159,8 @@ class PeftMethod(Plugin):
         r, alpha, dropout, bias, target_modules; this method's own options are in
         ``self.options``)."""
         raise NotImplementedError
+
+
+def _strip_eos(text: str, tokenizer: Any) -> str:
+    eos = getattr(tokenizer, "eos_token", None)
+    return (text.removesuffix(eos) if eos else text).strip()

@@ -54,6 +54,7 @@ def encode_examples(
         ids = list(prompt_ids) + completion_ids
         prompt_labels = list(prompt_ids) if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
         labels = prompt_labels + completion_ids
+        labels[0] = IGNORE_INDEX  # nothing comes before the first token: it is never predicted
         out.append(
             Encoded(
                 input_ids=ids[:max_length],

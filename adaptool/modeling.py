@@ -10,12 +10,29 @@ if TYPE_CHECKING:
     from adaptool.recipe import ModelSection
 
 
-def load_tokenizer(model: ModelSection, *, token: str | None = None) -> Any:
-    """The base model's tokenizer, with a pad token (EOS when the tokenizer has none)."""
-    from transformers import AutoTokenizer
+def quiet_libraries() -> None:
+    """Keep the libraries' chatter (progress bars, known-harmless warnings) off the terminal;
+    adaptool reports what matters itself."""
+    import logging
+    import warnings
+
+    from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
+
+
+def load_tokenizer(model: ModelSection, *, token: str | None = None) -> Any:
+    """The base model's tokenizer, with a pad token (EOS when the tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    quiet_libraries()
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             model.name,
@@ -37,3 +54,76 @@ def load_tokenizer(model: ModelSection, *, token: str | None = None) -> Any:
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def device() -> str:
+    """``cuda`` when a GPU is there, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def weights_dtype(model: ModelSection, precision: str | None = None) -> Any:
+    """The dtype the base's (non-quantized) weights are loaded in: the recipe's ``model.dtype``,
+    or with ``auto`` the training precision (fp32 on a CPU, which has no fast fp16)."""
+    import torch
+
+    if model.dtype != "auto":
+        return getattr(torch, model.dtype)
+    name = PRECISION_DTYPES.get(precision or "fp32", "float32")
+    if name == "float16" and device() == "cpu":
+        name = "float32"
+    return getattr(torch, name)
+
+
+def load_base(
+    model: ModelSection,
+    quantizer: Any,
+    *,
+    precision: str | None = None,
+    token: str | None = None,
+    base_override: str | None = None,
+) -> Any:
+    """The base model through the quantizer plugin, on the GPU when there is one. Errors name
+    the model and say what to try."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_libraries()
+    name = base_override or model.name
+    kwargs = dict(quantizer.from_pretrained_kwargs())
+    kwargs.setdefault("dtype", weights_dtype(model, precision))
+    if device() == "cuda":
+        kwargs.setdefault("device_map", {"": 0})
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(
+            name,
+            revision=None if base_override else model.revision,
+            trust_remote_code=model.trust_remote_code,
+            token=token,
+            use_safetensors=True,
+            **kwargs,
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = (
+            "the folder needs config.json and *.safetensors weights (adaptool loads no pickle "
+            "weights)"
+            if not _looks_like_hub_id(name)
+            else "a Hub id needs the network (and HF_TOKEN for gated models); pass a local "
+            "folder instead"
+        )
+        raise ModelError(
+            f"could not load the base model '{name}' ({quantizer.name}): "
+            f"{type(exc).__name__}: {first} ({hint})."
+        ) from None
+    return quantizer.after_load(loaded)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    from pathlib import Path
+
+    return not Path(name).is_absolute() and not Path(name).exists()

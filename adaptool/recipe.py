@@ -98,6 +98,8 @@ class TrainingSection(Section):
     seed: int = 42
     logging_steps: int = Field(default=10, gt=0)
     save_steps: int = Field(default=100, ge=0, description="0: no intermediate checkpoints")
+    eval_steps: int = Field(default=0, ge=0, description="0: at every save and at the end")
+    group_by_length: bool = True
 
     @classmethod
     def cross_key_problems(cls, values: Mapping[str, Any]) -> list[str]:

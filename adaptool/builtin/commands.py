@@ -9,10 +9,11 @@ from adaptool.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(app: Any) -> None:
-    from adaptool.cli import check, generate, inspect, merge, plugins, pull, push, train
+    from adaptool.cli import check, eval, generate, inspect, merge, plugins, pull, push, train
 
     app.command("train")(train.train_cli)
     app.command("generate")(generate.generate_cli)
+    app.command("eval")(eval.eval_cli)
     app.command("merge")(merge.merge_cli)
     app.command("push")(push.push_cli)
     app.command("pull")(pull.pull_cli)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adaptool.base import Example, Formatter, Options
@@ -60,6 +60,38 @@ class QuoteTags(Formatter):
         if isinstance(value, list) and all(isinstance(t, str) for t in value):
             return value
         return None
+
+    def score(
+        self, rows: Sequence[Mapping[str, Any]], outputs: Sequence[Any], tokenizer: Any
+    ) -> dict[str, float]:
+        """Tag precision / recall / F1 (micro, over predicted vs true tags), the share of
+        outputs that parse as a tag list, that stop at EOS, and both."""
+        n = max(len(outputs), 1)
+        tp = fp = fn = exact = parsed_n = stopped_n = both = 0
+        for row, out in zip(rows, outputs, strict=True):
+            truth = {str(t) for t in _field(row, self.options.tags_column, self.name)}
+            tags = self.parse(out.output)
+            predicted = set(tags or [])
+            tp += len(predicted & truth)
+            fp += len(predicted - truth)
+            fn += len(truth - predicted)
+            exact += predicted == truth
+            parsed_n += tags is not None
+            stopped_n += out.stopped
+            both += tags is not None and out.stopped
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {
+            "rows": len(outputs),
+            "tag_precision": precision,
+            "tag_recall": recall,
+            "tag_f1": f1,
+            "exact_tag_set": exact / n,
+            "parses": parsed_n / n,
+            "stopped_at_eos": stopped_n / n,
+            "parses_and_stops": both / n,
+        }
 
 
 class Text(Formatter):

@@ -2,13 +2,65 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from adaptool.cli.options import RecipeArg, SetOpt
-from adaptool.cli.output import not_yet
+from adaptool.cli.output import console
 
 
-def train_cli(recipe: RecipeArg, set_: SetOpt = None) -> None:
-    """Train an adapter as RECIPE describes (the recipe is validated first)."""
+def train_cli(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output dir (default: output.dir).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint in the output.")
+    ] = False,
+    init_adapter: Annotated[
+        Path | None,
+        typer.Option("--init-adapter", help="Start from this adapter (new optimizer)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output dir.")
+    ] = False,
+) -> None:
+    """Train an adapter as RECIPE describes.
+
+    Writes adapter_config.json + adapter_model.safetensors (loadable by plain peft), the
+    tokenizer, the resolved recipe.toml, metrics.jsonl, loss.png and the adaptool.json manifest.
+    Ctrl-C writes a checkpoint; --resume continues from it.
+    """
+    from adaptool.progress import ConsoleReporter
     from adaptool.recipe import load_recipe
+    from adaptool.train import train
 
-    load_recipe(recipe, set_ or [])
-    not_yet("train", f"The recipe is valid: `adaptool check {recipe}` shows its data.")
+    loaded = load_recipe(recipe, set_ or [])
+    out = console()
+    result = train(
+        loaded,
+        output_dir=output,
+        resume=resume,
+        init_adapter=init_adapter,
+        overwrite=overwrite,
+        reporter=ConsoleReporter(out),
+    )
+    if result.interrupted:
+        out.print(
+            f"interrupted at step {result.step}/{result.total_steps}; a checkpoint is saved. "
+            f"Continue with: adaptool train {recipe} --resume"
+            + (f" --output {output}" if output else ""),
+            markup=False,
+        )
+        raise typer.Exit(130)
+    losses = f"train loss {result.train_loss:.4f}" if result.train_loss is not None else ""
+    if result.eval_loss is not None:
+        losses += f", eval loss {result.eval_loss:.4f}"
+    out.print(
+        f"done: {result.step} steps, {result.tokens:,} tokens in {result.wall_time:.1f} s; "
+        f"{losses}\nadapter: {result.output_dir}",
+        markup=False,
+    )

@@ -91,7 +91,8 @@ def test_text_formatter_trains_on_everything(registry, tokenizer):
     example = fmt.format(data[1], tokenizer)
     assert example == Example("", "Call me Ishmael.")
     [encoded] = encode_examples([example], tokenizer, max_length=64)
-    assert IGNORE_INDEX not in encoded.labels
+    # everything is trained on but the first token, which nothing precedes
+    assert encoded.labels[0] == IGNORE_INDEX and IGNORE_INDEX not in encoded.labels[1:]
     assert encoded.labels[-1] == tokenizer.eos_token_id
     assert fmt.generation_prompt("Call me", tokenizer) == "Call me"
 
@@ -173,7 +174,7 @@ def test_masking_puts_loss_on_the_completion_only(registry, tokenizer):
     assert masked.labels[n_prompt:] == masked.input_ids[n_prompt:]
     assert tokenizer.decode(masked.labels[n_prompt:]) == example.completion + "</s>"
     [everything] = encode_examples([example], tokenizer, max_length=256, train_on_prompt=True)
-    assert everything.labels == everything.input_ids
+    assert everything.labels[1:] == everything.input_ids[1:]
     [cut] = encode_examples([example], tokenizer, max_length=n_prompt + 2)
     assert cut.truncated and len(cut.input_ids) == n_prompt + 2
     assert not cut.ends_with_eos(tokenizer.eos_token_id)

@@ -1,0 +1,162 @@
+"""Opening what adaptool made (or plain peft made): an adapter dir or a merged model dir,
+with the base loaded the way the adapter was trained unless told otherwise."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adaptool.errors import AdapterError
+from adaptool.manifest import read_manifest
+from adaptool.modeling import load_base, load_tokenizer
+
+if TYPE_CHECKING:
+    from adaptool.base import Formatter, Quantizer
+    from adaptool.registry import Registry
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLE_WEIGHTS = ("adapter_model.bin", "pytorch_model.bin")
+
+
+def check_adapter_dir(folder: Path) -> Path:
+    """A folder holding a parseable adapter config and safetensors weights (pickle refused)."""
+    if not folder.is_dir():
+        raise AdapterError(f"{folder} is not a directory holding an adapter.")
+    config = folder / ADAPTER_CONFIG
+    if not config.is_file():
+        raise AdapterError(f"{folder} has no {ADAPTER_CONFIG}: it is not a peft adapter.")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "peft_type" not in data:
+            raise ValueError("no peft_type")
+    except ValueError as exc:
+        raise AdapterError(f"{config} is not a valid peft adapter config ({exc}).") from None
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        pickled = [n for n in PICKLE_WEIGHTS if (folder / n).is_file()]
+        if pickled:
+            raise AdapterError(
+                f"{folder} holds only pickle weights ({pickled[0]}); adaptool loads safetensors "
+                f"only, since unpickling can run arbitrary code. Convert them with peft where you "
+                f"trust the source, then try again."
+            )
+        raise AdapterError(f"{folder} has no {ADAPTER_WEIGHTS}.")
+    return folder
+
+
+@dataclass
+class Target:
+    """An opened adapter or merged model, ready to generate."""
+
+    path: Path
+    kind: str  # "adapter" | "merged"
+    model: Any
+    tokenizer: Any
+    formatter: Formatter | None
+    manifest: dict[str, Any] | None
+    base_name: str
+    quantization: str
+
+
+def _plugin(registry: Registry | None, kind: str, name: str, options: dict[str, Any]) -> Any:
+    if registry is None:
+        from adaptool.plugins import get_plugins
+
+        registry = get_plugins().registry
+    cls = registry.get(kind, name)
+    known = {k: v for k, v in options.items() if k in cls.Options.model_fields}
+    return cls(cls.Options.model_validate(known))
+
+
+def formatter_from_manifest(manifest: dict[str, Any] | None, registry: Registry | None = None):
+    """The formatter an adapter was trained with (None when there is no manifest)."""
+    if not manifest or not manifest.get("formatter"):
+        return None
+    spec = manifest["formatter"]
+    return _plugin(registry, "formatter", spec["name"], spec.get("options") or {})
+
+
+def quantizer_for(
+    manifest: dict[str, Any] | None, override: str | None, registry: Registry | None = None
+) -> Quantizer:
+    """``--quantization`` if given, else the quantization the adapter was trained with."""
+    if override is not None:
+        return _plugin(registry, "quantizer", override, {})
+    spec = (manifest or {}).get("quantization") or {"backend": "none"}
+    return _plugin(registry, "quantizer", spec["backend"], spec)
+
+
+def open_target(
+    target: str | Path,
+    *,
+    base: str | None = None,
+    quantization: str | None = None,
+    registry: Registry | None = None,
+    token: str | None = None,
+) -> Target:
+    """Load an adapter dir (its base resolved from the manifest or adapter config, ``base``
+    overriding where it lives) or a merged model dir, in eval mode."""
+    from adaptool.recipe import ModelSection
+
+    folder = Path(target).expanduser().resolve()
+    if not folder.is_dir():
+        raise AdapterError(
+            f"{target} is not a directory; give an adapter dir written by `adaptool train` or "
+            f"peft, or a merged model dir."
+        )
+    manifest = read_manifest(folder)
+    formatter = formatter_from_manifest(manifest, registry)
+    if (folder / ADAPTER_CONFIG).is_file():
+        check_adapter_dir(folder)
+        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        recorded = (manifest or {}).get("base_model") or {}
+        base_name = base or recorded.get("name") or config.get("base_model_name_or_path")
+        if not base_name:
+            raise AdapterError(
+                f"{folder} does not say which base model it adapts; pass --base PATH."
+            )
+        dtype = recorded.get("dtype", "auto") if not base else "auto"
+        section = ModelSection(
+            name=str(base_name),
+            revision=None if base else recorded.get("revision"),
+            dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "auto",
+        )
+        quantizer = quantizer_for(manifest, quantization, registry)
+        tokenizer_source = section
+        if (folder / "tokenizer_config.json").is_file():
+            tokenizer_source = ModelSection(name=str(folder))
+        tokenizer = load_tokenizer(tokenizer_source, token=token)
+        model = load_base(section, quantizer, token=token)
+        model = _attach(model, folder, base_name)
+        kind = "adapter"
+    elif (folder / "config.json").is_file():
+        quantizer = quantizer_for(None, quantization, registry)
+        section = ModelSection(name=str(folder))
+        tokenizer = load_tokenizer(section, token=token)
+        model = load_base(section, quantizer, token=token)
+        base_name = str(((manifest or {}).get("base_model") or {}).get("name", folder))
+        kind = "merged"
+    else:
+        raise AdapterError(
+            f"{folder} holds neither an adapter ({ADAPTER_CONFIG}) nor a model (config.json)."
+        )
+    model.eval()
+    model.config.use_cache = True
+    return Target(
+        folder, kind, model, tokenizer, formatter, manifest, str(base_name), quantizer.name
+    )
+
+
+def _attach(model: Any, folder: Path, base_name: str) -> Any:
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise AdapterError(
+            f"the adapter {folder} does not fit the base {base_name}: {type(exc).__name__}: "
+            f"{first}. Pass --base with the model it was trained on."
+        ) from None

@@ -1,0 +1,73 @@
+"""Batches for training: length-grouped so compute goes to real tokens, deterministic from
+(seed, epoch) so a resumed run sees exactly the batches an uninterrupted one would."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from adaptool.encoding import IGNORE_INDEX, Encoded
+
+#: rows are sorted by length within windows of this many batches, then the batches shuffled
+GROUP_WINDOW = 64
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The order of rows in every epoch: ``batches(epoch)`` lists row indices per batch."""
+
+    lengths: Sequence[int]
+    batch_size: int
+    seed: int
+    group_by_length: bool = True
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        if not self.group_by_length:
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        window = self.batch_size * GROUP_WINDOW
+        batches: list[list[int]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: -self.lengths[i])
+            batches += [
+                chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
+            ]
+        shuffle = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in shuffle]
+
+    def batch_at(self, index: int) -> list[int]:
+        """The ``index``-th batch of the endless stream epoch 0, epoch 1, ..."""
+        epoch, position = divmod(index, self.batches_per_epoch)
+        return self._cached(epoch)[position]
+
+    def _cached(self, epoch: int) -> list[list[int]]:
+        cache = self.__dict__.setdefault("_cache", {})
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = self.batches(epoch)
+        return cache[epoch]
+
+
+def collate(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, Any]:
+    """Right-pad a batch: input_ids, attention_mask, labels (IGNORE_INDEX on padding)."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
