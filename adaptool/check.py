@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from adaptool.data import check_columns, load_rows, split_eval
-from adaptool.encoding import IGNORE_INDEX, Encoded, encode_examples
+from adaptool.encoding import IGNORE_INDEX, Encoded, encode_rows
 from adaptool.modeling import load_tokenizer
 
 if TYPE_CHECKING:
@@ -90,14 +90,7 @@ def check(recipe: Recipe, *, examples: int = 3, registry: Registry | None = None
     check_columns(rows, formatter, recipe.data.source)
     train_rows, eval_rows = split_eval(rows, recipe.data.eval_fraction, recipe.training.seed)
 
-    formatted = [formatter.format(row, tokenizer) for row in rows]
-    encoded = encode_examples(
-        formatted,
-        tokenizer,
-        max_length=recipe.data.max_length,
-        train_on_prompt=recipe.data.train_on_prompt,
-        prompt_has_special_tokens=formatter.prompt_has_special_tokens,
-    )
+    encoded = encode_rows(rows, formatter, tokenizer, recipe.data)
     eos = tokenizer.eos_token_id
     report = CheckReport(
         recipe=recipe,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adaptool.base import Example
+
+if TYPE_CHECKING:
+    from adaptool.base import Formatter
+    from adaptool.recipe import DataSection
 
 IGNORE_INDEX = -100
 
@@ -65,3 +69,16 @@ def encode_examples(
             )
         )
     return out
+
+
+def encode_rows(
+    rows: Iterable[Mapping[str, Any]], formatter: Formatter, tokenizer: Any, data: DataSection
+) -> list[Encoded]:
+    """Format dataset rows with ``formatter`` and encode them as the recipe's [data] says."""
+    return encode_examples(
+        [formatter.format(row, tokenizer) for row in rows],
+        tokenizer,
+        max_length=data.max_length,
+        train_on_prompt=data.train_on_prompt,
+        prompt_has_special_tokens=formatter.prompt_has_special_tokens,
+    )

@@ -48,24 +48,21 @@ def library_versions() -> dict[str, str]:
 def git_info(path: Path) -> dict[str, Any] | None:
     """Commit (and whether the tree is dirty) of the git repository holding ``path``."""
     folder = path if path.is_dir() else path.parent
+
+    def git(*args: str) -> str:
+        run = subprocess.run(
+            ["git", "-C", str(folder), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return run.stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
     except (OSError, subprocess.SubprocessError):
         return None
-    return {"commit": commit, "dirty": bool(dirty)}
 
 
 def content_hash(folder: Path) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from adaptool.batching import BatchPlan, collate
 from adaptool.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, save_checkpoint
 from adaptool.data import check_columns, load_rows, split_eval
-from adaptool.encoding import IGNORE_INDEX, Encoded, encode_examples
+from adaptool.encoding import IGNORE_INDEX, Encoded, encode_rows
 from adaptool.errors import AdaptoolError, DataError
 from adaptool.manifest import (
     MANIFEST,
@@ -312,14 +312,7 @@ def _prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
 
 
 def _encode(rows: Any, formatter: Any, tokenizer: Any, recipe: Recipe) -> tuple[list, int, int]:
-    examples = [formatter.format(row, tokenizer) for row in rows]
-    encoded = encode_examples(
-        examples,
-        tokenizer,
-        max_length=recipe.data.max_length,
-        train_on_prompt=recipe.data.train_on_prompt,
-        prompt_has_special_tokens=formatter.prompt_has_special_tokens,
-    )
+    encoded = encode_rows(rows, formatter, tokenizer, recipe.data)
     kept = [e for e in encoded if e.trained_tokens > 0]
     return kept, len(encoded) - len(kept), sum(e.truncated for e in encoded)
 
