@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--prose", type=Path, default=DATA / "pretrain.txt")
     args = parser.parse_args()
 
@@ -88,15 +90,15 @@ def main() -> None:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
+        hidden_dropout=args.dropout,
+        attention_dropout=args.dropout,
     )
     model = BloomForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: BLOOM {args.layers} layers x {args.hidden_size}, {params / 1e6:.2f} M params")
 
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95)
+        model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95)
     )
     warmup = max(1, args.steps // 20)
 
@@ -132,6 +134,7 @@ def main() -> None:
             **sample, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
     print("sample:", tokenizer.decode(out[0], skip_special_tokens=True))
+    model.config.hidden_dropout = model.config.attention_dropout = 0.0  # pretraining only
     model.half()
     model.save_pretrained(str(args.out))
     tokenizer.save_pretrained(str(args.out))
