@@ -86,3 +86,44 @@ def test_demo_quotes_follow_their_rules():
         assert row["quote"].startswith("“") and row["quote"].endswith("”")
         assert 1 <= len(row["tags"]) <= 4 and row["tags"] == sorted(row["tags"])
         assert set(row["tags"]) <= vocabulary
+
+
+def test_the_offline_default_trains_on_its_shipped_base(tmp_path, plugins):
+    """A short run of recipes/tiny-tagger.toml as shipped: the committed base loads in 8-bit,
+    the adapter trains, the loss falls, and the result loads back for generation."""
+    from typer.testing import CliRunner
+
+    from adaptool.cli import build_app
+
+    out = tmp_path / "tiny"
+    result = CliRunner().invoke(
+        build_app(plugins),
+        [
+            "train",
+            str(REPO / "recipes" / "tiny-tagger.toml"),
+            "--output",
+            str(out),
+            "--set",
+            "training.max_steps=60",
+            "--set",
+            "training.logging_steps=10",
+            "--set",
+            "training.warmup_steps=5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "trainable params:" in result.output
+    losses = [
+        json.loads(line)["loss"]
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
+    assert losses[-1] < 0.7 * losses[0], losses
+    manifest = json.loads((out / "adaptool.json").read_text())
+    assert manifest["quantization"]["backend"] == "bnb-8bit"
+    generated = CliRunner().invoke(
+        build_app(plugins),
+        ["generate", str(out), "Knowledge is power.", "--json", "--max-new-tokens", "24"],
+    )
+    assert generated.exit_code == 0, generated.output
+    assert json.loads(generated.output)["prompt"] == "“Knowledge is power.” ->: "
