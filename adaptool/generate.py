@@ -87,10 +87,7 @@ def generate(
             stopped = eos is not None and eos in new
             if stopped:
                 new = new[: new.index(eos) + 1]
-            text = tokenizer.decode(
-                [t for t in new if t != eos and t != pad] if stopped else new,
-                skip_special_tokens=True,
-            )
+            text = tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True)
             prompt = prompts[start + row]
             parsed = formatter.parse(text) if formatter is not None else None
             results.append(Generation(prompt, text, len(new), stopped, round(seconds, 4), parsed))

@@ -85,7 +85,7 @@ def train(
             "--resume and --init-adapter exclude each other: resume continues "
             "a run, --init-adapter starts a new one from an adapter."
         )
-    checkpoint = _prepare_output(out, resume=resume, overwrite=overwrite)
+    checkpoint = _check_output(out, resume=resume, overwrite=overwrite)
 
     formatter = recipe.formatter(registry)
     quantizer = recipe.quantizer(registry)
@@ -140,6 +140,8 @@ def train(
         num_training_steps=total_steps,
     )
 
+    # everything loaded and checked: only now is the output dir touched
+    _claim_output(out, checkpoint=checkpoint, overwrite=overwrite)
     step, records, tokens_seen = 0, [], 0
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -286,8 +288,9 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
-    """Refuse to clobber an existing result; return the checkpoint to resume from."""
+def _check_output(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
+    """Refuse to clobber an existing result (touching nothing); return the checkpoint to
+    resume from."""
     if resume:
         checkpoint = latest_checkpoint(out)
         if checkpoint is None:
@@ -295,20 +298,27 @@ def _prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
                 f"--resume: {out} holds no checkpoint to resume from (a run writes one every "
                 f"training.save_steps and on Ctrl-C)."
             )
-        (out / MANIFEST).unlink(missing_ok=True)  # the result is complete again only at the end
         return checkpoint
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise OutputExists(
-                f"the output directory {out} already exists and is not empty. Use --resume to "
-                f"continue its run, --overwrite to replace it, or --output DIR for another one."
-            )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise OutputExists(
+            f"the output directory {out} already exists and is not empty. Use --resume to "
+            f"continue its run, --overwrite to replace it, or --output DIR for another one."
+        )
+    return None
+
+
+def _claim_output(out: Path, *, checkpoint: Path | None, overwrite: bool) -> None:
+    """Make the output dir ours: on resume the old result stops counting as complete (its
+    manifest goes until the end); with --overwrite the old contents go."""
+    if checkpoint is not None:
+        (out / MANIFEST).unlink(missing_ok=True)
+        return
+    if overwrite and out.exists():
         if out.is_dir():
             shutil.rmtree(out)
         else:
             out.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    return None
 
 
 def _encode(rows: Any, formatter: Any, tokenizer: Any, recipe: Recipe) -> tuple[list, int, int]:

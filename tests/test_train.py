@@ -279,7 +279,17 @@ def test_missing_column_empty_data_and_unknown_formatter(tmp_path, tiny_bloom_di
         train(load_recipe(path, registry=registry), registry=registry)
     with pytest.raises(RecipeError, match="unknown formatter 'tagger'"):
         load_recipe(path, ["data.formatter=tagger"], registry=registry)
-    assert not (tmp_path / "out" / "adaptool.json").exists()
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_overwrite_keeps_the_old_result_when_the_new_run_fails_early(
+    tmp_path, tiny_bloom_dir, registry
+):
+    first = run(tmp_path, tiny_bloom_dir, registry=registry, steps=2)
+    path = recipe_file(tmp_path, tiny_bloom_dir, source=DATA / "text.csv", name="bad.toml")
+    with pytest.raises(DataError):
+        train(load_recipe(path, registry=registry), overwrite=True, registry=registry)
+    assert (first.output_dir / "adaptool.json").is_file()
 
 
 def test_cli_train_errors_are_exit_2(tmp_path, tiny_bloom_dir, plugins):
