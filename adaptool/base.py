@@ -137,6 +137,16 @@ class Quantizer(Plugin):
         """What to record in a manifest about this quantization."""
         return {"backend": self.name, **self.options.model_dump()}
 
+    def round_trip(self, weight: Any, *, dtype: Any) -> Any:
+        """``weight`` as the quantized base computes with it: quantized the way loading
+        quantizes it (from ``dtype``, the dtype it was loaded in) and dequantized, in float32.
+        ``merge --into dequantized`` folds adapters into these weights. Default: unchanged."""
+        return weight.to(dtype).float()
+
+    def quantizes(self, module_name: str) -> bool:
+        """Whether the linear layer ``module_name`` is quantized by this backend."""
+        return False
+
 
 class PeftMethod(Plugin):
     """Builds the ``peft`` config of one parameter-efficient method.

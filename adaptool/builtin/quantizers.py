@@ -29,6 +29,15 @@ def disable_cpu_bf16_repack(model: Any) -> Any:
     return model
 
 
+#: what transformers leaves unquantized by default (the output projection)
+DEFAULT_SKIP = ("lm_head",)
+
+
+def _skipped(module_name: str, skip: list[str] | None) -> bool:
+    parts = module_name.split(".")
+    return any(s in parts or module_name.endswith(s) for s in (skip or DEFAULT_SKIP))
+
+
 class Bnb4bit(Quantizer):
     """bitsandbytes 4-bit (QLoRA): nf4 or fp4 weights, optional double quantization."""
 
@@ -58,6 +67,20 @@ class Bnb4bit(Quantizer):
     def after_load(self, model: Any) -> Any:
         return disable_cpu_bf16_repack(model)
 
+    def quantizes(self, module_name: str) -> bool:
+        return not _skipped(module_name, self.options.skip_modules)
+
+    def round_trip(self, weight: Any, *, dtype: Any) -> Any:
+        import bitsandbytes.functional as F
+
+        packed, state = F.quantize_4bit(
+            weight.to(dtype).contiguous(),
+            blocksize=64,
+            compress_statistics=self.options.double_quant,
+            quant_type=self.options.quant_type,
+        )
+        return F.dequantize_4bit(packed, state).float()
+
 
 class Bnb8bit(Quantizer):
     """bitsandbytes LLM.int8() 8-bit weights, as in the reference notebook."""
@@ -82,6 +105,17 @@ class Bnb8bit(Quantizer):
 
     def after_load(self, model: Any) -> Any:
         return disable_cpu_bf16_repack(model)
+
+    def quantizes(self, module_name: str) -> bool:
+        return not _skipped(module_name, self.options.skip_modules)
+
+    def round_trip(self, weight: Any, *, dtype: Any) -> Any:
+        import bitsandbytes.functional as F
+        import torch
+
+        # as Int8Params quantizes: fp16, one absmax scale per output row
+        rows, scales, _ = F.int8_vectorwise_quant(weight.to(torch.float16).contiguous())
+        return rows.float() * (scales.float().unsqueeze(1) / 127.0)
 
 
 @hookimpl
