@@ -86,7 +86,6 @@ def test_plugins_table(plugins):
 @pytest.mark.parametrize(
     ("args", "what"),
     [
-        (["merge", "x"], "merge"),
         (["push", "x"], "push"),
         (["pull", "org/x"], "pull"),
         (["inspect", "x"], "inspect"),
