@@ -214,3 +214,118 @@ def test_cli_merge_and_generate_from_the_merged_model(tmp_path, tiny_bloom_dir, 
     assert merged_gen["output"] == adapter_gen["output"]
     again = CliRunner().invoke(app, ["merge", str(adapter), "--output", str(tmp_path / "m")])
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def weight_deltas(merged_dir, base_dir):
+    merged, base = (
+        load_file(str(merged_dir / "model.safetensors")),
+        load_file(str(base_dir / "model.safetensors")),
+    )
+    return {k: merged[k].float() - base[k].float() for k in merged if k.endswith(".weight")}
+
+
+@pytest.fixture
+def two_adapters(tmp_path, tiny_bloom_dir, registry):
+    a = trained(tmp_path, tiny_bloom_dir, registry, name="a")
+    b = trained(
+        tmp_path,
+        tiny_bloom_dir,
+        registry,
+        name="b",
+        extra=("training.seed=99", "data.train_on_prompt=true"),
+    )
+    return a, b
+
+
+def test_cat_with_weights_one_zero_reproduces_the_first_adapter(
+    tmp_path, tiny_bloom_dir, registry, two_adapters
+):
+    from adaptool.combine import combine
+
+    a, b = two_adapters
+    result = combine(
+        [a, b],
+        output=tmp_path / "cat10",
+        weights=[1.0, 0.0],
+        combination="cat",
+        full=True,
+        dtype="fp32",
+        registry=registry,
+    )
+    single = merge(a, output=tmp_path / "only-a", dtype="fp32", registry=registry)
+    combined, first = (
+        weight_deltas(result.output_dir, tiny_bloom_dir),
+        weight_deltas(single.output_dir, tiny_bloom_dir),
+    )
+    assert max((combined[k] - first[k]).abs().max().item() for k in first) <= 1e-6
+    manifest = json.loads((result.output_dir / "adaptool.json").read_text())
+    parents = manifest["adapter"]["manifest"]["combined"]["parents"]
+    assert [p["path"] for p in parents] == [str(a), str(b)]
+
+
+def test_cat_with_half_weights_averages_the_weight_deltas(
+    tmp_path, tiny_bloom_dir, registry, two_adapters
+):
+    from adaptool.combine import combine
+
+    a, b = two_adapters
+    combine(
+        [a, b], output=tmp_path / "avg", weights=[0.5, 0.5], combination="cat", registry=registry
+    )
+    adapter_manifest = json.loads((tmp_path / "avg" / "adaptool.json").read_text())
+    assert adapter_manifest["combined"]["weights"] == [0.5, 0.5]
+    avg = merge(tmp_path / "avg", output=tmp_path / "avg-m", dtype="fp32", registry=registry)
+    da = weight_deltas(
+        merge(a, output=tmp_path / "ma", dtype="fp32", registry=registry).output_dir, tiny_bloom_dir
+    )
+    db = weight_deltas(
+        merge(b, output=tmp_path / "mb", dtype="fp32", registry=registry).output_dir, tiny_bloom_dir
+    )
+    d = weight_deltas(avg.output_dir, tiny_bloom_dir)
+    assert max((d[k] - 0.5 * (da[k] + db[k])).abs().max().item() for k in d) <= 1e-6
+    assert max(da[k].abs().max().item() for k in da) > 1e-3  # the adapters do something
+
+
+def test_combining_refuses_adapters_of_different_bases(tmp_path, tiny_bloom_dir, registry):
+    from transformers import AutoTokenizer
+
+    from adaptool.combine import combine
+    from adaptool.testing import make_tiny_bloom
+
+    a = trained(tmp_path, tiny_bloom_dir, registry, name="a")
+    other = tmp_path / "other-base"
+    make_tiny_bloom(other, AutoTokenizer.from_pretrained(str(tiny_bloom_dir)), seed=3)
+    b = trained(tmp_path, other, registry, name="b")
+    with pytest.raises(AdapterError, match="different bases"):
+        combine([a, b], output=tmp_path / "c", registry=registry)
+    with pytest.raises(AdaptoolError, match="needs --density"):
+        combine([a, a], output=tmp_path / "c", combination="ties", registry=registry)
+
+
+def test_cli_combines_adapters(tmp_path, plugins, two_adapters):
+    from typer.testing import CliRunner
+
+    from adaptool.cli import build_app
+
+    a, b = two_adapters
+    result = CliRunner().invoke(
+        build_app(plugins),
+        [
+            "merge",
+            "--adapter",
+            str(a),
+            "--adapter",
+            str(b),
+            "--weight",
+            "0.7",
+            "--weight",
+            "0.3",
+            "--combine",
+            "linear",
+            "--output",
+            str(tmp_path / "lin"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "combined 2 adapters (linear, weights 0.7, 0.3)" in result.output
+    assert (tmp_path / "lin" / "adapter_model.safetensors").is_file()

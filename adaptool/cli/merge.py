@@ -11,8 +11,31 @@ from adaptool.cli.output import console
 
 
 def merge_cli(
-    adapter: Annotated[str, typer.Argument(help="Adapter dir.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the model.")],
+    adapter: Annotated[str | None, typer.Argument(help="Adapter dir.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where to write the result.")
+    ] = None,
+    adapters: Annotated[
+        list[str] | None,
+        typer.Option("--adapter", help="Combine several adapters: --adapter A --adapter B."),
+    ] = None,
+    weights: Annotated[
+        list[float] | None, typer.Option("--weight", help="One per adapter (default 1/n each).")
+    ] = None,
+    combine: Annotated[
+        str,
+        typer.Option(
+            "--combine",
+            help="linear, cat, svd, ties, dare_linear, dare_ties, "
+            "magnitude_prune (and their _svd variants).",
+        ),
+    ] = "linear",
+    density: Annotated[
+        float | None, typer.Option("--density", help="For ties / dare / magnitude_prune.")
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Fold the combined adapter into the base as well.")
+    ] = False,
     dtype: Annotated[
         str, typer.Option("--dtype", help="bf16, fp16, fp32, or auto (the base's own dtype).")
     ] = "auto",
@@ -36,19 +59,55 @@ def merge_cli(
     folded into the base as it was trained (--into dequantized) or into the original weights
     (--into original), never into quantized weights. The merged model is then compared with the
     adapter as trained (max |Δ logits|, mean KL).
+
+    With --adapter A --adapter B [--weight 0.7 --weight 0.3] --combine TYPE, several adapters
+    trained on the same base become one adapter (peft's add_weighted_adapter); --full then folds
+    it into the base like a single adapter.
     """
+    from adaptool.errors import AdaptoolError
     from adaptool.merge import merge
 
-    result = merge(
-        adapter,
-        output=output,
-        dtype=dtype,
-        into=into,
-        base=base,
-        verify=not no_verify,
-        overwrite=overwrite,
-    )
+    if output is None:
+        raise AdaptoolError("--output DIR is required.")
+    sources = ([adapter] if adapter else []) + list(adapters or [])
+    if not sources:
+        raise AdaptoolError("give an ADAPTER dir (or several with --adapter).")
     out = console()
+    if len(sources) > 1:
+        from adaptool.combine import combine as combine_adapters
+
+        combined = combine_adapters(
+            sources,
+            output=output,
+            weights=weights,
+            combination=combine,
+            density=density,
+            full=full,
+            base=base,
+            overwrite=overwrite,
+            dtype=dtype,
+            into=into,
+            verify=not no_verify,
+        )
+        out.print(
+            f"combined {len(sources)} adapters ({combined.combination}, weights "
+            f"{', '.join(f'{w:g}' for w in combined.weights)})",
+            markup=False,
+        )
+        if combined.merged is None:
+            out.print(f"adapter: {combined.output_dir}", markup=False)
+            return
+        result = combined.merged
+    else:
+        result = merge(
+            sources[0],
+            output=output,
+            dtype=dtype,
+            into=into,
+            base=base,
+            verify=not no_verify,
+            overwrite=overwrite,
+        )
     how = f", into the {result.into} base" if result.into else ""
     out.print(
         f"merged {result.merged_modules} layers ({result.quantization} adapter{how}) in "
