@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 from adaptool.adapter import ADAPTER_WEIGHTS, check_adapter_dir, quantizer_for
 from adaptool.errors import AdapterError, AdaptoolError, ModelError
 from adaptool.manifest import MANIFEST, library_versions, now, read_manifest, write_json
+from adaptool.streaming import tag_of, write_streamed
 
 if TYPE_CHECKING:
     from adaptool.registry import Registry
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+FLOAT_TAGS = ("F32", "F16", "BF16", "F64")
 #: max |Δ logits| between the merged model and the adapter unmerged on the same weights, by
 #: output dtype (the merged weights are rounded to it; the rest is float32 arithmetic)
 TOLERANCE = {"fp32": 1e-4, "bf16": 0.25, "fp16": 5e-2}
@@ -75,7 +77,6 @@ def merge(
     """Merge ``adapter`` into its base and write a standalone model to ``output``."""
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     started = time.monotonic()
     folder = check_adapter_dir(Path(adapter).expanduser().resolve())
@@ -113,26 +114,33 @@ def merge(
         weight_map: dict[str, str] = {}
         merged = 0
         for shard in shards:
-            tensors: dict[str, Any] = {}
             with safe_open(str(shard), framework="pt") as reader:
+                layout = []
                 for key in reader.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    tensor = reader.get_tensor(key)
+                    view = reader.get_slice(key)
+                    tag = view.get_dtype()
+                    if tag in FLOAT_TAGS:
+                        tag = tag_of(out_dtype)
+                    layout.append((key, tag, list(view.get_shape())))
+
+                def produce(key: str, shard: Path = shard) -> Any:
+                    nonlocal merged
+                    # a fresh mapping per tensor: pages read stay resident only while in use
+                    with safe_open(str(shard), framework="pt") as one:
+                        tensor = one.get_tensor(key)
+                    if not tensor.is_floating_point():
+                        return tensor
+                    tensor = tensor.float()
                     module = key.removesuffix(".weight")
-                    if tensor.is_floating_point():
-                        tensor = tensor.float()
-                        if key.endswith(".weight") and tensor.dim() == 2:
-                            if module in quantized_layers:
-                                tensor = quantizer.round_trip(tensor, dtype=load_dtype)
-                            if key in targets:
-                                tensor = _fold(
-                                    tensor, by_module[targets[key]], peft_config, targets[key]
-                                )
-                                merged += 1
-                        tensor = tensor.to(out_dtype)
-                    tensors[key] = tensor.contiguous()
-            save_file(tensors, str(tmp / shard.name), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(tensors, shard.name))
-            del tensors
+                    if module in quantized_layers and key.endswith(".weight"):
+                        tensor = quantizer.round_trip(tensor, dtype=load_dtype)
+                    if key in targets:
+                        tensor = _fold(tensor, by_module[targets[key]], peft_config, targets[key])
+                        merged += 1
+                    return tensor.to(out_dtype)
+
+                write_streamed(tmp / shard.name, layout, produce)
+            weight_map.update({key: shard.name for key, _, _ in layout})
         if len(shards) > 1:
             total = sum((tmp / s.name).stat().st_size for s in shards)
             write_json(
@@ -323,7 +331,7 @@ def _fold(weight: Any, module_state: dict[str, Any], config: Any, module: str) -
     from torch import nn
 
     holder = nn.Module()
-    holder.m = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    holder.m = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=False)
     with torch.no_grad():
         holder.m.weight.copy_(weight)
     single = copy.deepcopy(config)

@@ -108,3 +108,57 @@ def install_fake_plugin(
         f"[adaptool]\n{entry_point or module} = {module}\n", encoding="utf-8"
     )
     return site
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MiB (Linux)."""
+    return _proc_status("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux)."""
+    return _proc_status("VmHWM")
+
+
+def _proc_status(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} is not in /proc/self/status")
+
+
+def make_sharded_base_with_adapter(
+    directory: str | Path,
+    tokenizer: Any,
+    *,
+    hidden_size: int,
+    n_layer: int,
+    shard_mb: int,
+    r: int = 8,
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """A random BLOOM saved in fp32 safetensors shards of about ``shard_mb`` MB, and a LoRA
+    adapter for it with non-zero weights (so merging changes something). Returns both dirs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    directory = Path(directory)
+    model = make_tiny_bloom(
+        None,
+        tokenizer,
+        hidden_size=hidden_size,
+        n_layer=n_layer,
+        n_head=max(1, hidden_size // 64),
+        seed=seed,
+    )
+    base = directory / "base"
+    model.save_pretrained(str(base), max_shard_size=f"{shard_mb}MB")
+    tokenizer.save_pretrained(str(base))
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    adapter = directory / "adapter"
+    peft_model.save_pretrained(str(adapter))
+    return base, adapter

@@ -329,3 +329,37 @@ def test_cli_combines_adapters(tmp_path, plugins, two_adapters):
     assert result.exit_code == 0, result.output
     assert "combined 2 adapters (linear, weights 0.7, 0.3)" in result.output
     assert (tmp_path / "lin" / "adapter_model.safetensors").is_file()
+
+
+def test_peak_memory_stays_near_one_shard(tmp_path, tokenizer):
+    """Merging an 80 MB base in 16 MB shards must not hold the model in memory."""
+    import subprocess
+    import sys
+
+    from adaptool.testing import make_sharded_base_with_adapter
+
+    base, adapter = make_sharded_base_with_adapter(
+        tmp_path, tokenizer, hidden_size=512, n_layer=6, shard_mb=16
+    )
+    shards = list(base.glob("model-*.safetensors"))
+    model_mb = sum(p.stat().st_size for p in shards) / 2**20
+    assert len(shards) >= 5 and model_mb > 70
+    code = f"""
+import json
+import peft, safetensors, torch, transformers  # imports happen before the baseline
+from adaptool.merge import merge
+from adaptool.plugins import load_plugins
+from adaptool.testing import peak_rss_mb, rss_mb
+registry = load_plugins(entry_points=False).registry
+baseline = rss_mb()
+merge({str(adapter)!r}, output={str(tmp_path / "merged")!r}, base={str(base)!r}, dtype="fp32",
+      verify=False, registry=registry)
+print(json.dumps({{"baseline": baseline, "peak": peak_rss_mb()}}))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    growth = measured["peak"] - measured["baseline"]
+    largest_shard = max(p.stat().st_size for p in shards) / 2**20
+    print(f"merge of {model_mb:.0f} MB in {len(shards)} shards: peak RSS grew {growth:.1f} MB")
+    assert growth < 0.5 * model_mb, measured
+    assert growth < 3 * largest_shard + 10, measured
