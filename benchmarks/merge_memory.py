@@ -58,8 +58,9 @@ def build(work: Path, *, hidden: int, layers: int, vocab: int, shard: str) -> tu
     from transformers import BloomConfig, BloomForCausalLM
 
     torch.manual_seed(0)
-    config = BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers,
-                         n_head=max(1, hidden // 64))
+    config = BloomConfig(
+        vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=max(1, hidden // 64)
+    )
     model = BloomForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
     base = work / "base"
@@ -73,14 +74,19 @@ def build(work: Path, *, hidden: int, layers: int, vocab: int, shard: str) -> tu
     peft_model.save_pretrained(str(adapter))
     shards = sorted(base.glob("model-*.safetensors"))
     size = sum(p.stat().st_size for p in shards) / 2**20
-    print(f"base: BLOOM {layers} x {hidden}, vocab {vocab}: {params / 1e6:.0f} M params, "
-          f"{size:.0f} MB fp32 in {len(shards)} shards")
+    print(
+        f"base: BLOOM {layers} x {hidden}, vocab {vocab}: {params / 1e6:.0f} M params, "
+        f"{size:.0f} MB fp32 in {len(shards)} shards"
+    )
     return base, adapter
 
 
 def run(code: str, base: Path, adapter: Path, out: Path, shard: str) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", code, str(base), str(adapter), str(out), shard],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(base), str(adapter), str(out), shard],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -101,8 +107,10 @@ def identical(a: Path, b: Path) -> tuple[bool, int]:
     if set(left) != set(right):
         return False, 0
     for key, path in left.items():
-        with safe_open(str(path), framework="pt") as x, \
-                safe_open(str(right[key]), framework="pt") as y:
+        with (
+            safe_open(str(path), framework="pt") as x,
+            safe_open(str(right[key]), framework="pt") as y,
+        ):
             if not torch.equal(x.get_tensor(key), y.get_tensor(key)):
                 return False, len(left)
     return True, len(left)
@@ -120,16 +128,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="merge-bench-") as tmp:
         work = Path(tmp)
         started = time.monotonic()
-        base, adapter = build(work, hidden=size["hidden"], layers=size["layers"],
-                              vocab=size["vocab"], shard=size["shard"])
+        base, adapter = build(
+            work,
+            hidden=size["hidden"],
+            layers=size["layers"],
+            vocab=size["vocab"],
+            shard=size["shard"],
+        )
         print(f"built in {time.monotonic() - started:.0f} s; {args.rounds} A/B rounds")
         results: dict[str, list[dict[str, float]]] = {"peft": [], "adaptool": []}
         for round_ in range(args.rounds):
             for name, code in (("peft", PEFT), ("adaptool", ADAPTOOL)):
                 out = work / f"{name}-{round_}"
                 results[name].append(run(code, base, adapter, out, size["shard"]))
-                print(f"  round {round_ + 1} {name:<9} peak RSS {results[name][-1]['peak']:7.0f} MB"
-                      f"  wall {results[name][-1]['seconds']:6.2f} s")
+                print(
+                    f"  round {round_ + 1} {name:<9} peak RSS {results[name][-1]['peak']:7.0f} MB"
+                    f"  wall {results[name][-1]['seconds']:6.2f} s"
+                )
         same, count = identical(work / "peft-0", work / "adaptool-0")
 
     def med(name: str, key: str) -> float:
@@ -139,14 +154,19 @@ def main() -> None:
     print(f"{'':<34}{'peft merge_and_unload':>22}{'adaptool merge':>16}{'ratio':>8}")
     rows = [
         ("peak RSS (MB)", med("peft", "peak"), med("adaptool", "peak")),
-        ("peak RSS above imports (MB)", med("peft", "peak") - med("peft", "baseline"),
-         med("adaptool", "peak") - med("adaptool", "baseline")),
+        (
+            "peak RSS above imports (MB)",
+            med("peft", "peak") - med("peft", "baseline"),
+            med("adaptool", "peak") - med("adaptool", "baseline"),
+        ),
         ("wall time (s)", med("peft", "seconds"), med("adaptool", "seconds")),
     ]
     for label, theirs, ours in rows:
         print(f"{label:<34}{theirs:>22.1f}{ours:>16.1f}{ours / theirs:>8.2f}")
-    print(f"speedup: {med('peft', 'seconds') / med('adaptool', 'seconds'):.2f}x faster; "
-          f"weights bit-identical: {same} ({count} tensors)")
+    print(
+        f"speedup: {med('peft', 'seconds') / med('adaptool', 'seconds'):.2f}x faster; "
+        f"weights bit-identical: {same} ({count} tensors)"
+    )
     print(f"memory_ratio: {med('adaptool', 'peak') / med('peft', 'peak'):.2f}")
 
 
