@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -82,6 +83,7 @@ def build(work: Path, *, hidden: int, layers: int, vocab: int, shard: str) -> tu
 
 
 def run(code: str, base: Path, adapter: Path, out: Path, shard: str) -> dict[str, float]:
+    os.sync()  # each run starts with no dirty pages of the previous one still being written
     done = subprocess.run(
         [sys.executable, "-c", code, str(base), str(adapter), str(out), shard],
         capture_output=True,
