@@ -21,19 +21,7 @@ if TYPE_CHECKING:
     from adaptool.merge import MergeResult
     from adaptool.registry import Registry
 
-COMBINATIONS = (
-    "linear",
-    "cat",
-    "svd",
-    "ties",
-    "ties_svd",
-    "dare_linear",
-    "dare_ties",
-    "dare_linear_svd",
-    "dare_ties_svd",
-    "magnitude_prune",
-    "magnitude_prune_svd",
-)
+#: peft combination types that take a density (the share of each delta kept)
 NEEDS_DENSITY = (
     "ties",
     "ties_svd",
@@ -44,6 +32,7 @@ NEEDS_DENSITY = (
     "magnitude_prune",
     "magnitude_prune_svd",
 )
+COMBINATIONS = ("linear", "cat", "svd", *NEEDS_DENSITY)
 
 
 @dataclass

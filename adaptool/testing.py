@@ -129,31 +129,35 @@ def _proc_status(field: str) -> float:
 
 def make_sharded_base_with_adapter(
     directory: str | Path,
-    tokenizer: Any,
     *,
     hidden_size: int,
     n_layer: int,
-    shard_mb: int,
+    shard: str,
+    vocab_size: int | None = None,
+    tokenizer: Any = None,
     r: int = 8,
     seed: int = 0,
 ) -> tuple[Path, Path]:
-    """A random BLOOM saved in fp32 safetensors shards of about ``shard_mb`` MB, and a LoRA
-    adapter for it with non-zero weights (so merging changes something). Returns both dirs."""
+    """A random BLOOM saved in fp32 safetensors shards of at most ``shard`` (e.g. "16MB"),
+    with ``tokenizer`` when given, and a LoRA adapter for it (peft's default targets) whose
+    weights are not zero, so merging changes something. Returns (base dir, adapter dir)."""
     import torch
     from peft import LoraConfig, get_peft_model
+    from transformers import BloomConfig, BloomForCausalLM
 
     directory = Path(directory)
-    model = make_tiny_bloom(
-        None,
-        tokenizer,
+    torch.manual_seed(seed)
+    config = BloomConfig(
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
         n_layer=n_layer,
         n_head=max(1, hidden_size // 64),
-        seed=seed,
     )
+    model = BloomForCausalLM(config)
     base = directory / "base"
-    model.save_pretrained(str(base), max_shard_size=f"{shard_mb}MB")
-    tokenizer.save_pretrained(str(base))
+    model.save_pretrained(str(base), max_shard_size=shard)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(base))
     peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, task_type="CAUSAL_LM"))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

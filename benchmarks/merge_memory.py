@@ -54,27 +54,14 @@ print(json.dumps({"seconds": time.monotonic() - started, "peak": peak_rss_mb(),
 
 
 def build(work: Path, *, hidden: int, layers: int, vocab: int, shard: str) -> tuple[Path, Path]:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import BloomConfig, BloomForCausalLM
+    from adaptool.testing import make_sharded_base_with_adapter
 
-    torch.manual_seed(0)
-    config = BloomConfig(
-        vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=max(1, hidden // 64)
+    base, adapter = make_sharded_base_with_adapter(
+        work, hidden_size=hidden, n_layer=layers, shard=shard, vocab_size=vocab, r=16
     )
-    model = BloomForCausalLM(config)
-    params = sum(p.numel() for p in model.parameters())
-    base = work / "base"
-    model.save_pretrained(str(base), max_shard_size=shard)
-    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
-    adapter = work / "adapter"
-    peft_model.save_pretrained(str(adapter))
     shards = sorted(base.glob("model-*.safetensors"))
     size = sum(p.stat().st_size for p in shards) / 2**20
+    params = size * 2**20 / 4
     print(
         f"base: BLOOM {layers} x {hidden}, vocab {vocab}: {params / 1e6:.0f} M params, "
         f"{size:.0f} MB fp32 in {len(shards)} shards"

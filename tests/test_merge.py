@@ -339,7 +339,7 @@ def test_peak_memory_stays_near_one_shard(tmp_path, tokenizer):
     from adaptool.testing import make_sharded_base_with_adapter
 
     base, adapter = make_sharded_base_with_adapter(
-        tmp_path, tokenizer, hidden_size=512, n_layer=6, shard_mb=16
+        tmp_path, tokenizer=tokenizer, hidden_size=512, n_layer=6, shard="16MB"
     )
     shards = list(base.glob("model-*.safetensors"))
     model_mb = sum(p.stat().st_size for p in shards) / 2**20
