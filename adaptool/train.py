@@ -73,8 +73,9 @@ def train(
 ) -> TrainResult:
     """Train the adapter ``recipe`` describes into ``output_dir`` (default ``output.dir``).
 
-    Ctrl-C (KeyboardInterrupt) writes a checkpoint and returns with ``interrupted=True``;
-    ``resume=True`` continues from the newest checkpoint there."""
+    Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and returns with
+    ``interrupted=True``; ``resume=True`` continues from the newest checkpoint there. Nothing
+    is written to the output dir until data and model have loaded."""
     import torch
 
     started = time.monotonic()
