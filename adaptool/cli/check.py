@@ -19,8 +19,11 @@ def check_cli(
     examples: Annotated[int, typer.Option("--examples", "-n", min=0, help="Examples to show.")] = 3,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate RECIPE, resolve its plugins, load its tokenizer and dataset, and show formatted
-    examples with the part that is trained on marked, token counts and warnings."""
+    """Validate RECIPE and show its data as training will see it.
+
+    Resolves the plugins, loads the tokenizer and dataset, and prints formatted examples with
+    the part that is trained on marked, token counts, truncation and EOS warnings.
+    """
     from adaptool.check import check
     from adaptool.recipe import load_recipe
 

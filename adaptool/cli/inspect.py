@@ -12,5 +12,5 @@ from adaptool.cli.output import not_yet
 def inspect_cli(
     target: Annotated[str, typer.Argument(help="Adapter dir or Hub id.")],
 ) -> None:
-    """Show TARGET's base model, method, options, size and provenance."""
+    """Show TARGET's base model, method, options, size and provenance (not available yet)."""
     not_yet("inspect", "Its adapter_config.json holds the base model and method meanwhile.")

@@ -10,5 +10,5 @@ from adaptool.cli.output import not_yet
 
 
 def pull_cli(repo_id: Annotated[str, typer.Argument(help="Hub repo id.")]) -> None:
-    """Pull REPO_ID from the Hub and check it against its base model."""
+    """Pull REPO_ID from the Hub and check it against its base model (not available yet)."""
     not_yet("pull", "huggingface_hub's snapshot_download() can fetch an adapter meanwhile.")

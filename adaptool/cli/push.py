@@ -13,5 +13,5 @@ def push_cli(
     directory: Annotated[str, typer.Argument(metavar="DIR", help="Adapter or merged model dir.")],
     repo_id: Annotated[str | None, typer.Argument(help="Hub repo id.")] = None,
 ) -> None:
-    """Push DIR to the Hub as REPO_ID, with a model card."""
+    """Push DIR to the Hub as REPO_ID, with a model card (not available yet)."""
     not_yet("push", "huggingface_hub's upload_folder() can upload an adapter dir meanwhile.")
