@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptool.errors import AdapterError
+from adaptool.errors import AdapterError, PluginError
 from adaptool.manifest import read_manifest
 from adaptool.modeling import load_base, load_tokenizer
 
@@ -58,6 +58,8 @@ class Target:
     manifest: dict[str, Any] | None
     base_name: str
     quantization: str
+    #: why the manifest's formatter could not be loaded (then prompts can only be raw)
+    formatter_error: Exception | None = None
 
 
 def _plugin(registry: Registry | None, kind: str, name: str, options: dict[str, Any]) -> Any:
@@ -107,7 +109,12 @@ def open_target(
             f"peft, or a merged model dir."
         )
     manifest = read_manifest(folder)
-    formatter = formatter_from_manifest(manifest, registry)
+    try:
+        formatter = formatter_from_manifest(manifest, registry)
+    except PluginError as exc:  # not installed here: raw prompts still work
+        formatter, formatter_error = None, exc
+    else:
+        formatter_error = None
     if (folder / ADAPTER_CONFIG).is_file():
         check_adapter_dir(folder)
         config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
@@ -145,7 +152,15 @@ def open_target(
     model.eval()
     model.config.use_cache = True
     return Target(
-        folder, kind, model, tokenizer, formatter, manifest, str(base_name), quantizer.name
+        folder,
+        kind,
+        model,
+        tokenizer,
+        formatter,
+        manifest,
+        str(base_name),
+        quantizer.name,
+        formatter_error,
     )
 
 

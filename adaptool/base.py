@@ -143,9 +143,10 @@ class Quantizer(Plugin):
         ``merge --into dequantized`` folds adapters into these weights. Default: unchanged."""
         return weight.to(dtype).float()
 
-    def quantizes(self, module_name: str) -> bool:
-        """Whether the linear layer ``module_name`` is quantized by this backend."""
-        return False
+    def quantized_layers(self, model: Any) -> set[str]:
+        """Names of the layers of ``model`` (built on the meta device, unquantized) that loading
+        with this backend quantizes. Default: none."""
+        return set()
 
 
 class PeftMethod(Plugin):

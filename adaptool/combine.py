@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from adaptool.adapter import check_adapter_dir
 from adaptool.errors import AdapterError, AdaptoolError
 from adaptool.manifest import MANIFEST, now, read_manifest, write_json
+from adaptool.outputs import check_output
 
 if TYPE_CHECKING:
     from adaptool.merge import MergeResult
@@ -78,8 +79,7 @@ def combine(
     if len(weights) != len(folders):
         raise AdaptoolError(f"{len(weights)} --weight values for {len(folders)} adapters.")
     out = Path(output).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise AdaptoolError(f"the output directory {out} already exists; use --overwrite.")
+    check_output(out, overwrite=overwrite, inputs=[*folders, *([base] if base else [])])
 
     manifests = [read_manifest(f) for f in folders]
     configs = [PeftConfig.from_pretrained(str(f)) for f in folders]

@@ -43,6 +43,8 @@ def evaluate(
 
     opened = open_target(target, base=base, quantization=quantization, registry=registry)
     formatter = opened.formatter
+    if opened.formatter_error is not None:
+        raise opened.formatter_error
     if formatter is None:
         raise AdaptoolError(
             f"{opened.path} has no adaptool manifest, so its formatter (which scores outputs) "

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from adaptool.adapter import ADAPTER_WEIGHTS, check_adapter_dir, quantizer_for
 from adaptool.errors import AdapterError, AdaptoolError, ModelError
 from adaptool.manifest import MANIFEST, library_versions, now, read_manifest, write_json
+from adaptool.outputs import check_output
 from adaptool.streaming import tag_of, write_streamed
 
 if TYPE_CHECKING:
@@ -81,8 +82,7 @@ def merge(
     started = time.monotonic()
     folder = check_adapter_dir(Path(adapter).expanduser().resolve())
     out = Path(output).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise AdaptoolError(f"the output directory {out} already exists; use --overwrite.")
+    check_output(out, overwrite=overwrite, inputs=[folder, *([base] if base else [])])
     if into not in ("dequantized", "original"):
         raise AdaptoolError(f"--into must be 'dequantized' or 'original', not {into!r}.")
     manifest = read_manifest(folder)
@@ -266,8 +266,9 @@ def _group_by_module(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
         cut = next((i for i, p in enumerate(path) if p.startswith(ADAPTER_PARTS)), None)
         if cut is None:
             raise AdapterError(
-                f"the adapter holds {key}, which is not an adapter weight adaptool can fold "
-                f"(modules_to_save copies are not supported by the streamed merge yet)."
+                f"the adapter holds {key}, which is not an adapter weight adaptool can fold: "
+                f"trained biases (peft bias = 'all' or 'lora_only') and modules_to_save copies "
+                f"are not supported by the streamed merge yet."
             )
         grouped.setdefault(".".join(path[:cut]), {})[".".join(path[cut:])] = value
     return grouped
@@ -303,13 +304,10 @@ def _quantized_layers(base_dir: Path, quantizer: Any) -> set[str]:
     config = AutoConfig.from_pretrained(str(base_dir))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    names: set[str] = set()
+    names = set(quantizer.quantized_layers(model))
     prefix = getattr(model, "base_model_prefix", "")
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and quantizer.quantizes(name):
-            names.add(name)
-            if prefix and name.startswith(prefix + "."):
-                names.add(name.removeprefix(prefix + "."))  # checkpoints may drop the prefix
+    if prefix:  # checkpoints may drop the model prefix
+        names |= {n.removeprefix(prefix + ".") for n in names if n.startswith(prefix + ".")}
     return names
 
 
@@ -368,12 +366,16 @@ def _fold(weight: Any, module_state: dict[str, Any], config: Any, module: str) -
 
 
 def _apply_patterns(single: Any, config: Any, module: str) -> None:
-    """Per-layer rank/alpha overrides (AdaLoRA-style patterns) for this one module."""
+    """Per-layer rank/alpha overrides (``rank_pattern``/``alpha_pattern``), matched by peft's
+    own rule."""
+    from peft.utils.other import get_pattern_key
+
     for attr, target in (("rank_pattern", "r"), ("alpha_pattern", "lora_alpha")):
         pattern = getattr(config, attr, None) or {}
-        for key, value in pattern.items():
-            if module.endswith(key) or key in module:
-                setattr(single, target, value)
+        if pattern:
+            key = get_pattern_key(list(pattern), module)
+            if key in pattern:
+                setattr(single, target, pattern[key])
 
 
 def _copy_side_files(
@@ -418,7 +420,6 @@ def verify_merge(
       their compute). Reported always; for an unquantized adapter it is the same model as the
       reference. For ``original`` it measures how far the merged model is from what was trained.
     """
-    import torch
 
     from adaptool.adapter import open_target
 
@@ -429,20 +430,19 @@ def verify_merge(
     batches = [
         tok(t, add_special_tokens=special, return_tensors="pt")["input_ids"][:, :256] for t in texts
     ]
-    merged_model = _load_merged(merged)
-    with torch.no_grad():
-        merged_logits = [merged_model(input_ids=ids).logits.float() for ids in batches]
-        as_trained = [trained.model(input_ids=ids).logits.float() for ids in batches]
-    del merged_model
-    if quantizer.quantized:
-        reference_model = _reference_model(
-            adapter, base_dir, quantizer, load_dtype, dequantize=result.into == "dequantized"
-        )
-        with torch.no_grad():
-            reference = [reference_model(input_ids=ids).logits.float() for ids in batches]
-        del reference_model
-    else:
-        reference = as_trained
+    merged_logits = _logits(_load_merged(merged), batches)
+    as_trained = _logits(trained.model, batches)
+    del trained
+    reference = _logits(
+        _reference_model(
+            adapter,
+            base_dir,
+            quantizer,
+            load_dtype,
+            dequantize=quantizer.quantized and result.into == "dequantized",
+        ),
+        batches,
+    )
     key = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[result.dtype]
     report = {
         "prompts": len(texts),
@@ -458,6 +458,15 @@ def verify_merge(
             f"wrong; nothing was written."
         )
     return report
+
+
+def _logits(model: Any, batches: list[Any]) -> list[Any]:
+    """fp32 logits on the CPU for each batch, run on the model's own device."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return [model(input_ids=ids.to(device)).logits.float().cpu() for ids in batches]
 
 
 def _compare(a: list[Any], b: list[Any]) -> dict[str, float]:
@@ -485,9 +494,10 @@ def _reference_model(
         str(base_dir), dtype=torch.float32, use_safetensors=True
     )
     if dequantize:
+        layers = quantizer.quantized_layers(model)
         with torch.no_grad():
             for name, module in model.named_modules():
-                if isinstance(module, torch.nn.Linear) and quantizer.quantizes(name):
+                if name in layers:
                     module.weight.copy_(quantizer.round_trip(module.weight, dtype=load_dtype))
     return PeftModel.from_pretrained(model, str(adapter)).eval()
 

@@ -81,16 +81,30 @@ class PluginSet:
 
     def add_commands(self, app: Any) -> None:
         """Call every plugin's ``register_commands(app)``; failures are isolated like the rest."""
+        owners: dict[str, Provider] = {}
         for impl in self.manager.hook.register_commands.get_hookimpls():
             info = self.plugins[impl.plugin_name]
-            before = {_command_name(c) for c in app.registered_commands}
+            before = list(app.registered_commands)
             try:
                 impl.function(app=app)
             except Exception as exc:  # a broken plugin must not break the CLI
+                app.registered_commands[:] = before
                 self._fail(info.provider, f"register_commands raised {_describe(exc)}")
                 continue
-            added = [_command_name(c) for c in app.registered_commands]
-            info.registers["commands"] = [n for n in added if n not in before]
+            added = app.registered_commands[len(before) :]
+            taken = [c for c in added if _command_name(c) in owners]
+            if taken:  # a command name is a clash like any other: the first owner keeps it
+                app.registered_commands[:] = before + [c for c in added if c not in taken]
+                for command in taken:
+                    name = _command_name(command)
+                    self._fail(
+                        info.provider,
+                        f"the command '{name}' is already provided by "
+                        f"{owners[name]}; this plugin's '{name}' is not added",
+                    )
+            names = [_command_name(c) for c in added if c not in taken]
+            owners.update(dict.fromkeys(names, info.provider))
+            info.registers["commands"] = names
 
     def _fail(self, provider: Provider, message: str) -> None:
         problem = PluginProblem(provider.plugin, provider.distribution, message)

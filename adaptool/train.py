@@ -33,6 +33,7 @@ from adaptool.manifest import (
     write_json,
 )
 from adaptool.modeling import device, load_base, load_tokenizer, weights_dtype
+from adaptool.outputs import check_output
 from adaptool.progress import Reporter
 
 if TYPE_CHECKING:
@@ -86,7 +87,15 @@ def train(
             "--resume and --init-adapter exclude each other: resume continues "
             "a run, --init-adapter starts a new one from an adapter."
         )
-    checkpoint = _check_output(out, resume=resume, overwrite=overwrite)
+    local_inputs = (
+        init_adapter,
+        recipe.model.name if recipe.model.is_local else None,
+        recipe.data.source if recipe.data.is_local else None,
+        recipe.path,
+    )
+    checkpoint = _check_output(
+        out, resume=resume, overwrite=overwrite, inputs=[p for p in local_inputs if p]
+    )
 
     formatter = recipe.formatter(registry)
     quantizer = recipe.quantizer(registry)
@@ -134,8 +143,11 @@ def train(
     )
     from transformers import get_scheduler
 
+    schedule = t.lr_scheduler
+    if schedule == "constant" and t.warmup_steps:
+        schedule = "constant_with_warmup"  # transformers' "constant" ignores warmup
     scheduler = get_scheduler(
-        t.lr_scheduler,
+        schedule,
         optimizer,
         num_warmup_steps=min(t.warmup_steps, total_steps),
         num_training_steps=total_steps,
@@ -147,6 +159,11 @@ def train(
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
         step, tokens_seen = state["step"], state.get("tokens", 0)
+        if state.get("total_steps") not in (None, total_steps):
+            reporter.info(
+                f"warning: the checkpoint's run had {state['total_steps']} steps, this recipe "
+                f"has {total_steps}; the learning-rate schedule continues with {total_steps}"
+            )
         records = [r for r in _read_metrics(out) if r["step"] <= step]
         reporter.info(f"resuming from {checkpoint} (step {step}/{total_steps})")
     _write_metrics(out, records)
@@ -289,9 +306,9 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _check_output(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
-    """Refuse to clobber an existing result (touching nothing); return the checkpoint to
-    resume from."""
+def _check_output(out: Path, *, resume: bool, overwrite: bool, inputs: list) -> Path | None:
+    """Refuse to clobber an existing result or an input (touching nothing); return the
+    checkpoint to resume from."""
     if resume:
         checkpoint = latest_checkpoint(out)
         if checkpoint is None:
@@ -305,6 +322,7 @@ def _check_output(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
             f"the output directory {out} already exists and is not empty. Use --resume to "
             f"continue its run, --overwrite to replace it, or --output DIR for another one."
         )
+    check_output(out, overwrite=overwrite, inputs=inputs)
     return None
 
 

@@ -363,3 +363,18 @@ print(json.dumps({{"baseline": baseline, "peak": peak_rss_mb()}}))
     print(f"merge of {model_mb:.0f} MB in {len(shards)} shards: peak RSS grew {growth:.1f} MB")
     assert growth < 0.5 * model_mb, measured
     assert growth < 3 * largest_shard + 10, measured
+
+
+def test_an_adapter_trained_on_a_bf16_base_verifies_in_fp32(tmp_path, tiny_bloom_dir, registry):
+    adapter = trained(tmp_path, tiny_bloom_dir, registry, extra=('model.dtype="bfloat16"',))
+    result = merge(adapter, output=tmp_path / "m", dtype="fp32", registry=registry)
+    assert result.verification["reference"]["max_abs_logit_diff"] <= 1e-4
+
+
+def test_merge_never_overwrites_its_input(tmp_path, tiny_bloom_dir, registry):
+    adapter = trained(tmp_path, tiny_bloom_dir, registry)
+    with pytest.raises(AdaptoolError, match="would replace the input"):
+        merge(adapter, output=adapter, overwrite=True, registry=registry)
+    with pytest.raises(AdaptoolError, match="would replace the input"):
+        merge(adapter, output=tmp_path, overwrite=True, registry=registry)
+    assert (adapter / "adapter_model.safetensors").is_file()

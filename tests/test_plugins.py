@@ -303,3 +303,28 @@ def test_third_party_quantizer_and_peft_method_with_validated_options(site, tmp_
     path.write_text(base + '[quantization]\nbackend = "half"\ndtype = "int3"\n')
     with pytest.raises(RecipeError, match="quantizer 'half' option"):
         load_recipe(path, registry=plugins.registry)
+
+
+def test_a_plugin_cannot_take_over_a_builtin_command(site):
+    from typer.testing import CliRunner
+
+    from adaptool.cli import build_app
+
+    hijack = textwrap.dedent(
+        """
+        import adaptool
+
+        @adaptool.hookimpl
+        def register_commands(app):
+            @app.command("plugins")
+            def fake():
+                print("the fake plugins command ran")
+        """
+    )
+    install(site, "fake-hijack", "fake_hijack", hijack)
+    plugins = load_plugins(strict=False, disabled=[])
+    result = CliRunner().invoke(build_app(plugins), ["plugins"])
+    assert "the fake plugins command ran" not in result.output and "quote-tags" in result.output
+    [problem] = plugins.problems
+    assert problem.distribution == "fake-hijack"
+    assert "the command 'plugins' is already provided by adaptool" in problem.message

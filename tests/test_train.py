@@ -251,8 +251,17 @@ def test_existing_output_dir_is_refused(tmp_path, tiny_bloom_dir, registry):
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
     with pytest.raises(AdaptoolError, match="no checkpoint to resume"):
         train(recipe, resume=True, registry=registry)
-    result = train(recipe, overwrite=True, registry=registry)
-    assert not (tmp_path / "out" / "precious.txt").exists() and result.step == 2
+    # --overwrite replaces adaptool's own output only: a foreign folder is left alone
+    with pytest.raises(AdaptoolError, match="does not look like something adaptool wrote"):
+        train(recipe, overwrite=True, registry=registry)
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+    (tmp_path / "out" / "precious.txt").unlink()
+    first = train(recipe, registry=registry)
+    again = train(recipe, overwrite=True, registry=registry)
+    assert first.output_dir == again.output_dir and again.step == 2
+    # and never an input of the run
+    with pytest.raises(AdaptoolError, match="would replace the input"):
+        train(recipe, output_dir=tiny_bloom_dir.parent, overwrite=True, registry=registry)
 
 
 def test_init_adapter_starts_from_an_existing_adapter(tmp_path, tiny_bloom_dir, registry):
@@ -301,3 +310,11 @@ def test_cli_train_errors_are_exit_2(tmp_path, tiny_bloom_dir, plugins):
     result = CliRunner().invoke(build_app(plugins), ["train", str(path)])
     assert result.exit_code == 2 and "no column 'quote'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_constant_schedule_keeps_its_warmup(tmp_path, tiny_bloom_dir, registry):
+    overrides = ['training.lr_scheduler="constant"', "training.warmup_steps=4"]
+    result = run(tmp_path, tiny_bloom_dir, registry=registry, steps=6, overrides=overrides)
+    lrs = [r["lr"] for r in records(result.output_dir) if "lr" in r]
+    assert lrs[:4] == pytest.approx([3e-2 * k / 4 for k in (1, 2, 3, 4)])
+    assert lrs[4:] == pytest.approx([3e-2, 3e-2])

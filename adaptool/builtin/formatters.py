@@ -69,7 +69,10 @@ class QuoteTags(Formatter):
         n = max(len(outputs), 1)
         tp = fp = fn = exact = parsed_n = stopped_n = both = 0
         for row, out in zip(rows, outputs, strict=True):
-            truth = {str(t) for t in _field(row, self.options.tags_column, self.name)}
+            tags_value = _field(row, self.options.tags_column, self.name)
+            if isinstance(tags_value, str):  # a rendered list, as in a CSV file
+                tags_value = self.parse(tags_value) or [tags_value]
+            truth = {str(t) for t in tags_value}
             tags = self.parse(out.output)
             predicted = set(tags or [])
             tp += len(predicted & truth)
@@ -174,8 +177,8 @@ class Chat(Formatter):
             if isinstance(raw, str)
             else _field(raw, self.options.messages_column, self.name)
         )
-        if isinstance(messages, str) or not all(
-            isinstance(m, Mapping) and "role" in m and "content" in m for m in messages or []
+        if not isinstance(messages, list | tuple) or not all(
+            isinstance(m, Mapping) and "role" in m and "content" in m for m in messages
         ):
             raise DataError(
                 f"formatter 'chat' expects the column '{self.options.messages_column}' to hold "

@@ -29,13 +29,22 @@ def disable_cpu_bf16_repack(model: Any) -> Any:
     return model
 
 
-#: what transformers leaves unquantized by default (the output projection)
-DEFAULT_SKIP = ("lm_head",)
+def bnb_quantized_layers(model: Any, skip_modules: list[str] | None) -> set[str]:
+    """The linear layers transformers replaces with bitsandbytes layers, decided by its own
+    rules (default skips such as the output head, the model's fp32 modules, the recipe's
+    ``skip_modules``)."""
+    import torch
+    from transformers.quantizers.base import HfQuantizer
+    from transformers.quantizers.quantizers_utils import should_convert_module
 
-
-def _skipped(module_name: str, skip: list[str] | None) -> bool:
-    parts = module_name.split(".")
-    return any(s in parts or module_name.endswith(s) for s in (skip or DEFAULT_SKIP))
+    patterns = HfQuantizer.get_modules_to_not_convert(
+        model, skip_modules, getattr(model, "_keep_in_fp32_modules", None)
+    )
+    return {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and should_convert_module(name, patterns)
+    }
 
 
 class Bnb4bit(Quantizer):
@@ -67,8 +76,8 @@ class Bnb4bit(Quantizer):
     def after_load(self, model: Any) -> Any:
         return disable_cpu_bf16_repack(model)
 
-    def quantizes(self, module_name: str) -> bool:
-        return not _skipped(module_name, self.options.skip_modules)
+    def quantized_layers(self, model: Any) -> set[str]:
+        return bnb_quantized_layers(model, self.options.skip_modules)
 
     def round_trip(self, weight: Any, *, dtype: Any) -> Any:
         import bitsandbytes.functional as F
@@ -106,8 +115,8 @@ class Bnb8bit(Quantizer):
     def after_load(self, model: Any) -> Any:
         return disable_cpu_bf16_repack(model)
 
-    def quantizes(self, module_name: str) -> bool:
-        return not _skipped(module_name, self.options.skip_modules)
+    def quantized_layers(self, model: Any) -> set[str]:
+        return bnb_quantized_layers(model, self.options.skip_modules)
 
     def round_trip(self, weight: Any, *, dtype: Any) -> Any:
         import bitsandbytes.functional as F

@@ -63,6 +63,8 @@ def generate_cli(
     if not inputs:
         raise AdaptoolError("give at least one PROMPT or --prompts-file FILE.")
     opened = open_target(target, base=base, quantization=quantization)
+    if opened.formatter_error is not None and not raw:
+        raise AdaptoolError(f"{opened.formatter_error} (or pass --raw to send prompts as they are)")
     formatter = None if raw else opened.formatter
     texts = build_prompts(inputs, formatter, opened.tokenizer, raw=raw)
     special = not (formatter is not None and formatter.prompt_has_special_tokens)

@@ -52,6 +52,7 @@ def train_cli(
         out.print(
             f"interrupted at step {result.step}/{result.total_steps}; a checkpoint is saved. "
             f"Continue with: adaptool train {recipe} --resume"
+            + "".join(f" --set '{s}'" for s in set_ or [])
             + (f" --output {output}" if output else ""),
             markup=False,
         )

@@ -178,3 +178,17 @@ def test_masking_puts_loss_on_the_completion_only(registry, tokenizer):
     [cut] = encode_examples([example], tokenizer, max_length=n_prompt + 2)
     assert cut.truncated and len(cut.input_ids) == n_prompt + 2
     assert not cut.ends_with_eos(tokenizer.eos_token_id)
+
+
+def test_chat_formatter_refuses_a_null_messages_cell(registry, tokenizer):
+    with pytest.raises(DataError, match="list of"):
+        make(registry, "chat").format({"messages": None}, tokenizer)
+
+
+def test_quote_tags_score_reads_tags_rendered_as_text(registry, tokenizer):
+    from adaptool.generate import Generation
+
+    fmt = make(registry, "quote-tags")
+    rows = [{"quote": "q", "tags": "['books', 'humor']"}]
+    score = fmt.score(rows, [Generation("p", "['books', 'humor']", 6, True, 0.1)], tokenizer)
+    assert score["tag_f1"] == 1.0 and score["exact_tag_set"] == 1.0
