@@ -56,6 +56,7 @@ def combine(
     base: str | None = None,
     overwrite: bool = False,
     registry: Registry | None = None,
+    token: str | None = None,
     **merge_options: Any,
 ) -> CombineResult:
     """Combine ``adapters`` (weights default to 1/n each) into one adapter at ``output``; with
@@ -103,7 +104,7 @@ def combine(
             f"({', '.join(sorted(backends))}); combine adapters trained alike."
         )
 
-    base_dir = _base_dir(folders[0], manifests[0], configs[0], base, None)
+    base_dir = _base_dir(folders[0], manifests[0], configs[0], base, token)
     model = AutoModelForCausalLM.from_pretrained(
         str(base_dir), dtype=torch.float32, use_safetensors=True
     )
@@ -165,6 +166,7 @@ def combine(
         if full:
             result.merged = merge(
                 adapter_dir,
+                token=token,
                 output=out,
                 base=base,
                 overwrite=overwrite,

@@ -172,7 +172,10 @@ def train(
     autocast, scaler = _mixed_precision(t.precision, dev)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eval_every = t.eval_steps or t.save_steps or total_steps
-    window_loss, window_tokens, window_real, window_start = 0.0, 0, 0, time.monotonic()
+    window_loss, window_tokens, window_real = 0.0, 0, 0
+    if checkpoint is not None:
+        window_loss, window_tokens, window_real = state.get("window", [0.0, 0, 0])
+    window_start = time.monotonic()
     last_eval: float | None = _last(records, "eval_loss")
     reporter.start(total=total_steps, initial=step)
     with StopOnInterrupt(reporter) as stop:
@@ -232,7 +235,13 @@ def train(
                     optimizer=optimizer,
                     scheduler=scheduler,
                     rng_state=capture_rng(),
-                    extra={"tokens": tokens_seen, "total_steps": total_steps},
+                    extra={
+                        "tokens": tokens_seen,
+                        "total_steps": total_steps,
+                        # the open logging window, so the next logged record matches an
+                        # uninterrupted run's
+                        "window": [window_loss, window_tokens, window_real],
+                    },
                 )
         interrupted = stop.requested and step < total_steps
     reporter.finish()
