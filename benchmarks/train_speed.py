@@ -1,0 +1,176 @@
+"""Training throughput: the reference flow (plain transformers `Trainer` + peft, the notebook's
+settings: `DataCollatorForLanguageModeling`, gradient checkpointing, batch 4 x accumulation 4)
+against `adaptool train` on the same base, data, LoRA, steps and rows per step, alternated
+A/B/A/B in fresh processes. Prints real (non-padding) tokens/s, peak RSS and final loss.
+
+    python benchmarks/train_speed.py            # 20M-param BLOOM, 60 steps per run
+    python benchmarks/train_speed.py --quick    # 20 steps per run, under 3 minutes
+
+Both sides train on the whole text (the notebook's loss), so final losses compare. The last
+line is the headline: `speedup: <adaptool real tokens/s / reference real tokens/s>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "recipes" / "data" / "quotes-train.jsonl"
+TOKENIZER = ROOT / "recipes" / "assets" / "tiny-bloom"
+
+REFERENCE = """
+import json, sys, time
+import torch, transformers
+from datasets import load_dataset
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from adaptool.testing import peak_rss_mb
+base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+transformers.utils.logging.set_verbosity_error()
+torch.manual_seed(0)
+tokenizer = AutoTokenizer.from_pretrained(base)
+model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+for p in model.parameters():
+    p.requires_grad = False
+model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+model.enable_input_require_grads()
+model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias="none",
+                                         task_type="CAUSAL_LM"))
+rows = load_dataset("json", data_files=data, split="train")
+rows = rows.map(lambda r: {"prediction": r["quote"] + " ->: " + str(r["tags"])})
+rows = rows.map(lambda b: tokenizer(b["prediction"]), batched=True,
+                remove_columns=rows.column_names)
+real = {"tokens": 0}
+collator = transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False)
+def collate(features):
+    batch = collator(features)
+    real["tokens"] += int(batch["attention_mask"].sum())
+    return batch
+args = transformers.TrainingArguments(
+    output_dir=out, per_device_train_batch_size=4, gradient_accumulation_steps=4,
+    warmup_steps=5, max_steps=steps, learning_rate=2e-3, logging_steps=1, use_cpu=True,
+    report_to="none", save_strategy="no", seed=0, dataloader_num_workers=0,
+)
+trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+started = time.monotonic()
+trainer.train()
+seconds = time.monotonic() - started
+losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+print(json.dumps({"seconds": seconds, "tokens": real["tokens"], "peak": peak_rss_mb(),
+                  "loss": sum(losses[-5:]) / len(losses[-5:])}))
+"""
+
+ADAPTOOL = """
+import json, sys
+from adaptool.plugins import load_plugins
+from adaptool.recipe import validate_recipe
+from adaptool.testing import peak_rss_mb
+from adaptool.train import train
+base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+registry = load_plugins(entry_points=False).registry
+recipe = validate_recipe({
+    "model": {"name": base, "dtype": "float32"},
+    "peft": {"r": 16, "alpha": 32, "dropout": 0.05, "bias": "none"},
+    "data": {"source": data, "formatter": "quote-tags", "train_on_prompt": True},
+    "training": {"batch_size": 4, "gradient_accumulation_steps": 4, "warmup_steps": 5,
+                 "max_steps": steps, "learning_rate": 2e-3, "logging_steps": 1,
+                 "save_steps": 0, "seed": 0},
+    "output": {"dir": out},
+}, registry=registry)
+result = train(recipe, registry=registry)
+records = [json.loads(l) for l in open(out + "/metrics.jsonl")]
+losses = [r["loss"] for r in records if "loss" in r]
+# the training loop's own time (model loading and the final save are outside it, as they are
+# outside the reference's trainer.train())
+seconds, seen = 0.0, 0
+for r in records:
+    seconds += (r["tokens"] - seen) / r["tokens_per_s"]
+    seen = r["tokens"]
+print(json.dumps({"seconds": seconds, "tokens": result.tokens, "peak": peak_rss_mb(),
+                  "loss": sum(losses[-5:]) / len(losses[-5:])}))
+"""
+
+
+def build_base(work: Path, *, hidden: int, layers: int) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    torch.manual_seed(0)
+    model = BloomForCausalLM(
+        BloomConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            n_layer=layers,
+            n_head=hidden // 64,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    base = work / "base"
+    model.save_pretrained(str(base))
+    tokenizer.save_pretrained(str(base))
+    print(
+        f"base: BLOOM {layers} x {hidden}, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params; data: {DATA.name}"
+    )
+    return base
+
+
+def run(code: str, base: Path, steps: int, out: Path) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(base), str(DATA), str(steps), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20 steps per run")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    steps = 20 if args.quick else 60
+    with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
+        work = Path(tmp)
+        base = build_base(work, hidden=512, layers=6)
+        results: dict[str, list[dict[str, float]]] = {"reference": [], "adaptool": []}
+        for round_ in range(args.rounds):
+            for name, code in (("reference", REFERENCE), ("adaptool", ADAPTOOL)):
+                r = run(code, base, steps, work / f"{name}-{round_}")
+                results[name].append(r)
+                print(
+                    f"  round {round_ + 1} {name:<10} {r['tokens'] / r['seconds']:8.0f} real "
+                    f"tokens/s  peak RSS {r['peak']:6.0f} MB  loss {r['loss']:.4f}"
+                )
+
+    def med(name: str, key: str) -> float:
+        if key == "rate":
+            return statistics.median(r["tokens"] / r["seconds"] for r in results[name])
+        return statistics.median(r[key] for r in results[name])
+
+    print()
+    print(f"{'':<22}{'reference (Trainer)':>20}{'adaptool':>12}{'ratio':>8}")
+    for label, key in (
+        ("real tokens/s", "rate"),
+        ("peak RSS (MB)", "peak"),
+        ("final loss", "loss"),
+        ("real tokens", "tokens"),
+    ):
+        theirs, ours = med("reference", key), med("adaptool", key)
+        print(f"{label:<22}{theirs:>20.2f}{ours:>12.2f}{ours / theirs:>8.2f}")
+    print(f"speedup: {med('adaptool', 'rate') / med('reference', 'rate'):.2f}")
+
+
+if __name__ == "__main__":
+    main()
