@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptool.errors import AdapterError, PluginError
+from adaptool.errors import AdapterError, PluginError, describe
 from adaptool.manifest import read_manifest
 from adaptool.modeling import load_base, load_tokenizer
 
@@ -170,8 +170,7 @@ def _attach(model: Any, folder: Path, base_name: str) -> Any:
     try:
         return PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise AdapterError(
-            f"the adapter {folder} does not fit the base {base_name}: {type(exc).__name__}: "
-            f"{first}. Pass --base with the model it was trained on."
+            f"the adapter {folder} does not fit the base {base_name}: {describe(exc)}. "
+            f"Pass --base with the model it was trained on."
         ) from None

@@ -65,7 +65,7 @@ def combine(
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adaptool.merge import _base_dir, merge
+    from adaptool.merge import TOKENIZER_FILES, _base_dir, merge
 
     folders = [check_adapter_dir(Path(a).expanduser().resolve()) for a in adapters]
     if len(folders) < 2:
@@ -127,13 +127,7 @@ def combine(
     try:
         model.save_pretrained(str(work), selected_adapters=["combined"])
         adapter_dir = work / "combined"
-        for name in (
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-            "chat_template.jinja",
-            "recipe.toml",
-        ):
+        for name in (*TOKENIZER_FILES, "recipe.toml"):
             if (folders[0] / name).is_file():
                 shutil.copy2(folders[0] / name, adapter_dir / name)
         parent = manifests[0] or {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptool.errors import DataError
+from adaptool.errors import DataError, describe
 
 if TYPE_CHECKING:
     import datasets
@@ -45,15 +45,14 @@ def load_rows(data: DataSection, *, token: str | None = None) -> datasets.Datase
             return ds.load_dataset(builder, data_files={"train": str(path)}, split=split)
         except Exception as exc:
             raise DataError(
-                f"data.source: could not read {path} as {builder}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                f"data.source: could not read {path} as {builder}: {describe(exc)}"
             ) from None
     try:
         return ds.load_dataset(source, split=data.split, token=token)
     except Exception as exc:
         raise DataError(
             f"data.source: could not load the Hub dataset '{source}' (split '{data.split}'): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Without a "
+            f"{describe(exc)}. Without a "
             f"network, point data.source at a local .jsonl/.json/.csv/.parquet file."
         ) from None
 

@@ -60,3 +60,10 @@ class HubError(AdaptoolError):
 
 class NotAvailableYet(AdaptoolError):
     """A command whose engine has not landed yet."""
+
+
+def describe(exc: BaseException) -> str:
+    """``ExceptionType: first line of its message`` — how a library's error is quoted inside
+    one of ours."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -23,18 +23,17 @@ from typing import TYPE_CHECKING, Any
 from adaptool.adapter import ADAPTER_WEIGHTS, check_adapter_dir, quantizer_for
 from adaptool.errors import AdapterError, AdaptoolError, ModelError
 from adaptool.manifest import MANIFEST, library_versions, now, read_manifest, write_json
+from adaptool.modeling import PRECISION_DTYPES
 from adaptool.outputs import check_output
 from adaptool.streaming import tag_of, write_streamed
 
 if TYPE_CHECKING:
     from adaptool.registry import Registry
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 FLOAT_TAGS = ("F32", "F16", "BF16", "F64")
 #: max |Δ logits| between the merged model and the adapter unmerged on the same weights, by
 #: output dtype (the merged weights are rounded to it; the rest is float32 arithmetic)
 TOLERANCE = {"fp32": 1e-4, "bf16": 0.25, "fp16": 5e-2}
-BASE_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -237,10 +236,12 @@ def _output_dtype(dtype: str, base_config: dict[str, Any]) -> Any:
 
     if dtype == "auto":
         name = base_config.get("dtype") or base_config.get("torch_dtype") or "float32"
-        return getattr(torch, name if name in DTYPES.values() else "float32")
-    if dtype not in DTYPES:
-        raise AdaptoolError(f"--dtype must be one of {', '.join(DTYPES)} or auto, not {dtype!r}.")
-    return getattr(torch, DTYPES[dtype])
+        return getattr(torch, name if name in PRECISION_DTYPES.values() else "float32")
+    if dtype not in PRECISION_DTYPES:
+        raise AdaptoolError(
+            f"--dtype must be one of {', '.join(PRECISION_DTYPES)} or auto, not {dtype!r}."
+        )
+    return getattr(torch, PRECISION_DTYPES[dtype])
 
 
 def _load_adapter(folder: Path) -> dict[str, Any]:
@@ -443,7 +444,7 @@ def verify_merge(
         ),
         batches,
     )
-    key = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[result.dtype]
+    key = {v: k for k, v in PRECISION_DTYPES.items()}[result.dtype]
     report = {
         "prompts": len(texts),
         "tolerance": TOLERANCE[key],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from adaptool.errors import ModelError
+from adaptool.errors import ModelError, describe
 
 if TYPE_CHECKING:
     from adaptool.recipe import ModelSection
@@ -46,17 +46,15 @@ def load_tokenizer(model: ModelSection, *, token: str | None = None) -> Any:
             if model.is_local
             else "a Hub id needs the network (and HF_TOKEN for gated models)"
         )
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelError(
             f"could not load the tokenizer of model.name = '{model.name}': "
-            f"{type(exc).__name__}: {first} ({where})."
+            f"{describe(exc)} ({where})."
         ) from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -86,14 +84,13 @@ def load_base(
     *,
     precision: str | None = None,
     token: str | None = None,
-    base_override: str | None = None,
 ) -> Any:
     """The base model through the quantizer plugin, on the GPU when there is one. Errors name
     the model and say what to try."""
     from transformers import AutoModelForCausalLM
 
     quiet_libraries()
-    name = base_override or model.name
+    name = model.name
     kwargs = dict(quantizer.from_pretrained_kwargs())
     kwargs.setdefault("dtype", weights_dtype(model, precision))
     if device() == "cuda":
@@ -101,14 +98,13 @@ def load_base(
     try:
         loaded = AutoModelForCausalLM.from_pretrained(
             name,
-            revision=None if base_override else model.revision,
+            revision=model.revision,
             trust_remote_code=model.trust_remote_code,
             token=token,
             use_safetensors=True,
             **kwargs,
         )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         hint = (
             "the folder needs config.json and *.safetensors weights (adaptool loads no pickle "
             "weights)"
@@ -117,8 +113,7 @@ def load_base(
             "folder instead"
         )
         raise ModelError(
-            f"could not load the base model '{name}' ({quantizer.name}): "
-            f"{type(exc).__name__}: {first} ({hint})."
+            f"could not load the base model '{name}' ({quantizer.name}): {describe(exc)} ({hint})."
         ) from None
     return quantizer.after_load(loaded)
 

@@ -21,7 +21,7 @@ from typing import Any
 import pluggy
 
 from adaptool import hookspecs
-from adaptool.errors import PluginError
+from adaptool.errors import PluginError, describe
 from adaptool.registry import KINDS, Provider, Registry, check_registration
 
 ENTRY_POINT_GROUP = "adaptool"
@@ -89,7 +89,7 @@ class PluginSet:
                 impl.function(app=app)
             except Exception as exc:  # a broken plugin must not break the CLI
                 app.registered_commands[:] = before
-                self._fail(info.provider, f"register_commands raised {_describe(exc)}")
+                self._fail(info.provider, f"register_commands raised {describe(exc)}")
                 continue
             added = app.registered_commands[len(before) :]
             taken = [c for c in added if _command_name(c) in owners]
@@ -115,10 +115,6 @@ class PluginSet:
 
 def _command_name(info: Any) -> str:
     return info.name or info.callback.__name__.replace("_", "-")
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _truthy(value: str | None) -> bool:
@@ -153,7 +149,7 @@ def load_plugins(
         try:
             manager.register(plugin, name=provider.plugin)
         except Exception as exc:  # pluggy refuses hookimpls that do not match a hookspec
-            plugins._fail(provider, f"could not be registered: {_describe(exc)}")
+            plugins._fail(provider, f"could not be registered: {describe(exc)}")
             return
         plugins.plugins[provider.plugin] = PluginInfo(provider)
 
@@ -174,7 +170,7 @@ def load_plugins(
             try:
                 module = ep.load()
             except Exception as exc:
-                plugins._fail(provider, f"failed to import ({_describe(exc)})")
+                plugins._fail(provider, f"failed to import ({describe(exc)})")
                 continue
             add(module, provider)
 
@@ -189,7 +185,7 @@ def load_plugins(
             try:
                 impl.function(register=functools.partial(_stage, kind, staged))
             except Exception as exc:
-                plugins._fail(info.provider, f"{hook_name} raised {_describe(exc)}")
+                plugins._fail(info.provider, f"{hook_name} raised {describe(exc)}")
                 continue
             for cls in staged:
                 clash = plugins.registry.add(kind, cls, info.provider)

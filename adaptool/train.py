@@ -23,7 +23,7 @@ from adaptool.batching import BatchPlan, collate
 from adaptool.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, save_checkpoint
 from adaptool.data import check_columns, load_rows, split_eval
 from adaptool.encoding import IGNORE_INDEX, Encoded, encode_rows
-from adaptool.errors import AdaptoolError, DataError
+from adaptool.errors import AdapterError, AdaptoolError, DataError, describe
 from adaptool.manifest import (
     MANIFEST,
     content_hash,
@@ -409,11 +409,8 @@ def _wrap(model: Any, method: Any, recipe: Recipe, init_adapter: str | Path | No
     try:
         return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
     except Exception as exc:
-        from adaptool.errors import AdapterError
-
         raise AdapterError(
-            f"--init-adapter {folder} does not fit the base {recipe.model.name}: "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            f"--init-adapter {folder} does not fit the base {recipe.model.name}: {describe(exc)}"
         ) from None
 
 
