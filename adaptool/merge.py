@@ -25,7 +25,7 @@ from adaptool.errors import AdapterError, AdaptoolError, ModelError
 from adaptool.manifest import MANIFEST, library_versions, now, read_manifest, write_json
 from adaptool.modeling import PRECISION_DTYPES
 from adaptool.outputs import check_output
-from adaptool.streaming import tag_of, write_streamed
+from adaptool.streaming import ByteRange, read_layout, tag_of, write_streamed
 
 if TYPE_CHECKING:
     from adaptool.registry import Registry
@@ -89,6 +89,7 @@ def merge(
     base_dir = _base_dir(folder, manifest, peft_config, base, token)
     base_config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     out_dtype = _output_dtype(dtype, base_config)
+    out_tag = tag_of(out_dtype)
     quantizer = quantizer_for(manifest, None, registry)
     dequantize = quantizer.quantized and into == "dequantized"
     quantized_layers = _quantized_layers(base_dir, quantizer) if dequantize else set()
@@ -113,32 +114,31 @@ def merge(
         weight_map: dict[str, str] = {}
         merged = 0
         for shard in shards:
-            with safe_open(str(shard), framework="pt") as reader:
-                layout = []
-                for key in reader.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    view = reader.get_slice(key)
-                    tag = view.get_dtype()
-                    if tag in FLOAT_TAGS:
-                        tag = tag_of(out_dtype)
-                    layout.append((key, tag, list(view.get_shape())))
+            entries = {entry.name: entry for entry in read_layout(shard)}
+            layout = [
+                (e.name, tag_of(out_dtype) if e.tag in FLOAT_TAGS else e.tag, e.shape)
+                for e in entries.values()
+            ]
 
-                def produce(key: str, shard: Path = shard) -> Any:
-                    nonlocal merged
-                    # a fresh mapping per tensor: pages read stay resident only while in use
-                    with safe_open(str(shard), framework="pt") as one:
-                        tensor = one.get_tensor(key)
-                    if not tensor.is_floating_point():
-                        return tensor
-                    tensor = tensor.float()
-                    module = key.removesuffix(".weight")
-                    if module in quantized_layers and key.endswith(".weight"):
-                        tensor = quantizer.round_trip(tensor, dtype=load_dtype)
-                    if key in targets:
-                        tensor = _fold(tensor, by_module[targets[key]], peft_config, targets[key])
-                        merged += 1
-                    return tensor.to(out_dtype)
+            def produce(key: str, shard: Path = shard, entries: dict = entries) -> Any:
+                nonlocal merged
+                entry = entries[key]
+                module = key.removesuffix(".weight")
+                requantize = module in quantized_layers and key.endswith(".weight")
+                changes = key in targets or requantize
+                if entry.tag not in FLOAT_TAGS or (entry.tag == out_tag and not changes):
+                    return ByteRange(shard, entry.start, entry.length)
+                # a fresh mapping per tensor: pages read stay resident only while in use
+                with safe_open(str(shard), framework="pt") as one:
+                    tensor = one.get_tensor(key).float()
+                if requantize:
+                    tensor = quantizer.round_trip(tensor, dtype=load_dtype)
+                if key in targets:
+                    tensor = _fold(tensor, by_module[targets[key]], peft_config, targets[key])
+                    merged += 1
+                return tensor.to(out_dtype)
 
-                write_streamed(tmp / shard.name, layout, produce)
+            write_streamed(tmp / shard.name, layout, produce)
             weight_map.update({key: shard.name for key, _, _ in layout})
         if len(shards) > 1:
             total = sum((tmp / s.name).stat().st_size for s in shards)

@@ -52,6 +52,22 @@ print(json.dumps({"seconds": time.monotonic() - started, "peak": peak_rss_mb(),
                   "baseline": baseline}))
 """
 
+# the floor: copying the base's shards unchanged (kernel file-to-file copy), which writes the
+# same number of bytes as either merge
+COPY = """
+import json, shutil, sys, time
+from pathlib import Path
+from adaptool.testing import peak_rss_mb, rss_mb
+base, adapter, out, shard = sys.argv[1:5]
+baseline = rss_mb()
+started = time.monotonic()
+Path(out).mkdir()
+for path in sorted(Path(base).glob("*.safetensors")):
+    shutil.copyfile(path, Path(out) / path.name)
+print(json.dumps({"seconds": time.monotonic() - started, "peak": peak_rss_mb(),
+                  "baseline": baseline}))
+"""
+
 
 def build(work: Path, *, hidden: int, layers: int, vocab: int, shard: str) -> tuple[Path, Path]:
     from adaptool.testing import make_sharded_base_with_adapter
@@ -108,7 +124,7 @@ def identical(a: Path, b: Path) -> tuple[bool, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a ~46M-parameter model")
-    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds")
     args = parser.parse_args()
     if args.quick:
         size = {"hidden": 512, "layers": 12, "vocab": 16000, "shard": "40MB"}
@@ -125,9 +141,9 @@ def main() -> None:
             shard=size["shard"],
         )
         print(f"built in {time.monotonic() - started:.0f} s; {args.rounds} A/B rounds")
-        results: dict[str, list[dict[str, float]]] = {"peft": [], "adaptool": []}
+        results: dict[str, list[dict[str, float]]] = {"peft": [], "adaptool": [], "copy": []}
         for round_ in range(args.rounds):
-            for name, code in (("peft", PEFT), ("adaptool", ADAPTOOL)):
+            for name, code in (("peft", PEFT), ("adaptool", ADAPTOOL), ("copy", COPY)):
                 out = work / f"{name}-{round_}"
                 results[name].append(run(code, base, adapter, out, size["shard"]))
                 print(
@@ -152,6 +168,12 @@ def main() -> None:
     ]
     for label, theirs, ours in rows:
         print(f"{label:<34}{theirs:>22.1f}{ours:>16.1f}{ours / theirs:>8.2f}")
+    floor = med("copy", "seconds")
+    theirs, ours = med("peft", "seconds") / floor, med("adaptool", "seconds") / floor
+    print(
+        f"floor: copying the base's shards unchanged takes {floor:.1f} s; peft's merge is "
+        f"{theirs:.1f}x that, adaptool's {ours:.1f}x"
+    )
     print(
         f"speedup: {med('peft', 'seconds') / med('adaptool', 'seconds'):.2f}x faster; "
         f"weights bit-identical: {same} ({count} tensors)"
