@@ -47,6 +47,76 @@ def check_adapter_dir(folder: Path) -> Path:
 
 
 @dataclass
+class Fit:
+    """An adapter checked against its base: which base, which method, how many weights."""
+
+    base: str
+    method: str
+    tensors: int
+
+
+def check_fits(folder: Path, *, base: str | None = None, token: str | None = None) -> Fit:
+    """Check that the adapter in ``folder`` fits its base (``base``, else the one its manifest or
+    config names) without loading any weights: the base's config is read (one small file from
+    the Hub for a Hub id), the model is built on the meta device, the adapter's method is
+    injected into it, and every saved tensor's name and shape must be one the method creates
+    there."""
+    import torch
+    from peft import PeftConfig, get_peft_model
+    from peft.utils import get_peft_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from adaptool.modeling import quiet_libraries
+    from adaptool.streaming import read_layout
+
+    quiet_libraries()
+    config = PeftConfig.from_pretrained(str(folder))
+    manifest = read_manifest(folder) or {}
+    recorded = (manifest.get("base_model") or {}).get("name")
+    name = base or recorded or config.base_model_name_or_path
+    if not name:
+        raise AdapterError(f"{folder} does not say which base model it adapts; pass --base PATH.")
+    try:
+        base_config = AutoConfig.from_pretrained(name, token=token, trust_remote_code=False)
+    except Exception as exc:
+        how = (
+            "the folder has no readable config.json"
+            if Path(name).exists()
+            else ("it is neither a local folder nor a Hub model that could be reached")
+        )
+        raise AdapterError(
+            f"the base model '{name}' that {folder.name} adapts cannot be resolved: {how} "
+            f"({describe(exc)}). Pass --base with a local copy of the base (or its Hub id)."
+        ) from None
+    saved = {e.name: tuple(e.shape) for e in read_layout(folder / ADAPTER_WEIGHTS)}
+    if getattr(config, "init_lora_weights", True) not in (True, False):
+        config.init_lora_weights = True  # PiSSA/OLoRA-style inits need real weights
+    config.inference_mode = True
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(base_config)
+            wrapped = get_peft_model(model, config)
+        expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(wrapped).items()}
+    except Exception as exc:
+        raise AdapterError(
+            f"{folder.name} does not fit the base '{name}': {describe(exc)}. Pass --base with "
+            f"the model it was trained on."
+        ) from None
+    unknown = sorted(set(saved) - set(expected))
+    wrong = sorted(k for k in saved.keys() & expected.keys() if saved[k] != expected[k])
+    if unknown or wrong:
+        detail = [f"{k} has shape {saved[k]}, the base needs {expected[k]}" for k in wrong[:2]]
+        detail += [f"{k} has no place in it" for k in unknown[:2]]
+        raise AdapterError(
+            f"{folder.name} does not fit the base '{name}' ({len(wrong) + len(unknown)} of its "
+            f"{len(saved)} tensors: {'; '.join(detail)}). Pass --base with the model it was "
+            f"trained on."
+        )
+    method = getattr(config.peft_type, "value", config.peft_type)
+    return Fit(base=str(name), method=str(method), tensors=len(saved))
+
+
+@dataclass
 class Target:
     """An opened adapter or merged model, ready to generate."""
 
@@ -100,9 +170,12 @@ def open_target(
 ) -> Target:
     """Load an adapter dir (its base resolved from the manifest or adapter config, ``base``
     overriding where it lives) or a merged model dir, in eval mode."""
+    from adaptool.hub import locate
     from adaptool.recipe import ModelSection
 
-    folder = Path(target).expanduser().resolve()
+    located = locate(target, token=token)
+    folder = located.path
+    base = base or located.base
     if not folder.is_dir():
         raise AdapterError(
             f"{target} is not a directory; give an adapter dir written by `adaptool train` or "

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptool import store
 from adaptool.adapter import check_adapter_dir
+from adaptool.card import model_card
 from adaptool.errors import AdapterError, AdaptoolError
 from adaptool.manifest import MANIFEST, now, read_manifest, write_json
 from adaptool.outputs import check_output
@@ -65,9 +67,12 @@ def combine(
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM
 
+    from adaptool.hub import locate
     from adaptool.merge import TOKENIZER_FILES, _base_dir, merge
 
-    folders = [check_adapter_dir(Path(a).expanduser().resolve()) for a in adapters]
+    located = [locate(a, token=token) for a in adapters]
+    folders = [check_adapter_dir(found.path) for found in located]
+    base = base or next((found.base for found in located if found.base), None)
     if len(folders) < 2:
         raise AdaptoolError("combining needs at least two adapters (--adapter A --adapter B).")
     if combination not in COMBINATIONS:
@@ -156,6 +161,8 @@ def combine(
                 },
             },
         )
+        card = model_card(adapter_dir, repo_id=str(out))
+        (adapter_dir / "README.md").write_text(card, encoding="utf-8")
         result = CombineResult(out, combination, weights, [str(f) for f in folders])
         if full:
             result.merged = merge(
@@ -172,6 +179,7 @@ def combine(
                 shutil.rmtree(out)
             out.parent.mkdir(parents=True, exist_ok=True)
             os.replace(adapter_dir, out)
+            store.record_output(out, read_manifest(out) or {}, "combined")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result

@@ -58,10 +58,6 @@ class HubError(AdaptoolError):
     """A Hugging Face Hub operation that failed (auth, missing repo, network)."""
 
 
-class NotAvailableYet(AdaptoolError):
-    """A command whose engine has not landed yet."""
-
-
 def describe(exc: BaseException) -> str:
     """``ExceptionType: first line of its message`` — how a library's error is quoted inside
     one of ours."""

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptool import store
 from adaptool.adapter import ADAPTER_WEIGHTS, check_adapter_dir, quantizer_for
+from adaptool.card import model_card
 from adaptool.errors import AdapterError, AdaptoolError, ModelError
 from adaptool.manifest import MANIFEST, library_versions, now, read_manifest, write_json
 from adaptool.modeling import PRECISION_DTYPES
@@ -79,7 +81,11 @@ def merge(
     from safetensors import safe_open
 
     started = time.monotonic()
-    folder = check_adapter_dir(Path(adapter).expanduser().resolve())
+    from adaptool.hub import locate
+
+    located = locate(adapter, token=token)
+    folder = check_adapter_dir(located.path)
+    base = base or located.base
     out = Path(output).expanduser().resolve()
     check_output(out, overwrite=overwrite, inputs=[folder, *([base] if base else [])])
     if into not in ("dequantized", "original"):
@@ -168,12 +174,15 @@ def merge(
             )
         result.seconds = round(time.monotonic() - started, 2)
         result.manifest = _manifest(folder, manifest, base_dir, peft_config, result)
+        card = model_card(tmp, repo_id=str(out), manifest=result.manifest)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         write_json(tmp / MANIFEST, result.manifest)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    store.record_output(out, result.manifest, "merged")
     return result
 
 

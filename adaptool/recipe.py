@@ -124,9 +124,10 @@ class OutputSection(Section):
 
 
 class HubSection(Section):
-    repo_id: str | None = None
+    repo_id: str | None = Field(None, description="where `adaptool push` puts the adapter")
     private: bool = True
-    revision: str | None = None
+    revision: str | None = Field(None, description="branch to push to (default main)")
+    license: str | None = Field(None, description="license id for the model card, e.g. mit")
 
 
 SECTIONS: dict[str, type[Section]] = {

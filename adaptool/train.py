@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptool import store
+from adaptool.adapter import check_adapter_dir
 from adaptool.batching import BatchPlan, collate
 from adaptool.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, save_checkpoint
 from adaptool.data import check_columns, load_rows, split_eval
@@ -87,6 +89,10 @@ def train(
             "--resume and --init-adapter exclude each other: resume continues "
             "a run, --init-adapter starts a new one from an adapter."
         )
+    if init_adapter is not None:
+        from adaptool.hub import locate
+
+        init_adapter = check_adapter_dir(locate(init_adapter, token=token).path)
     local_inputs = (
         init_adapter,
         recipe.model.name if recipe.model.is_local else None,
@@ -403,9 +409,7 @@ def _wrap(model: Any, method: Any, recipe: Recipe, init_adapter: str | Path | No
 
     if init_adapter is None:
         return get_peft_model(model, method.peft_config(recipe.peft))
-    from adaptool.adapter import check_adapter_dir
-
-    folder = check_adapter_dir(Path(init_adapter))
+    folder = Path(init_adapter)
     try:
         return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
     except Exception as exc:
@@ -572,6 +576,7 @@ def _write_final(
 ) -> None:
     """Everything is written to a temporary folder first, then moved in; the manifest goes
     last, so a folder with ``adaptool.json`` always holds a complete result."""
+    from adaptool.card import model_card
     from adaptool.plot import plot_losses
 
     tmp = out / FINAL_TMP
@@ -586,7 +591,12 @@ def _write_final(
         title=f"{Path(recipe.model.name).name} + "
         f"{recipe.peft.method} ({recipe.quantization.backend})",
     )
+    # our card in place of peft's empty template; `adaptool push` writes it anew for the repo
+    name = (recipe.hub.repo_id if recipe.hub else None) or str(out)
+    card = model_card(tmp, repo_id=name, manifest=manifest)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
     for path in sorted(tmp.iterdir()):
         os.replace(path, out / path.name)
     tmp.rmdir()
     write_json(out / MANIFEST, manifest)
+    store.record_output(out, manifest, "trained")

@@ -58,8 +58,10 @@ def registry(plugins):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_process_plugins(monkeypatch: pytest.MonkeyPatch):
-    """Every test starts without a cached process-wide plugin set and without plugin env vars."""
+def _fresh_process_plugins(monkeypatch: pytest.MonkeyPatch, tmp_path_factory):
+    """Every test starts without a cached process-wide plugin set and without plugin env vars,
+    with its own ADAPTOOL_HOME (never the user's index of adapters)."""
+    monkeypatch.setenv("ADAPTOOL_HOME", str(tmp_path_factory.mktemp("adaptool-home")))
     monkeypatch.delenv("ADAPTOOL_STRICT_PLUGINS", raising=False)
     monkeypatch.delenv("ADAPTOOL_DISABLE_PLUGINS", raising=False)
     reset_plugins()

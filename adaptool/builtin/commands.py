@@ -9,7 +9,7 @@ from adaptool.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(app: Any) -> None:
-    from adaptool.cli import check, eval, generate, inspect, merge, plugins, pull, push, train
+    from adaptool.cli import check, eval, generate, inspect, ls, merge, plugins, pull, push, train
 
     app.command("train")(train.train_cli)
     app.command("generate")(generate.generate_cli)
@@ -18,5 +18,6 @@ def register_commands(app: Any) -> None:
     app.command("push")(push.push_cli)
     app.command("pull")(pull.pull_cli)
     app.command("inspect")(inspect.inspect_cli)
+    app.command("ls")(ls.ls_cli)
     app.command("check")(check.check_cli)
     app.command("plugins")(plugins.plugins_cli)

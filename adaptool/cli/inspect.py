@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from adaptool.cli.output import not_yet
+from adaptool.cli.options import JsonOpt
+from adaptool.cli.output import console
 
 
 def inspect_cli(
-    target: Annotated[str, typer.Argument(help="Adapter dir or Hub id.")],
+    target: Annotated[str, typer.Argument(help="Adapter dir, merged model dir, or Hub id.")],
+    as_json: JsonOpt = False,
 ) -> None:
-    """Show TARGET's base model, method, options, size and provenance (not available yet)."""
-    not_yet("inspect", "Its adapter_config.json holds the base model and method meanwhile.")
+    """Show what TARGET is: base, method, options, parameters, size, provenance, metrics.
+
+    TARGET is a local adapter or merged model dir, or a Hub id: read from its pulled copy, or
+    from the Hub without downloading the weights.
+    """
+    from adaptool.inspection import inspect_target, summary_rows
+
+    info = inspect_target(target)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    for label, value in summary_rows(info):
+        table.add_row(label, value)
+    console().print(table)

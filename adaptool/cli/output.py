@@ -23,14 +23,3 @@ def print_error(exc: BaseException) -> None:
     text = Text("error: ", style="bold red")
     text.append(str(exc))
     error_console().print(text, soft_wrap=True)
-
-
-def not_yet(command: str, instead: str) -> None:
-    """Refuse a command whose engine has not landed yet, saying what works today."""
-    from adaptool import __version__
-    from adaptool.errors import NotAvailableYet
-
-    raise NotAvailableYet(
-        f"`adaptool {command}` is not available yet in adaptool {__version__}; its engine is "
-        f"still being built. {instead}"
-    )

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 from typer.testing import CliRunner
 
 from adaptool import __version__
@@ -71,6 +70,7 @@ def test_plugins_json_lists_builtins_with_distribution(plugins):
         "push",
         "pull",
         "inspect",
+        "ls",
         "check",
         "plugins",
     ]
@@ -81,21 +81,6 @@ def test_plugins_table(plugins):
     result = run(plugins, "plugins")
     assert result.exit_code == 0
     assert "quote-tags" in result.output and "bnb-4bit" in result.output
-
-
-@pytest.mark.parametrize(
-    ("args", "what"),
-    [
-        (["push", "x"], "push"),
-        (["pull", "org/x"], "pull"),
-        (["inspect", "x"], "inspect"),
-    ],
-)
-def test_commands_without_an_engine_say_not_yet(plugins, args, what):
-    result = run(plugins, *args)
-    assert result.exit_code == 2
-    assert f"`adaptool {what}` is not available yet" in result.output
-    assert "Traceback" not in result.output
 
 
 def test_train_validates_the_recipe_first(plugins, tmp_path):

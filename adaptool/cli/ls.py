@@ -1,0 +1,42 @@
+"""``adaptool ls``: the adapters and models trained, merged or pulled on this machine."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from adaptool.cli.options import JsonOpt
+from adaptool.cli.output import console
+
+
+def ls_cli(
+    as_json: JsonOpt = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Include entries whose folder has since been deleted.")
+    ] = False,
+) -> None:
+    """List the adapters and models trained, merged or pulled on this machine.
+
+    Oldest first, with kind, source, base, method, created and path, from
+    $ADAPTOOL_HOME/index.jsonl (default ~/.local/share/adaptool).
+    """
+    from adaptool import store
+
+    found = store.entries(include_missing=show_all)
+    if as_json:
+        typer.echo(json.dumps([asdict(e) | {"exists": e.exists} for e in found], indent=2))
+        return
+    out = console()
+    if not found:
+        out.print("nothing trained, merged or pulled here yet.", markup=False)
+        return
+    table = Table("kind", "source", "base", "method", "created", "path")
+    for e in found:
+        source = f"pulled {e.repo_id}@{(e.sha or '')[:8]}" if e.source == "pulled" else e.source
+        path = e.path if e.exists else f"{e.path} (deleted)"
+        table.add_row(e.kind, source, e.base or "?", e.method or "?", e.created[:19], path)
+    out.print(table)
