@@ -61,15 +61,15 @@ def check_fits(folder: Path, *, base: str | None = None, token: str | None = Non
     the Hub for a Hub id), the model is built on the meta device, the adapter's method is
     injected into it, and every saved tensor's name and shape must be one the method creates
     there."""
+    from adaptool.modeling import quiet_libraries
+    from adaptool.streaming import read_layout
+
+    quiet_libraries()  # before peft imports bitsandbytes, which logs on import
     import torch
     from peft import PeftConfig, get_peft_model
     from peft.utils import get_peft_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from adaptool.modeling import quiet_libraries
-    from adaptool.streaming import read_layout
-
-    quiet_libraries()
     config = PeftConfig.from_pretrained(str(folder))
     manifest = read_manifest(folder) or {}
     recorded = (manifest.get("base_model") or {}).get("name")
@@ -112,8 +112,8 @@ def check_fits(folder: Path, *, base: str | None = None, token: str | None = Non
             f"{len(saved)} tensors: {'; '.join(detail)}). Pass --base with the model it was "
             f"trained on."
         )
-    method = getattr(config.peft_type, "value", config.peft_type)
-    return Fit(base=str(name), method=str(method), tensors=len(saved))
+    method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+    return Fit(base=str(name), method=method, tensors=len(saved))
 
 
 @dataclass

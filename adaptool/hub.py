@@ -106,6 +106,8 @@ def hub_errors(
             f"the Hub at {where} answered {status} for {repo_id}: "
             f"{exc.server_message or describe(exc)}"
         ) from None
+    except errors.SafetensorsParsingError as exc:
+        raise HubError(f"{repo_id} at {where}: unreadable safetensors ({describe(exc)}).") from None
     except errors.OfflineModeIsEnabled:
         raise HubError(
             f"HF_HUB_OFFLINE is set, so {repo_id} cannot be fetched; unset it or give a local "
@@ -138,6 +140,18 @@ def _hub(repo_id: str, revision: str | None = None, token: str | None = None) ->
             yield
         except _network_errors() as exc:  # not OSError subclasses: said the same way
             raise OSError(describe(exc)) from None
+
+
+def _progress_on_terminals_only() -> None:
+    """huggingface_hub's transfer bars help on a terminal; in logs and pipes they are noise."""
+    import sys
+
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    if sys.stderr.isatty():
+        enable_progress_bars()
+    else:
+        disable_progress_bars()
 
 
 def _check_repo_id(repo_id: str) -> None:
@@ -193,6 +207,7 @@ def push(
             f"section."
         )
     _check_repo_id(repo_id)
+    _progress_on_terminals_only()
     private = hub.get("private", True) if private is None else private
     revision = revision or hub.get("revision")
     files = sorted(
@@ -304,6 +319,7 @@ def pull(
     from huggingface_hub import HfApi, snapshot_download
 
     _check_repo_id(repo_id)
+    _progress_on_terminals_only()
     api = HfApi(token=token)
     with _hub(repo_id, revision, token):
         info = api.model_info(repo_id, revision=revision)

@@ -128,7 +128,8 @@ def summary_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("path", info["path"]), ("kind", info["kind"])]
     if info.get("source"):
         src = info["source"]
-        rows.append(("pulled from", f"{src['repo_id']} @ {src.get('revision')} ({src['sha']})"))
+        label = "pulled from" if src.get("pulled", True) else "on the Hub"
+        rows.append((label, f"{src['repo_id']} @ {src.get('revision')} ({src['sha']})"))
     keys = (
         ("base_model", "base model"),
         ("method", "method"),
@@ -145,6 +146,9 @@ def summary_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         value = info.get(key)
         if value in (None, "", {}, []):
             continue
+        if key == "target_modules" and isinstance(value, list) and len(value) > 6:
+            leaves = sorted({name.rsplit(".", 1)[-1] for name in value})
+            value = f"{', '.join(leaves)} ({len(value)} modules)"
         if key in ("trainable_params", "params"):
             value = f"{value:,}"
             if key == "trainable_params" and info.get("base_params"):
@@ -191,8 +195,9 @@ def inspect_target(target: str, *, token: str | None = None) -> dict[str, Any]:
 def _inspect_remote(repo_id: str, revision: str | None, token: str | None) -> dict[str, Any]:
     from huggingface_hub import HfApi, snapshot_download
 
-    from adaptool.hub import _hub
+    from adaptool.hub import _hub, _progress_on_terminals_only
 
+    _progress_on_terminals_only()
     api = HfApi(token=token)
     with _hub(repo_id, revision, token):
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
@@ -202,10 +207,10 @@ def _inspect_remote(repo_id: str, revision: str | None, token: str | None) -> di
         )
         weights = [s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".safetensors")]
         params = 0
-        if weights:
-            meta = api.get_safetensors_metadata(repo_id, revision=info.sha)
-            params = sum(meta.parameter_count.values())
-    source = {"repo_id": repo_id, "revision": revision or "main", "sha": info.sha}
+        for name in weights:  # each file's header only (a range request), not its tensors
+            meta = api.parse_safetensors_file_metadata(repo_id, name, revision=info.sha)
+            params += sum(meta.parameter_count.values())
+    source = {"repo_id": repo_id, "revision": revision or "main", "sha": info.sha, "pulled": False}
     found = inspect_folder(local, source=source)
     found["path"] = f"{repo_id} (not pulled)"
     found["size_bytes"] = sum(s.size or 0 for s in info.siblings or [])

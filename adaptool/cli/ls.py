@@ -7,7 +7,6 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from adaptool.cli.options import JsonOpt
 from adaptool.cli.output import console
@@ -34,9 +33,10 @@ def ls_cli(
     if not found:
         out.print("nothing trained, merged or pulled here yet.", markup=False)
         return
-    table = Table("kind", "source", "base", "method", "created", "path")
     for e in found:
         source = f"pulled {e.repo_id}@{(e.sha or '')[:8]}" if e.source == "pulled" else e.source
-        path = e.path if e.exists else f"{e.path} (deleted)"
-        table.add_row(e.kind, source, e.base or "?", e.method or "?", e.created[:19], path)
-    out.print(table)
+        created = e.created[:16].replace("T", " ")
+        method = (e.method or "?").lower()
+        gone = "" if e.exists else "  (deleted)"
+        out.print(f"{e.kind:<8} {source}  {method} on {e.base or '?'}  {created}", markup=False)
+        out.print(f"  {e.path}{gone}", markup=False)
