@@ -293,3 +293,43 @@ def test_push_a_merged_model(hub, plugins, adapter, tmp_path):
         out = tmp_path / "back"
         assert cli(plugins, "pull", "alice/tagger-merged", "--output", out).exit_code == 0
         assert generated(plugins, out) == generated(plugins, adapter)
+
+
+def test_push_defaults_to_the_recipes_hub_section(hub, plugins, tiny_bloom_dir, tmp_path):
+    from adaptool.recipe import load_recipe
+    from adaptool.train import train
+    from tests.test_train import recipe_file
+
+    extra = '[hub]\nrepo_id = "alice/from-recipe"\nlicense = "mit"'
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=2, extra=extra)
+    recipe = load_recipe(path, [f"output.dir={tmp_path / 'run'}"], registry=plugins.registry)
+    folder = train(recipe, registry=plugins.registry).output_dir
+    assert "license: mit" in (folder / "README.md").read_text()  # train writes the card too
+    with hub_env(hub, GOOD, tmp_path / "home"):
+        from huggingface_hub import HfApi
+
+        pushed = cli(plugins, "push", folder)
+        assert pushed.exit_code == 0, pushed.output
+        assert HfApi().model_info("alice/from-recipe").private is True
+    card = hub.files("alice/from-recipe")["README.md"].decode()
+    assert "license: mit" in card and "adaptool pull alice/from-recipe" in card
+
+
+def test_model_card_metadata_for_a_hub_base(adapter, tmp_path):
+    import shutil
+
+    from adaptool.card import model_card
+
+    copy = tmp_path / "copy"
+    shutil.copytree(adapter, copy)
+    manifest = json.loads((copy / "adaptool.json").read_text())
+    manifest["base_model"]["name"] = "bigscience/bloom-7b1"
+    manifest["quantization"] = {"backend": "bnb-4bit", "quant_type": "nf4"}
+    manifest["data"]["source"] = "Abirate/english_quotes"
+    (copy / "adaptool.json").write_text(json.dumps(manifest))
+    card = model_card(copy, repo_id="alice/qlora")
+    meta = card.split("---")[1]
+    assert "base_model: bigscience/bloom-7b1" in meta and "- qlora" in meta
+    assert "datasets:\n- Abirate/english_quotes" in meta
+    assert "BitsAndBytesConfig(load_in_4bit=True)" in card
+    assert "final train loss" in card
