@@ -4,6 +4,7 @@ with the base loaded the way the adapter was trained unless told otherwise."""
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,18 @@ def check_fits(folder: Path, *, base: str | None = None, token: str | None = Non
     from peft.utils import get_peft_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = PeftConfig.from_pretrained(str(folder))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # peft's notes on renamed base paths
+            config = PeftConfig.from_pretrained(str(folder))
+    except Exception as exc:
+        raise AdapterError(
+            f"{folder / ADAPTER_CONFIG} is not a config peft can use: {describe(exc)}."
+        ) from None
+    try:
+        saved = {e.name: tuple(e.shape) for e in read_layout(folder / ADAPTER_WEIGHTS)}
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{folder / ADAPTER_WEIGHTS} is unreadable: {exc}.") from None
     manifest = read_manifest(folder) or {}
     recorded = (manifest.get("base_model") or {}).get("name")
     name = base or recorded or config.base_model_name_or_path
@@ -88,13 +100,16 @@ def check_fits(folder: Path, *, base: str | None = None, token: str | None = Non
             f"the base model '{name}' that {folder.name} adapts cannot be resolved: {how} "
             f"({describe(exc)}). Pass --base with a local copy of the base (or its Hub id)."
         ) from None
-    saved = {e.name: tuple(e.shape) for e in read_layout(folder / ADAPTER_WEIGHTS)}
     if getattr(config, "init_lora_weights", True) not in (True, False):
         config.init_lora_weights = True  # PiSSA/OLoRA-style inits need real weights
     config.inference_mode = True
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             model = AutoModelForCausalLM.from_config(base_config)
+            base_shapes = {
+                f"base_model.model.{k}": tuple(v.shape) for k, v in model.state_dict().items()
+            }
             wrapped = get_peft_model(model, config)
         expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(wrapped).items()}
     except Exception as exc:
@@ -102,15 +117,20 @@ def check_fits(folder: Path, *, base: str | None = None, token: str | None = Non
             f"{folder.name} does not fit the base '{name}': {describe(exc)}. Pass --base with "
             f"the model it was trained on."
         ) from None
+    # peft may also save base layers it resized or trained whole (embeddings): those must
+    # match the base's own shapes
+    expected |= {k: base_shapes[k] for k in saved.keys() - expected.keys() if k in base_shapes}
     unknown = sorted(set(saved) - set(expected))
+    missing = sorted(k for k in set(expected) - set(saved) if k not in base_shapes)
     wrong = sorted(k for k in saved.keys() & expected.keys() if saved[k] != expected[k])
-    if unknown or wrong:
+    if unknown or wrong or missing:
         detail = [f"{k} has shape {saved[k]}, the base needs {expected[k]}" for k in wrong[:2]]
         detail += [f"{k} has no place in it" for k in unknown[:2]]
+        detail += [f"{k} is missing" for k in missing[:2]]
         raise AdapterError(
             f"{folder.name} does not fit the base '{name}' ({len(wrong) + len(unknown)} of its "
-            f"{len(saved)} tensors: {'; '.join(detail)}). Pass --base with the model it was "
-            f"trained on."
+            f"{len(saved)} tensors wrong, {len(missing)} missing: {'; '.join(detail)}). Pass "
+            f"--base with the model it was trained on."
         )
     method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
     return Fit(base=str(name), method=method, tensors=len(saved))

@@ -12,7 +12,9 @@ from typing import Any
 
 from adaptool.manifest import read_manifest
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: suffixes of local data files, which a Hub dataset id never has
+DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".txt", ".arrow", ".tsv"}
 
 
 #: how a peft method is written in prose
@@ -20,8 +22,10 @@ NAMES = {"lora": "LoRA", "ia3": "IA³", "loha": "LoHa", "lokr": "LoKr", "adalora
 
 
 def is_hub_id(name: str | None) -> bool:
-    """A Hub repo id (``org/name`` or a legacy ``name``) rather than a local path."""
-    return bool(name) and not Path(name).is_absolute() and bool(HUB_ID.match(name))
+    """A Hub repo id (``org/name``) rather than a local path: not on disk, no file suffix."""
+    if not name or not HUB_ID.match(name) or Path(name).expanduser().exists():
+        return False
+    return Path(name).suffix.lower() not in DATA_SUFFIXES
 
 
 def read_recipe(folder: Path) -> dict[str, Any]:
@@ -167,8 +171,14 @@ def _usage(name: str, merged: bool, base: str | None, quant: str, manifest: dict
             f"quantization_config=BitsAndBytesConfig({bits})\n)"
         )
     pull = f"adaptool pull {name}\n" if is_hub_id(name) else ""
+    local = (
+        f"The base, `{base}`, is a local folder where this was trained: elsewhere, pass its "
+        f"location (`adaptool pull {name} --base PATH`, or the path in `from_pretrained`).\n\n"
+        if base and not is_hub_id(base)
+        else ""
+    )
     return (
-        "## Usage\n\nWith adaptool (the base is loaded as it was trained):\n\n```bash\n"
+        f"## Usage\n\n{local}With adaptool (the base is loaded as it was trained):\n\n```bash\n"
         f'{pull}adaptool generate {name} "your prompt"\nadaptool merge {name} --output merged\n'
         "```\n\nWith plain peft:\n\n```python\n"
         f"{imports}\nfrom peft import PeftModel\n\n"

@@ -37,6 +37,27 @@ SHARED = (
     "loss.png",
 )
 CARD = "README.md"
+#: remote files a push replaces, so that a file an earlier push had and this one lacks (a shard
+#: of a bigger model, say) is removed; top-level only, other files in the repo are left alone
+OWNED = (
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "adapter_config.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "adaptool.json",
+    "recipe.toml",
+    "metrics.jsonl",
+    "loss.png",
+)
 #: weights serialized with pickle: loading them can run arbitrary code
 PICKLE = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
 
@@ -115,11 +136,19 @@ def hub_errors(
         ) from None
     except errors.HFValidationError as exc:
         raise HubError(f"'{repo_id}' is not a valid Hub repo id: {describe(exc)}") from None
-    except OSError as exc:
+    except (Unreachable, ConnectionError, TimeoutError) as exc:
         raise HubError(
             f"could not reach the Hub at {where} for {repo_id} ({describe(exc)}); check the "
             f"network, or HF_ENDPOINT if you use a mirror."
         ) from None
+    except OSError as exc:
+        raise HubError(
+            f"a local file problem while transferring {repo_id}: {describe(exc)}."
+        ) from None
+
+
+class Unreachable(Exception):
+    """The HTTP client's transport error (connect, timeout), said as one."""
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -138,8 +167,8 @@ def _hub(repo_id: str, revision: str | None = None, token: str | None = None) ->
     with hub_errors(repo_id, revision, token):
         try:
             yield
-        except _network_errors() as exc:  # not OSError subclasses: said the same way
-            raise OSError(describe(exc)) from None
+        except _network_errors() as exc:
+            raise Unreachable(describe(exc)) from None
 
 
 def _progress_on_terminals_only() -> None:
@@ -219,11 +248,13 @@ def push(
     api = HfApi(token=token)
     with _hub(repo_id, revision, token):
         created = _create_repo(api, repo_id, private)
-        if revision:
+        if revision and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         remote = api.list_repo_files(repo_id, revision=revision)
         stale = [
-            name for name in remote if name not in files and name != CARD and _matches(name, SHARED)
+            name
+            for name in remote
+            if "/" not in name and name not in files and _matches(name, OWNED)
         ]
         operations: list[Any] = [
             CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path / name))
@@ -258,7 +289,9 @@ def _create_repo(api: Any, repo_id: str, private: bool) -> bool:
     try:
         api.create_repo(repo_id, private=private)
     except HfHubHTTPError as exc:
-        if getattr(exc.response, "status_code", None) == 409:
+        status = getattr(exc.response, "status_code", None)
+        # 403: not our namespace; fine when the repo exists (a pull request to someone's repo)
+        if status == 409 or (status == 403 and api.repo_exists(repo_id)):
             return False
         raise
     return True
@@ -320,6 +353,8 @@ def pull(
 
     _check_repo_id(repo_id)
     _progress_on_terminals_only()
+    if base is not None and Path(base).expanduser().exists():
+        base = str(Path(base).expanduser().resolve())  # recorded: must work from anywhere
     api = HfApi(token=token)
     with _hub(repo_id, revision, token):
         info = api.model_info(repo_id, revision=revision)
@@ -328,7 +363,9 @@ def pull(
     wanted = [n for n in names if "/" not in n and _matches(n, (*SHARED, CARD))]
     out = Path(output).expanduser().resolve() if output is not None else None
     if out is not None:
-        check_output(out, overwrite=overwrite)
+        check_output(
+            out, overwrite=overwrite, inputs=[base] if base and Path(base).exists() else []
+        )
         target = out.with_name(f".{out.name}.pull-tmp")
         shutil.rmtree(target, ignore_errors=True)
     try:

@@ -208,8 +208,13 @@ def _inspect_remote(repo_id: str, revision: str | None, token: str | None) -> di
         weights = [s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".safetensors")]
         params = 0
         for name in weights:  # each file's header only (a range request), not its tensors
-            meta = api.parse_safetensors_file_metadata(repo_id, name, revision=info.sha)
-            params += sum(meta.parameter_count.values())
+            try:
+                meta = api.parse_safetensors_file_metadata(repo_id, name, revision=info.sha)
+                params += sum(meta.parameter_count.values())
+            except (AttributeError, TypeError, KeyError, ValueError):
+                raise AdapterError(
+                    f"{repo_id}: {name} is not a readable safetensors file."
+                ) from None
     source = {"repo_id": repo_id, "revision": revision or "main", "sha": info.sha, "pulled": False}
     found = inspect_folder(local, source=source)
     found["path"] = f"{repo_id} (not pulled)"

@@ -61,32 +61,42 @@ def record(entry: Entry) -> None:
 
 
 def entries(*, include_missing: bool = False) -> list[Entry]:
-    """Index entries, newest record per path, oldest first; folders since deleted are left out
-    unless ``include_missing``."""
+    """Index entries, newest record per path (and pulled revision), oldest first; folders
+    since deleted are left out unless ``include_missing``."""
     path = home() / INDEX
     if not path.is_file():
         return []
-    latest: dict[str, Entry] = {}
+    latest: dict[tuple, Entry] = {}
     known = set(Entry.__dataclass_fields__)
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
         try:
-            data: dict[str, Any] = json.loads(line)
+            data = json.loads(line)
             entry = Entry(**{k: v for k, v in data.items() if k in known})
-        except (ValueError, TypeError):
-            continue  # a line cut short by a crash: skip it
-        latest.pop(entry.path, None)
-        latest[entry.path] = entry
+        except (ValueError, TypeError, AttributeError):
+            continue  # a line cut short by a crash, or not ours: skip it
+        required = (entry.path, entry.kind, entry.source, entry.created)
+        if not all(isinstance(v, str) for v in required):
+            continue
+        # one entry per folder, except that one pulled commit may be known by several names
+        key = (entry.path, entry.repo_id, entry.revision)
+        latest.pop(key, None)
+        latest[key] = entry
     found = list(latest.values())
     return found if include_missing else [e for e in found if e.exists]
 
 
 def pulled(repo_id: str, revision: str | None = None) -> Entry | None:
-    """The newest pulled copy of ``repo_id`` still on disk (at ``revision`` when given: a
-    branch or tag name as pulled, or a commit sha or its prefix)."""
+    """The newest pulled copy of ``repo_id`` still on disk at ``revision`` (a branch or tag name
+    as pulled, or a commit sha or its prefix; None means main)."""
+    revision = revision or "main"
     for entry in reversed(entries()):
         if entry.source != "pulled" or entry.repo_id != repo_id:
             continue
-        if revision is None or revision == entry.revision:
+        if revision == entry.revision:
             return entry
         if entry.sha and len(revision) >= 7 and entry.sha.startswith(revision):
             return entry

@@ -40,6 +40,11 @@ SIZES = {
     "I8": 1,
     "U8": 1,
     "BOOL": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
 }
 _CHUNK = 64 << 20
 
@@ -69,23 +74,42 @@ def tag_of(dtype: Any) -> str:
     return TAGS[str(dtype).removeprefix("torch.")]
 
 
+MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
 def read_layout(path: Path) -> list[Entry]:
-    """The tensors of a safetensors file, in file order, from its JSON header alone."""
+    """The tensors of a safetensors file, in file order, from its JSON header alone. A file
+    that is not safetensors raises ValueError (never a huge read: the header size is checked
+    against the file's size first)."""
+    total = path.stat().st_size
     with path.open("rb") as fh:
         size = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(size))
+        if total < 8 or not 2 <= size <= min(MAX_HEADER, total - 8):
+            raise ValueError(f"{path.name} is not a safetensors file (bad header size)")
+        try:
+            header = json.loads(fh.read(size))
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"{path.name} is not a safetensors file (bad header)") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name} is not a safetensors file (header is not an object)")
     base = 8 + size
-    entries = [
-        Entry(
-            name,
-            info["dtype"],
-            list(info["shape"]),
-            base + info["data_offsets"][0],
-            info["data_offsets"][1] - info["data_offsets"][0],
-        )
-        for name, info in header.items()
-        if name != "__metadata__"
-    ]
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = (int(x) for x in info["data_offsets"])
+            shape = [int(x) for x in info["shape"]]
+            tag = str(info["dtype"])
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"{path.name}: tensor {name!r} has a malformed entry") from None
+        if tag not in SIZES or not 0 <= start <= end or base + end > total:
+            raise ValueError(
+                f"{path.name}: tensor {name!r} lies outside the file or has dtype {tag}"
+            )
+        if end - start != math.prod(shape) * SIZES[tag]:
+            raise ValueError(f"{path.name}: tensor {name!r} has the wrong number of bytes")
+        entries.append(Entry(name, tag, shape, base + start, end - start))
     return sorted(entries, key=lambda e: e.start)
 
 

@@ -197,6 +197,7 @@ def test_missing_repo_private_repo_and_missing_revision(hub, plugins, adapter, t
         assert "or it is private and the token in HF_TOKEN cannot see it" in hidden.output
         denied = cli(plugins, "push", adapter, "alice/secret")
         assert denied.exit_code == 2 and "Traceback" not in denied.output
+        assert "the token in HF_TOKEN may not do this on alice/secret" in denied.output
 
 
 def test_pickle_only_repo_is_refused(hub, plugins, tmp_path):
@@ -237,8 +238,10 @@ def test_incompatible_or_unreachable_base_is_refused(hub, plugins, adapter, toke
         assert far.exit_code == 2
         assert "the base model 'bigscience/bloom-7b1'" in far.output
         assert "Pass --base" in far.output
-        fixed = cli(plugins, "pull", "alice/far", "--base", adapter.parent.parent / "none")
+        nowhere = adapter.parent.parent / "none"
+        fixed = cli(plugins, "pull", "alice/far", "--base", nowhere)
         assert fixed.exit_code == 2  # a folder that does not exist is no base either
+        assert f"the base model '{nowhere}'" in fixed.output
 
 
 def test_inspect_a_local_adapter_and_a_hub_id_not_pulled(hub, plugins, adapter, tmp_path):
@@ -262,9 +265,10 @@ def test_inspect_a_local_adapter_and_a_hub_id_not_pulled(hub, plugins, adapter, 
         assert seen["trainable_params"] == params
         assert seen["path"] == "alice/tagger (not pulled)"
         assert seen["source"]["sha"] == hub.commit_sha("alice/tagger")
-        # nothing pulled: ls lists only what this machine trained
+        # inspecting pulls nothing: no weights in the cache, nothing recorded
+        assert not list((tmp_path / "home").rglob("adapter_model.safetensors"))
         listed = json.loads(cli(plugins, "ls", "--json").output)
-        assert all(e["source"] != "pulled" for e in listed)
+        assert not any(e["source"] == "pulled" for e in listed)
 
 
 def test_push_refuses_pickle_and_needs_a_repo_id(hub, plugins, adapter, tmp_path):
@@ -333,3 +337,129 @@ def test_model_card_metadata_for_a_hub_base(adapter, tmp_path):
     assert "datasets:\n- Abirate/english_quotes" in meta
     assert "BitsAndBytesConfig(load_in_4bit=True)" in card
     assert "final train loss" in card
+
+
+def test_push_removes_only_its_own_stale_files(hub, plugins, adapter, tmp_path):
+    hub.put_files(
+        "alice/tagger",
+        {
+            "model-00002-of-00002.safetensors": b"stale shard of an earlier push",
+            "other/adapter_model.safetensors": b"someone else's adapter",
+            "notes.md": b"the owner's notes",
+        },
+    )
+    with hub_env(hub, GOOD, tmp_path / "home"):
+        pushed = cli(plugins, "push", adapter, "alice/tagger")
+    assert pushed.exit_code == 0, pushed.output
+    assert "1 stale removed" in pushed.output
+    files = hub.files("alice/tagger")
+    assert "model-00002-of-00002.safetensors" not in files
+    assert files["other/adapter_model.safetensors"] == b"someone else's adapter"
+    assert files["notes.md"] == b"the owner's notes"
+
+
+def test_corrupt_or_incomplete_adapters_are_refused(hub, plugins, adapter, tmp_path):
+    from safetensors.torch import save_file
+
+    config = (adapter / "adapter_config.json").read_bytes()
+    weights = (adapter / "adapter_model.safetensors").read_bytes()
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty))
+    bad_type = json.loads(config) | {"peft_type": "NOPE"}
+    cases = {
+        "alice/garbage": ({"adapter_model.safetensors": b"\xff" * 64}, "unreadable"),
+        "alice/listhead": (
+            {"adapter_model.safetensors": (2).to_bytes(8, "little") + b"[]"},
+            "unreadable",
+        ),
+        "alice/empty": ({"adapter_model.safetensors": empty.read_bytes()}, "missing"),
+        "alice/badtype": (
+            {
+                "adapter_model.safetensors": weights,
+                "adapter_config.json": json.dumps(bad_type).encode(),
+            },
+            "not a config peft can use",
+        ),
+    }
+    with hub_env(hub, GOOD, tmp_path / "home"):
+        for repo, (files, said) in cases.items():
+            hub.put_files(repo, {"adapter_config.json": config} | files)
+            result = cli(plugins, "pull", repo)
+            assert result.exit_code == 2, (repo, result.output)
+            assert said in result.output and "Traceback" not in result.output, result.output
+            shown = cli(plugins, "inspect", repo)
+            assert shown.exit_code in (0, 2) and "Traceback" not in shown.output
+    assert not any(e.source == "pulled" for e in __import__("adaptool.store").store.entries())
+
+
+def test_pull_never_overwrites_its_base_and_records_an_absolute_base(
+    hub, plugins, adapter, tiny_bloom_dir, tmp_path, monkeypatch
+):
+    import shutil
+
+    from adaptool import store
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bloom_dir, base)
+    with hub_env(hub, GOOD, tmp_path / "home"):
+        assert cli(plugins, "push", adapter, "alice/tagger").exit_code == 0
+        clobber = cli(
+            plugins, "pull", "alice/tagger", "--output", base, "--base", base, "--overwrite"
+        )
+        assert clobber.exit_code == 2 and "would replace the input" in clobber.output
+        assert (base / "model.safetensors").is_file()
+
+        monkeypatch.chdir(tmp_path)
+        pulled = cli(plugins, "pull", "alice/tagger", "--base", "base")
+        assert pulled.exit_code == 0, pulled.output
+    assert store.pulled("alice/tagger").base_override == str(base)
+
+
+def test_a_hub_id_without_revision_means_main(hub, plugins, adapter, tmp_path):
+    from adaptool import store
+    from adaptool.hub import locate
+
+    with hub_env(hub, GOOD, tmp_path / "home"):
+        assert cli(plugins, "push", adapter, "alice/tagger").exit_code == 0
+        assert (
+            cli(plugins, "push", adapter, "alice/tagger", "--revision", "exp", "-m", "x").exit_code
+            == 0
+        )
+        assert cli(plugins, "pull", "alice/tagger").exit_code == 0
+        assert cli(plugins, "pull", "alice/tagger", "--revision", "exp").exit_code == 0
+        main_sha = hub.commit_sha("alice/tagger")
+        assert locate("alice/tagger").sha == main_sha
+        assert locate("alice/tagger@exp").sha == hub.commit_sha("alice/tagger", "exp")
+        assert locate(f"alice/tagger@{main_sha[:10]}").sha == main_sha
+        assert {e.revision for e in store.entries() if e.source == "pulled"} == {"main", "exp"}
+
+
+def test_a_missing_relative_folder_that_looks_like_a_hub_id_says_both(hub, plugins, tmp_path):
+    with hub_env(hub, GOOD, tmp_path / "home"):
+        result = cli(plugins, "generate", "runs/not-there", "x")
+    assert result.exit_code == 2
+    assert "runs/not-there is not a local folder; as a Hub id: the repo runs/not-there" in (
+        result.output
+    )
+
+
+def test_a_damaged_index_does_not_break_ls(plugins, adapter):
+    from adaptool import store
+
+    index = store.home() / store.INDEX
+    index.parent.mkdir(parents=True, exist_ok=True)
+    good = json.dumps(
+        {
+            "path": str(adapter),
+            "kind": "adapter",
+            "source": "trained",
+            "created": "2026-11-23T10:00:00+00:00",
+        }
+    )
+    index.write_bytes(
+        b'[]\n{"path": null}\n\xff\xfe\n{"path": "x", "kind"\n' + good.encode() + b"\n"
+    )
+    result = cli(plugins, "ls", "--json")
+    assert result.exit_code == 0, result.output
+    assert [e["path"] for e in json.loads(result.output)] == [str(adapter)]
+    assert str(adapter) in cli(plugins, "ls").output

@@ -34,7 +34,9 @@ def ls_cli(
         out.print("nothing trained, merged or pulled here yet.", markup=False)
         return
     for e in found:
-        source = f"pulled {e.repo_id}@{(e.sha or '')[:8]}" if e.source == "pulled" else e.source
+        source = e.source
+        if e.source == "pulled":
+            source = f"pulled {e.repo_id}@{e.revision} ({(e.sha or '')[:8]})"
         created = e.created[:16].replace("T", " ")
         method = (e.method or "?").lower()
         gone = "" if e.exists else "  (deleted)"
