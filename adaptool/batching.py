@@ -57,11 +57,17 @@ class BatchPlan:
         return cache[epoch]
 
 
+#: batches are padded to a multiple of this: a handful of distinct shapes instead of one per
+#: length keeps the CPU kernels' per-shape caches (oneDNN) from growing with every new length
+PAD_MULTIPLE = 16
+
+
 def collate(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, Any]:
     """Right-pad a batch: input_ids, attention_mask, labels (IGNORE_INDEX on padding)."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)
+    width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
     ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)

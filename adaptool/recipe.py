@@ -93,7 +93,9 @@ class TrainingSection(Section):
     max_grad_norm: float = Field(default=1.0, ge=0)
     max_steps: int | None = Field(default=None, gt=0)
     epochs: float | None = Field(default=None, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 where the hardware computes it natively"
+    )
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     seed: int = 42
     logging_steps: int = Field(default=10, gt=0)

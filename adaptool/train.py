@@ -34,7 +34,14 @@ from adaptool.manifest import (
     now,
     write_json,
 )
-from adaptool.modeling import device, load_base, load_tokenizer, weights_dtype
+from adaptool.modeling import (
+    device,
+    load_base,
+    load_tokenizer,
+    release_memory,
+    resolve_precision,
+    weights_dtype,
+)
 from adaptool.outputs import check_output
 from adaptool.progress import Reporter
 
@@ -128,7 +135,8 @@ def train(
 
     torch.manual_seed(t.seed)
     random.seed(t.seed)
-    model = load_base(recipe.model, quantizer, precision=t.precision, token=token)
+    precision = resolve_precision(t.precision)
+    model = load_base(recipe.model, quantizer, precision=precision, token=token)
     base_info = _base_info(recipe, model)
     checkpointing = _use_gradient_checkpointing(t.gradient_checkpointing, model, train_set, t)
     model = _prepare_for_training(model, quantized=quantizer.quantized, checkpointing=checkpointing)
@@ -175,7 +183,7 @@ def train(
     _write_metrics(out, records)
 
     dev = device()
-    autocast, scaler = _mixed_precision(t.precision, dev)
+    autocast, scaler = _mixed_precision(precision, dev)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eval_every = t.eval_steps or t.save_steps or total_steps
     window_loss, window_tokens, window_real = 0.0, 0, 0
@@ -264,6 +272,9 @@ def train(
     )
     if interrupted:
         return result
+    del optimizer, scheduler
+    model.zero_grad(set_to_none=True)
+    release_memory()  # the training step's freed buffers go back before saving and plotting
     model.config.use_cache = True
     result.manifest = _manifest(
         recipe,
@@ -550,6 +561,7 @@ def _manifest(recipe: Recipe, result: TrainResult, **kw: Any) -> dict[str, Any]:
             "total_steps": result.total_steps,
             "device": device(),
             "gradient_checkpointing_used": kw["checkpointing"],
+            "precision_used": resolve_precision(t.precision),
         },
         "seed": t.seed,
         "libraries": library_versions(),

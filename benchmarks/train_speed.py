@@ -5,6 +5,11 @@ A/B/A/B in fresh processes. Prints real (non-padding) tokens/s, peak RSS and fin
 
     python benchmarks/train_speed.py            # 20M-param BLOOM, 60 steps per run
     python benchmarks/train_speed.py --quick    # 20 steps per run, under 3 minutes
+    python benchmarks/train_speed.py --quantization bnb-8bit   # both sides on an 8-bit base
+
+adaptool runs with its defaults (precision and gradient checkpointing "auto": bf16 weights
+where the CPU computes bf16 natively, no checkpointing when memory allows); the reference
+runs the notebook's way (fp32 on a CPU, gradient checkpointing, padded batches).
 
 Both sides train on the whole text (the notebook's loss), so final losses compare. The last
 line is the headline: `speedup: <adaptool real tokens/s / reference real tokens/s>`.
@@ -32,14 +37,24 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from adaptool.testing import peak_rss_mb
 base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+quantization = sys.argv[5]
 transformers.utils.logging.set_verbosity_error()
 torch.manual_seed(0)
 tokenizer = AutoTokenizer.from_pretrained(base)
-model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-for p in model.parameters():
-    p.requires_grad = False
-model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-model.enable_input_require_grads()
+if quantization == "bnb-8bit":  # the notebook: load_in_8bit, then prepare for k-bit training
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+    from adaptool.builtin.quantizers import disable_cpu_bf16_repack
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=torch.float32, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    model = disable_cpu_bf16_repack(model)  # bitsandbytes' CPU repack bug, fixed as adaptool does
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+else:
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    for p in model.parameters():
+        p.requires_grad = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
 model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias="none",
                                          task_type="CAUSAL_LM"))
 rows = load_dataset("json", data_files=data, split="train")
@@ -73,9 +88,13 @@ from adaptool.recipe import validate_recipe
 from adaptool.testing import peak_rss_mb
 from adaptool.train import train
 base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+quantization = sys.argv[5]
 registry = load_plugins(entry_points=False).registry
+# adaptool's defaults: dtype and precision "auto" (bf16 where the CPU computes it natively),
+# gradient checkpointing "auto", length-grouped batches
 recipe = validate_recipe({
-    "model": {"name": base, "dtype": "float32"},
+    "model": {"name": base},
+    "quantization": {"backend": quantization},
     "peft": {"r": 16, "alpha": 32, "dropout": 0.05, "bias": "none"},
     "data": {"source": data, "formatter": "quote-tags", "train_on_prompt": True},
     "training": {"batch_size": 4, "gradient_accumulation_steps": 4, "warmup_steps": 5,
@@ -124,9 +143,9 @@ def build_base(work: Path, *, hidden: int, layers: int) -> Path:
     return base
 
 
-def run(code: str, base: Path, steps: int, out: Path) -> dict[str, float]:
+def run(code: str, base: Path, steps: int, out: Path, quantization: str) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, "-c", code, str(base), str(DATA), str(steps), str(out)],
+        [sys.executable, "-c", code, str(base), str(DATA), str(steps), str(out), quantization],
         capture_output=True,
         text=True,
     )
@@ -139,15 +158,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 steps per run")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--quantization",
+        choices=["none", "bnb-8bit"],
+        default="none",
+        help="the base on both sides: full precision, or bitsandbytes 8-bit as in the notebook",
+    )
     args = parser.parse_args()
     steps = 20 if args.quick else 60
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         work = Path(tmp)
         base = build_base(work, hidden=512, layers=6)
+        print(f"base quantization on both sides: {args.quantization}")
         results: dict[str, list[dict[str, float]]] = {"reference": [], "adaptool": []}
         for round_ in range(args.rounds):
             for name, code in (("reference", REFERENCE), ("adaptool", ADAPTOOL)):
-                r = run(code, base, steps, work / f"{name}-{round_}")
+                r = run(code, base, steps, work / f"{name}-{round_}", args.quantization)
                 results[name].append(r)
                 print(
                     f"  round {round_ + 1} {name:<10} {r['tokens'] / r['seconds']:8.0f} real "

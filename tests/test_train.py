@@ -70,9 +70,22 @@ def records(out):
     return [json.loads(line) for line in lines]
 
 
-@pytest.mark.parametrize("backend", ["none", "bnb-8bit", "bnb-4bit"])
+@pytest.mark.parametrize("backend", ["none", "bnb-8bit", "bnb-4bit", "bf16"])
 def test_training_runs_and_the_loss_falls(tmp_path, tiny_bloom_dir, registry, backend):
-    result = run(tmp_path, tiny_bloom_dir, registry=registry, backend=backend, steps=16)
+    # "bf16": no quantization, bf16 base weights (precision bf16 with model.dtype auto) under
+    # fp32 adapters, as precision "auto" chooses on CPUs with native bf16
+    bf16 = ["model.dtype='auto'", "training.precision='bf16'"] if backend == "bf16" else []
+    result = run(
+        tmp_path,
+        tiny_bloom_dir,
+        registry=registry,
+        backend="none" if backend == "bf16" else backend,
+        steps=16,
+        overrides=bf16,
+    )
+    if backend == "bf16":
+        assert result.manifest["base_model"]["dtype"] == "bfloat16"
+        assert result.manifest["training"]["precision_used"] == "bf16"
     assert not result.interrupted and result.step == 16
     losses = [r["loss"] for r in records(result.output_dir) if "loss" in r]
     assert len(losses) == 16
@@ -81,7 +94,8 @@ def test_training_runs_and_the_loss_falls(tmp_path, tiny_bloom_dir, registry, ba
     assert result.eval_loss is not None
     weights = load_file(str(result.output_dir / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())
-    if backend != "none":  # the k-bit base stays frozen: only LoRA tensors are saved
+    assert all(v.dtype == torch.float32 for v in weights.values())  # adapters stay fp32
+    if backend != "none":  # the k-bit or bf16 base stays frozen: only LoRA tensors are saved
         assert all("lora_" in k for k in weights)
 
 
@@ -171,6 +185,38 @@ def test_loss_is_taken_on_completion_tokens_only(tokenizer):
             log_probs = torch.log_softmax(logits[row, pos - 1], dim=-1)
             expected -= log_probs[e.input_ids[pos]].item()
     assert total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_padding_to_a_multiple_changes_no_row_s_loss(tokenizer, monkeypatch):
+    from adaptool import batching
+    from adaptool.base import Example
+    from adaptool.encoding import encode_examples
+    from adaptool.testing import make_tiny_bloom
+    from adaptool.train import _loss_sum
+
+    model = make_tiny_bloom(None, tokenizer).eval()
+    examples = [Example("“A” ->: ", "['x', 'y']"), Example("“Be yourself.” ->: ", "[]")]
+    encoded = encode_examples(examples, tokenizer, max_length=64)
+    longest = max(len(e.input_ids) for e in encoded)
+    padded = batching.collate(encoded, tokenizer.pad_token_id)
+    assert padded["input_ids"].shape[1] % batching.PAD_MULTIPLE == 0
+    assert padded["input_ids"].shape[1] >= longest
+    monkeypatch.setattr(batching, "PAD_MULTIPLE", 1)
+    exact = batching.collate(encoded, tokenizer.pad_token_id)
+    assert exact["input_ids"].shape[1] == longest
+    with torch.no_grad():
+        assert _loss_sum(model, padded).item() == pytest.approx(_loss_sum(model, exact).item())
+
+
+def test_precision_auto_resolves_to_what_the_machine_computes_natively(monkeypatch):
+    from adaptool import modeling
+
+    assert modeling.resolve_precision("fp32") == "fp32"
+    monkeypatch.setattr(modeling, "device", lambda: "cpu")
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: True)
+    assert modeling.resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: False)
+    assert modeling.resolve_precision("auto") == "fp32"
 
 
 class InterruptAt(Reporter):
