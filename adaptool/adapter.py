@@ -232,8 +232,17 @@ def open_target(
         model = _attach(model, folder, base_name)
         kind = "adapter"
     elif (folder / "config.json").is_file():
+        from adaptool.modeling import runtime_dtype
+
         quantizer = quantizer_for(None, quantization, registry)
-        section = ModelSection(name=str(folder))
+        try:
+            saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            dtype = runtime_dtype(saved.get("dtype") or saved.get("torch_dtype"))
+        except (ValueError, AttributeError) as exc:
+            raise AdapterError(
+                f"{folder / 'config.json'} is not a readable config: {exc}"
+            ) from None
+        section = ModelSection(name=str(folder), dtype=dtype)
         tokenizer = load_tokenizer(section, token=token)
         model = load_base(section, quantizer, token=token)
         base_name = str(((manifest or {}).get("base_model") or {}).get("name", folder))

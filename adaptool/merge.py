@@ -94,7 +94,8 @@ def merge(
     peft_config = _peft_config(folder)
     base_dir = _base_dir(folder, manifest, peft_config, base, token)
     base_config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
-    out_dtype = _output_dtype(dtype, base_config)
+    trained_dtype = ((manifest or {}).get("base_model") or {}).get("dtype")
+    out_dtype = _output_dtype(dtype, trained_dtype or _config_dtype(base_config))
     out_tag = tag_of(out_dtype)
     quantizer = quantizer_for(manifest, None, registry)
     dequantize = quantizer.quantized and into == "dequantized"
@@ -240,12 +241,18 @@ def _base_dir(
         ) from None
 
 
-def _output_dtype(dtype: str, base_config: dict[str, Any]) -> Any:
+def _config_dtype(config: dict[str, Any]) -> str | None:
+    return config.get("dtype") or config.get("torch_dtype")
+
+
+def _output_dtype(dtype: str, auto: str | None) -> Any:
+    """``--dtype``; ``auto`` is ``auto``'s dtype name (the dtype the adapter was trained with,
+    else the base's own), float32 when unknown."""
     import torch
 
     if dtype == "auto":
-        name = base_config.get("dtype") or base_config.get("torch_dtype") or "float32"
-        return getattr(torch, name if name in PRECISION_DTYPES.values() else "float32")
+        name = auto if auto in PRECISION_DTYPES.values() else "float32"
+        return getattr(torch, name)
     if dtype not in PRECISION_DTYPES:
         raise AdaptoolError(
             f"--dtype must be one of {', '.join(PRECISION_DTYPES)} or auto, not {dtype!r}."

@@ -78,6 +78,16 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def runtime_dtype(saved: str | None) -> str:
+    """The dtype to run a model saved in ``saved`` in: as saved where this machine computes
+    it natively (bf16 on a GPU or a CPU with native bf16, fp16 on a GPU), else float32."""
+    if saved == "bfloat16" and (device() == "cuda" or cpu_has_native_bf16()):
+        return "bfloat16"
+    if saved == "float16" and device() == "cuda":
+        return "float16"
+    return "float32"
+
+
 def release_memory() -> None:
     """Give freed memory back to the system (glibc keeps freed heap pages otherwise, and the
     process's resident size stays at its training peak while it saves and plots)."""

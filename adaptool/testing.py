@@ -137,10 +137,12 @@ def make_sharded_base_with_adapter(
     tokenizer: Any = None,
     r: int = 8,
     seed: int = 0,
+    target_modules: str | list[str] | None = None,
 ) -> tuple[Path, Path]:
     """A random BLOOM saved in fp32 safetensors shards of at most ``shard`` (e.g. "16MB"),
-    with ``tokenizer`` when given, and a LoRA adapter for it (peft's default targets) whose
-    weights are not zero, so merging changes something. Returns (base dir, adapter dir)."""
+    with ``tokenizer`` when given, and a LoRA adapter for it (``target_modules``, default
+    peft's: query_key_value) whose weights are not zero, so merging changes something.
+    Returns (base dir, adapter dir)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import BloomConfig, BloomForCausalLM
@@ -158,7 +160,8 @@ def make_sharded_base_with_adapter(
     model.save_pretrained(str(base), max_shard_size=shard)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(base))
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, task_type="CAUSAL_LM"))
+    lora = LoraConfig(r=r, lora_alpha=2 * r, target_modules=target_modules, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:

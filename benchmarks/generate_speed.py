@@ -4,6 +4,11 @@ in one run (A/B/A/B) on a ~200M-parameter BLOOM with a LoRA adapter.
 
     python benchmarks/generate_speed.py            # ~200M params
     python benchmarks/generate_speed.py --quick    # ~46M params, under a minute
+    python benchmarks/generate_speed.py --dtype fp32 --target-modules query_key_value
+
+Both models run in the dtype adaptool's precision "auto" picks on this machine (bf16 on a CPU
+with native bf16, else fp32) unless --dtype says otherwise; the adapter is LoRA r=16 on all
+linear layers (as adaptool's recipes) unless --target-modules says otherwise.
 
 The last line is the headline: `speedup: <batch-8 tokens/s / batch-1 tokens/s>`.
 """
@@ -45,17 +50,32 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a ~46M-parameter model")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="weights of both models; auto: what adaptool's precision 'auto' picks here (bf16 "
+        "on a CPU with native bf16, else fp32)",
+    )
+    parser.add_argument(
+        "--target-modules",
+        default="all-linear",
+        help="the LoRA's layers: all-linear (as adaptool's recipes) or query_key_value (the "
+        "notebook's)",
+    )
     args = parser.parse_args()
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from adaptool.merge import merge
-    from adaptool.modeling import quiet_libraries
+    from adaptool.modeling import quiet_libraries, resolve_precision
     from adaptool.plugins import load_plugins
     from adaptool.testing import make_sharded_base_with_adapter, make_tokenizer
 
     quiet_libraries()
+    if args.dtype == "auto":
+        args.dtype = resolve_precision("auto") if resolve_precision("auto") == "bf16" else "fp32"
     size = (512, 12, "40MB") if args.quick else (1024, 14, "180MB")
     with tempfile.TemporaryDirectory(prefix="generate-bench-") as tmp:
         work = Path(tmp)
@@ -68,24 +88,28 @@ def main() -> None:
             shard=size[2],
             vocab_size=32000,
             r=16,
+            target_modules=args.target_modules,
         )
         merged_dir = work / "merged"
         merge(
             adapter,
             output=merged_dir,
             base=str(base),
-            dtype="fp32",
+            dtype=args.dtype,  # as adaptool merges an adapter trained in that dtype
             verify=False,
             registry=load_plugins(entry_points=False).registry,
         )
+        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
         unmerged = PeftModel.from_pretrained(
-            AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), str(adapter)
+            AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype), str(adapter)
         ).eval()
-        merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
+        merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=dtype).eval()
         params = sum(p.numel() for p in merged.parameters()) / 1e6
         print(
             f"BLOOM {size[1]} x {size[0]}: {params:.0f} M params; {len(PROMPTS)} prompts, "
-            f"{args.new_tokens} new tokens each, greedy; {args.rounds} rounds"
+            f"{args.new_tokens} new tokens each, greedy, {args.dtype}; LoRA r=16 on "
+            f"{args.target_modules}; "
+            f"{args.rounds} rounds"
         )
         runs: dict[str, list[float]] = {}
         cases = [
