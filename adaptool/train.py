@@ -398,8 +398,14 @@ def _use_gradient_checkpointing(
 
 
 def _prepare_for_training(model: Any, *, quantized: bool, checkpointing: bool) -> Any:
+    """Freeze the base; gradient checkpointing when asked. A k-bit base in fp16 or fp32 goes
+    through peft's k-bit preparation, which also upcasts its non-quantized weights to fp32 (fp16
+    norms and heads are not stable to train through); a bf16 one is left in bf16, which is
+    stable, and is where its (de)quantized matmuls run at bf16 speed."""
+    import torch
+
     kwargs = {"use_reentrant": False}
-    if quantized:
+    if quantized and model.dtype != torch.bfloat16:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(

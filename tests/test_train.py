@@ -70,20 +70,18 @@ def records(out):
     return [json.loads(line) for line in lines]
 
 
-@pytest.mark.parametrize("backend", ["none", "bnb-8bit", "bnb-4bit", "bf16"])
+@pytest.mark.parametrize("backend", ["none", "bnb-8bit", "bnb-4bit", "bf16", "bnb-8bit+bf16"])
 def test_training_runs_and_the_loss_falls(tmp_path, tiny_bloom_dir, registry, backend):
-    # "bf16": no quantization, bf16 base weights (precision bf16 with model.dtype auto) under
-    # fp32 adapters, as precision "auto" chooses on CPUs with native bf16
-    bf16 = ["model.dtype='auto'", "training.precision='bf16'"] if backend == "bf16" else []
-    result = run(
-        tmp_path,
-        tiny_bloom_dir,
-        registry=registry,
-        backend="none" if backend == "bf16" else backend,
-        steps=16,
-        overrides=bf16,
-    )
+    # "+bf16": bf16 base weights (precision bf16 with model.dtype auto) under fp32 adapters, as
+    # precision "auto" chooses on CPUs with native bf16; a bf16 k-bit base stays bf16
+    backend, _, bf16 = backend.partition("+")
     if backend == "bf16":
+        backend, bf16 = "none", "bf16"
+    overrides = ["model.dtype='auto'", "training.precision='bf16'"] if bf16 else []
+    result = run(
+        tmp_path, tiny_bloom_dir, registry=registry, backend=backend, steps=16, overrides=overrides
+    )
+    if bf16:
         assert result.manifest["base_model"]["dtype"] == "bfloat16"
         assert result.manifest["training"]["precision_used"] == "bf16"
     assert not result.interrupted and result.step == 16
