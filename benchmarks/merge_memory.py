@@ -4,7 +4,8 @@ a fresh process), on a ~210M-parameter BLOOM (about 840 MB in fp32, 5 safetensor
 a LoRA adapter. Also checks that both write bit-identical weights.
 
     python benchmarks/merge_memory.py            # ~210M params
-    python benchmarks/merge_memory.py --quick    # ~46M params, under a minute
+    python benchmarks/merge_memory.py --quick    # the same model, one round: about a minute
+    python benchmarks/merge_memory.py --small    # ~46M params (peak RSS is then mostly imports)
 
 The last line is the headline: `memory_ratio: <adaptool peak RSS / peft peak RSS>`.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,14 +125,23 @@ def identical(a: Path, b: Path) -> tuple[bool, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a ~46M-parameter model")
+    parser.add_argument("--quick", action="store_true", help="one A/B round")
+    parser.add_argument("--small", action="store_true", help="a ~46M-parameter model")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="where base and outputs go (default: the system's temp dir; /dev/shm takes the "
+        "disk's write speed out of the comparison)",
+    )
     args = parser.parse_args()
     if args.quick:
+        args.rounds = 1
+    if args.small:
         size = {"hidden": 512, "layers": 12, "vocab": 16000, "shard": "40MB"}
     else:
         size = {"hidden": 1024, "layers": 14, "vocab": 32000, "shard": "180MB"}
-    with tempfile.TemporaryDirectory(prefix="merge-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="merge-bench-", dir=args.dir) as tmp:
         work = Path(tmp)
         started = time.monotonic()
         base, adapter = build(
@@ -150,6 +161,8 @@ def main() -> None:
                     f"  round {round_ + 1} {name:<9} peak RSS {results[name][-1]['peak']:7.0f} MB"
                     f"  wall {results[name][-1]['seconds']:6.2f} s"
                 )
+                if round_ or name == "copy":  # only the first outputs are compared
+                    shutil.rmtree(out)
         same, count = identical(work / "peft-0", work / "adaptool-0")
 
     def med(name: str, key: str) -> float:
