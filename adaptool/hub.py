@@ -163,7 +163,8 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def _hub(repo_id: str, revision: str | None = None, token: str | None = None) -> Iterator[None]:
+def hub_call(repo_id: str, revision: str | None = None, token: str | None = None) -> Iterator[None]:
+    """Wrap calls to the Hub: every failure becomes a HubError naming ``repo_id``."""
     with hub_errors(repo_id, revision, token):
         try:
             yield
@@ -171,7 +172,7 @@ def _hub(repo_id: str, revision: str | None = None, token: str | None = None) ->
             raise Unreachable(describe(exc)) from None
 
 
-def _progress_on_terminals_only() -> None:
+def progress_on_terminals_only() -> None:
     """huggingface_hub's transfer bars help on a terminal; in logs and pipes they are noise."""
     import sys
 
@@ -236,7 +237,7 @@ def push(
             f"section."
         )
     _check_repo_id(repo_id)
-    _progress_on_terminals_only()
+    progress_on_terminals_only()
     private = hub.get("private", True) if private is None else private
     revision = revision or hub.get("revision")
     files = sorted(
@@ -246,7 +247,7 @@ def push(
     )
     card = model_card(path, repo_id=repo_id).encode("utf-8")
     api = HfApi(token=token)
-    with _hub(repo_id, revision, token):
+    with hub_call(repo_id, revision, token):
         created = _create_repo(api, repo_id, private)
         if revision and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -352,11 +353,11 @@ def pull(
     from huggingface_hub import HfApi, snapshot_download
 
     _check_repo_id(repo_id)
-    _progress_on_terminals_only()
+    progress_on_terminals_only()
     if base is not None and Path(base).expanduser().exists():
         base = str(Path(base).expanduser().resolve())  # recorded: must work from anywhere
     api = HfApi(token=token)
-    with _hub(repo_id, revision, token):
+    with hub_call(repo_id, revision, token):
         info = api.model_info(repo_id, revision=revision)
     names = [s.rfilename for s in info.siblings or []]
     kind = _remote_kind(repo_id, names)
@@ -369,7 +370,7 @@ def pull(
         target = out.with_name(f".{out.name}.pull-tmp")
         shutil.rmtree(target, ignore_errors=True)
     try:
-        with _hub(repo_id, info.sha, token):
+        with hub_call(repo_id, info.sha, token):
             local = Path(
                 snapshot_download(
                     repo_id,

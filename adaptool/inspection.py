@@ -195,11 +195,11 @@ def inspect_target(target: str, *, token: str | None = None) -> dict[str, Any]:
 def _inspect_remote(repo_id: str, revision: str | None, token: str | None) -> dict[str, Any]:
     from huggingface_hub import HfApi, snapshot_download
 
-    from adaptool.hub import _hub, _progress_on_terminals_only
+    from adaptool.hub import hub_call, progress_on_terminals_only
 
-    _progress_on_terminals_only()
+    progress_on_terminals_only()
     api = HfApi(token=token)
-    with _hub(repo_id, revision, token):
+    with hub_call(repo_id, revision, token):
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
         small = ["*.json", "recipe.toml", "metrics.jsonl"]
         local = Path(
