@@ -134,6 +134,7 @@ class Repo:
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    pull_requests: dict[int, str] = field(default_factory=dict)  # number -> head commit
 
     @property
     def url_path(self) -> str:
@@ -317,6 +318,9 @@ class HubServer:
         for refs in (repo.branches, repo.tags):
             if name in refs:
                 return refs[name]
+        pr = re.fullmatch(r"refs/pr/(\d+)", revision)
+        if pr and int(pr.group(1)) in repo.pull_requests:
+            return repo.pull_requests[int(pr.group(1))]
         if re.fullmatch(r"[0-9a-f]{7,40}", revision):
             found = [sha for sha in repo.commits if sha.startswith(revision)]
             if len(found) == 1:
@@ -524,7 +528,10 @@ class HubServer:
                 "branches": refs(repo.branches, "heads"),
                 "tags": refs(repo.tags, "tags"),
                 "converts": [],
-                "pullRequests": [],
+                "pullRequests": [
+                    {"name": str(n), "ref": f"refs/pr/{n}", "targetCommit": sha}
+                    for n, sha in sorted(repo.pull_requests.items())
+                ],
             }
         )
 
@@ -576,8 +583,7 @@ class HubServer:
 
     def _preupload(self, req: Request, repo_type: str, repo_id: str, rest: list[str]) -> Reply:
         """POST /api/{type}s/{id}/preupload/{rev}: regular or LFS, and the current oid."""
-        repo = self._repo(req, repo_type, repo_id, write=True)
-        self._no_pull_requests(req)
+        repo = self._contributable(req, repo_type, repo_id)
         head = repo.commits[self._resolve(repo, "/".join(rest) or "main")]
         answers = []
         for f in req.json().get("files", []):
@@ -596,8 +602,7 @@ class HubServer:
 
     def _create_commit(self, req: Request, repo_type: str, repo_id: str, rest: list[str]) -> Reply:
         """POST /api/{type}s/{id}/commit/{branch}: NDJSON of a header, then one line per change."""
-        repo = self._repo(req, repo_type, repo_id, write=True)
-        self._no_pull_requests(req)
+        repo = self._contributable(req, repo_type, repo_id)
         branch = "/".join(rest).removeprefix("refs/heads/")
         if branch not in repo.branches:
             self._resolve(repo, branch)  # unknown revision: 404 RevisionNotFound
@@ -619,15 +624,19 @@ class HubServer:
             header.get("description") or "",
             req.user,
         )
-        repo.branches[branch] = commit.sha
-        return _json(
-            {
-                "success": True,
-                "commitOid": commit.sha,
-                "hookOutput": "",
-                "commitUrl": f"{self.endpoint}/{repo.url_path}/commit/{commit.sha}",
-            }
-        )
+        reply = {
+            "success": True,
+            "commitOid": commit.sha,
+            "hookOutput": "",
+            "commitUrl": f"{self.endpoint}/{repo.url_path}/commit/{commit.sha}",
+        }
+        if req.flag("create_pr"):  # the branch stays; the commit heads a new pull request
+            number = len(repo.pull_requests) + 1
+            repo.pull_requests[number] = commit.sha
+            reply["pullRequestUrl"] = f"{self.endpoint}/{repo.url_path}/discussions/{number}"
+        else:
+            repo.branches[branch] = commit.sha
+        return _json(reply)
 
     def _apply(self, files: dict[str, Blob], key: str | None, value: dict) -> None:
         path = str(value.get("path", "")).strip("/")
@@ -654,10 +663,14 @@ class HubServer:
         else:
             raise HubError(400, f"Unknown commit operation: {key!r}")
 
-    @staticmethod
-    def _no_pull_requests(req: Request) -> None:
-        if req.flag("create_pr"):
-            raise HubError(400, "Pull requests are not supported by the test Hub")
+    def _contributable(self, req: Request, repo_type: str, repo_id: str) -> Repo:
+        """Committing needs write access; opening a pull request (``?create_pr=1``) only a
+        signed-in user who can see the repo, as on the Hub."""
+        if not req.flag("create_pr"):
+            return self._repo(req, repo_type, repo_id, write=True)
+        if req.user is None:
+            raise HubError(401, "Authentication required to open a pull request")
+        return self._repo(req, repo_type, repo_id)
 
     def _branch(self, req: Request, repo_type: str, repo_id: str, rest: list[str]) -> Reply:
         """POST (body: optional startingPoint) or DELETE /api/{type}s/{id}/branch/{name}."""
@@ -690,7 +703,11 @@ class HubServer:
     # -- LFS: batch, upload to a one-time URL, verify --------------------------------------
 
     def _lfs_batch(self, req: Request, repo_type: str, repo_id: str) -> Reply:
-        self._repo(req, repo_type, repo_id, write=True)
+        # the batch call does not say whether the upload is for a pull request: any signed-in
+        # user who can see the repo may upload objects (a commit still needs the rights)
+        if req.user is None:
+            raise HubError(401, "Authentication required to upload")
+        self._repo(req, repo_type, repo_id)
         body = req.json()
         if body.get("operation") != "upload":
             raise HubError(400, "The test Hub only supports LFS uploads")

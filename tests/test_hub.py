@@ -463,3 +463,22 @@ def test_a_damaged_index_does_not_break_ls(plugins, adapter):
     assert result.exit_code == 0, result.output
     assert [e["path"] for e in json.loads(result.output)] == [str(adapter)]
     assert str(adapter) in cli(plugins, "ls").output
+
+
+def test_create_pr_opens_a_pull_request_on_someone_elses_repo(hub, plugins, adapter, tmp_path):
+    with hub_env(hub, GOOD, tmp_path / "alice"):
+        assert cli(plugins, "push", adapter, "alice/tagger", "--public").exit_code == 0
+    main_before = hub.commit_sha("alice/tagger")
+    with hub_env(hub, OTHER, tmp_path / "bob"):  # bob cannot write to alice's repo
+        (tmp_path / "bob-copy").mkdir()
+        for p in adapter.iterdir():
+            if p.is_file():
+                (tmp_path / "bob-copy" / p.name).write_bytes(p.read_bytes())
+        (tmp_path / "bob-copy" / "metrics.jsonl").write_text('{"step": 1}\n')
+        opened = cli(plugins, "push", tmp_path / "bob-copy", "alice/tagger", "--create-pr")
+        assert opened.exit_code == 0, opened.output
+        assert f"{hub.endpoint}/alice/tagger/discussions/1" in opened.output
+        direct = cli(plugins, "push", tmp_path / "bob-copy", "alice/tagger")
+        assert direct.exit_code == 2 and "may not do this on alice/tagger" in direct.output
+    assert hub.commit_sha("alice/tagger") == main_before  # main untouched
+    assert hub.files("alice/tagger", "refs/pr/1")["metrics.jsonl"] == b'{"step": 1}\n'
