@@ -361,7 +361,9 @@ print(json.dumps({{"baseline": baseline, "peak": peak_rss_mb()}}))
     growth = measured["peak"] - measured["baseline"]
     largest_shard = max(p.stat().st_size for p in shards) / 2**20
     print(f"merge of {model_mb:.0f} MB in {len(shards)} shards: peak RSS grew {growth:.1f} MB")
-    assert growth < 0.5 * model_mb, measured
+    # well under the model (peft's merge holds all of it, and more), near a few shards; the
+    # allocator's own slack moves the measured growth between about 20 and 37 MB here
+    assert growth < model_mb / 1.5, measured
     assert growth < 3 * largest_shard + 10, measured
 
 
