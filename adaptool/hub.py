@@ -22,6 +22,7 @@ from adaptool.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_dir,
 from adaptool.card import is_hub_id, model_card, read_recipe
 from adaptool.errors import AdapterError, AdaptoolError, HubError, describe
 from adaptool.manifest import read_manifest
+from adaptool.merge import TOKENIZER_FILES
 from adaptool.outputs import check_output
 
 #: what an adapter or merged model folder shares: weights, configs, tokenizer, provenance
@@ -45,13 +46,7 @@ OWNED = (
     "adapter_config.json",
     "config.json",
     "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
+    *TOKENIZER_FILES,
     "vocab.txt",
     "adaptool.json",
     "recipe.toml",
@@ -136,7 +131,7 @@ def hub_errors(
         ) from None
     except errors.HFValidationError as exc:
         raise HubError(f"'{repo_id}' is not a valid Hub repo id: {describe(exc)}") from None
-    except (Unreachable, ConnectionError, TimeoutError) as exc:
+    except (*_network_errors(), ConnectionError, TimeoutError) as exc:
         raise HubError(
             f"could not reach the Hub at {where} for {repo_id} ({describe(exc)}); check the "
             f"network, or HF_ENDPOINT if you use a mirror."
@@ -145,10 +140,6 @@ def hub_errors(
         raise HubError(
             f"a local file problem while transferring {repo_id}: {describe(exc)}."
         ) from None
-
-
-class Unreachable(Exception):
-    """The HTTP client's transport error (connect, timeout), said as one."""
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -160,16 +151,6 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         except (ImportError, AttributeError):
             continue
     return tuple(found)
-
-
-@contextmanager
-def hub_call(repo_id: str, revision: str | None = None, token: str | None = None) -> Iterator[None]:
-    """Wrap calls to the Hub: every failure becomes a HubError naming ``repo_id``."""
-    with hub_errors(repo_id, revision, token):
-        try:
-            yield
-        except _network_errors() as exc:
-            raise Unreachable(describe(exc)) from None
 
 
 def progress_on_terminals_only() -> None:
@@ -247,7 +228,7 @@ def push(
     )
     card = model_card(path, repo_id=repo_id).encode("utf-8")
     api = HfApi(token=token)
-    with hub_call(repo_id, revision, token):
+    with hub_errors(repo_id, revision, token):
         created = _create_repo(api, repo_id, private)
         if revision and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -357,7 +338,7 @@ def pull(
     if base is not None and Path(base).expanduser().exists():
         base = str(Path(base).expanduser().resolve())  # recorded: must work from anywhere
     api = HfApi(token=token)
-    with hub_call(repo_id, revision, token):
+    with hub_errors(repo_id, revision, token):
         info = api.model_info(repo_id, revision=revision)
     names = [s.rfilename for s in info.siblings or []]
     kind = _remote_kind(repo_id, names)
@@ -370,7 +351,7 @@ def pull(
         target = out.with_name(f".{out.name}.pull-tmp")
         shutil.rmtree(target, ignore_errors=True)
     try:
-        with hub_call(repo_id, info.sha, token):
+        with hub_errors(repo_id, info.sha, token):
             local = Path(
                 snapshot_download(
                     repo_id,
@@ -462,19 +443,29 @@ class Located:
     sha: str | None = None
 
 
+def hub_target(target: str | Path) -> tuple[str, str | None] | None:
+    """(repo id, revision or None) when ``target`` names a Hub repo (``org/name`` or
+    ``org/name@revision``) rather than a local path; None for a local path."""
+    text = str(target)
+    repo_id, _, revision = text.partition("@")
+    if Path(text).expanduser().exists() or not is_hub_id(repo_id):
+        return None
+    return repo_id, revision or None
+
+
 def locate(target: str | Path, *, token: str | None = None) -> Located:
     """A local folder as is; a Hub id (``org/name`` or ``org/name@revision``) that is not a
     local folder resolves to its pulled copy, pulling it (with the checks) on first use."""
-    path = Path(target).expanduser()
+    hub_id = hub_target(target)
+    if hub_id is None:
+        return Located(Path(target).expanduser().resolve())
+    repo_id, revision = hub_id
     text = str(target)
-    repo_id, _, revision = text.partition("@")
-    if path.exists() or "/" not in repo_id or not is_hub_id(repo_id):
-        return Located(path.resolve())
-    entry = store.pulled(repo_id, revision or None)
+    entry = store.pulled(repo_id, revision)
     if entry is not None:
         return Located(Path(entry.path), entry.base_override, repo_id, entry.sha)
     try:
-        result = pull(repo_id, revision=revision or None, token=token)
+        result = pull(repo_id, revision=revision, token=token)
     except HubError as exc:
         raise HubError(f"{text} is not a local folder; as a Hub id: {exc}") from None
     return Located(result.path, None, repo_id, result.sha)

@@ -179,27 +179,27 @@ def inspect_target(target: str, *, token: str | None = None) -> dict[str, Any]:
     (its small files are fetched; weights are not: their sizes and parameter counts come
     from the Hub's file metadata and safetensors headers)."""
     from adaptool import store
-    from adaptool.card import is_hub_id
+    from adaptool.hub import hub_target
 
-    path = Path(target).expanduser()
-    repo_id, _, revision = target.partition("@")
-    if path.exists() or "/" not in repo_id or not is_hub_id(repo_id):
-        return inspect_folder(path.resolve())
-    entry = store.pulled(repo_id, revision or None)
+    hub_id = hub_target(target)
+    if hub_id is None:
+        return inspect_folder(Path(target).expanduser().resolve())
+    repo_id, revision = hub_id
+    entry = store.pulled(repo_id, revision)
     if entry is not None:
         source = {"repo_id": repo_id, "revision": entry.revision, "sha": entry.sha}
         return inspect_folder(Path(entry.path), source=source)
-    return _inspect_remote(repo_id, revision or None, token)
+    return _inspect_remote(repo_id, revision, token)
 
 
 def _inspect_remote(repo_id: str, revision: str | None, token: str | None) -> dict[str, Any]:
     from huggingface_hub import HfApi, snapshot_download
 
-    from adaptool.hub import hub_call, progress_on_terminals_only
+    from adaptool.hub import hub_errors, progress_on_terminals_only
 
     progress_on_terminals_only()
     api = HfApi(token=token)
-    with hub_call(repo_id, revision, token):
+    with hub_errors(repo_id, revision, token):
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
         small = ["*.json", "recipe.toml", "metrics.jsonl"]
         local = Path(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from adaptool.errors import ModelError, describe
@@ -100,6 +101,7 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX-BF16 in the CPU flags (where bf16 matmuls run at twice fp32's rate;
     elsewhere oneDNN emulates bf16, which is slower than fp32)."""

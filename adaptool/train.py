@@ -137,7 +137,7 @@ def train(
     random.seed(t.seed)
     precision = resolve_precision(t.precision)
     model = load_base(recipe.model, quantizer, precision=precision, token=token)
-    base_info = _base_info(recipe, model)
+    base_info = _base_info(recipe, model, precision)
     checkpointing = _use_gradient_checkpointing(t.gradient_checkpointing, model, train_set, t)
     model = _prepare_for_training(model, quantized=quantizer.quantized, checkpointing=checkpointing)
     model = _wrap(model, method, recipe, init_adapter)
@@ -292,6 +292,7 @@ def train(
         total_params=total_params,
         checkpointing=checkpointing,
         init_adapter=init_adapter,
+        precision=precision,
     )
     _write_final(out, model, tokenizer, recipe, records, result.manifest)
     return result
@@ -511,11 +512,11 @@ def _append_metrics(out: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def _base_info(recipe: Recipe, model: Any) -> dict[str, Any]:
+def _base_info(recipe: Recipe, model: Any, precision: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "name": recipe.model.name,
         "revision": recipe.model.revision,
-        "dtype": str(weights_dtype(recipe.model, recipe.training.precision)).removeprefix("torch."),
+        "dtype": str(weights_dtype(recipe.model, precision)).removeprefix("torch."),
     }
     if recipe.model.is_local:
         info["content_hash"] = content_hash(Path(recipe.model.name))
@@ -567,7 +568,7 @@ def _manifest(recipe: Recipe, result: TrainResult, **kw: Any) -> dict[str, Any]:
             "total_steps": result.total_steps,
             "device": device(),
             "gradient_checkpointing_used": kw["checkpointing"],
-            "precision_used": resolve_precision(t.precision),
+            "precision_used": kw["precision"],
         },
         "seed": t.seed,
         "libraries": library_versions(),
