@@ -218,6 +218,12 @@ def get_plugins() -> PluginSet:
     return _default
 
 
+def registry() -> Registry:
+    """The process-wide registry: what library code looks plugins up in (one global set, as
+    simonw/llm does; tests and embedders swap it with :func:`use_plugins`)."""
+    return get_plugins().registry
+
+
 def use_plugins(plugins: PluginSet) -> None:
     """Make ``plugins`` the process-wide plugin set (the CLI built over it uses it)."""
     global _default

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from adaptool.base import Formatter, PeftMethod, Plugin, Quantizer
-from adaptool.errors import PluginError
+from adaptool.errors import AdaptoolWarning, PluginError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 
@@ -108,14 +112,53 @@ class Registry:
     def get(self, kind: str, name: str) -> type[Plugin]:
         return self.entry(kind, name).cls
 
-    def formatter(self, name: str) -> type[Formatter]:
-        return self.get("formatter", name)  # type: ignore[return-value]
+    def create(
+        self,
+        kind: str,
+        name: str,
+        options: Mapping[str, Any],
+        *,
+        recorded_version: str | None = None,
+        origin: str | None = None,
+    ) -> Any:
+        """The one place a plugin is instantiated: ``name``'s class of ``kind`` with
+        ``options`` validated by its own schema.
 
-    def quantizer(self, name: str) -> type[Quantizer]:
-        return self.get("quantizer", name)  # type: ignore[return-value]
-
-    def peft_method(self, name: str) -> type[PeftMethod]:
-        return self.get("peft-method", name)  # type: ignore[return-value]
+        ``recorded_version`` and ``origin`` are for reopening what was made earlier (an
+        adapter's manifest): options the installed plugin no longer accepts are a PluginError
+        naming both versions; a different version that accepts them is a warning."""
+        entry = self.entry(kind, name)
+        cls = entry.cls
+        where = f"{origin}: " if origin else ""
+        versions = ""
+        if recorded_version is not None and str(recorded_version) != str(cls.version):
+            versions = (
+                f" It was made with version {recorded_version} of '{name}'; version "
+                f"{cls.version} is installed here (from {entry.provider})."
+            )
+        try:
+            validated = cls.Options.model_validate(dict(options))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(options)'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise PluginError(
+                f"{where}the {kind} '{name}' does not accept the options it was given "
+                f"({problems}).{versions}"
+                + (
+                    f" Install the version of {entry.provider.distribution} it was made with."
+                    if recorded_version is not None
+                    else ""
+                )
+            ) from None
+        if versions:
+            warnings.warn(
+                f"{where}{versions.strip()} Its behaviour may differ.",
+                AdaptoolWarning,
+                stacklevel=2,
+            )
+        return cls(validated)
 
 
 def unknown_name_message(kind: str, name: object, available: list[str]) -> str:
