@@ -75,7 +75,7 @@ def fold(weight: Any, module_state: dict[str, Any], config: Any, module: str) ->
         if hit is None or expected[hit].shape != value.shape:
             raise AdapterError(
                 f"the adapter's {module}.{key} {tuple(value.shape)} does not fit the base layer "
-                f"{tuple(weight.shape)}: the adapter was trained on another model; pass {param("base")}."
+                f"{tuple(weight.shape)}: the adapter was trained on another model; pass {param('base')}."
             )
         loaded[hit] = value.float()
     holder.load_state_dict(loaded, strict=False)
