@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from adaptool.errors import RecipeProblem
-    from adaptool.recipe import PeftSection, Recipe
-    from adaptool.registry import Registry
+    from adaptool.recipe.resolve import RecipePlugins
+    from adaptool.recipe.schema import PeftSection, Recipe
 
 
 class Options(BaseModel):
@@ -38,9 +38,10 @@ class Plugin:
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
 
-    def recipe_problems(self, recipe: Recipe, registry: Registry) -> list[RecipeProblem]:
+    def recipe_problems(self, recipe: Recipe, plugins: RecipePlugins) -> list[RecipeProblem]:
         """Problems this plugin sees in the whole recipe (e.g. an option that needs another
-        section set a certain way). Called once every section is valid; default: none."""
+        section set a certain way), given the recipe's other resolved ``plugins``. Called once
+        every section is valid; default: none."""
         return []
 
 

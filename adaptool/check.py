@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 from adaptool.data import check_columns, load_rows, split_eval
 from adaptool.encoding import IGNORE_INDEX, Encoded, encode_rows
 from adaptool.modeling import load_tokenizer
+from adaptool.recipe.resolve import resolve_plugins
 
 if TYPE_CHECKING:
-    from adaptool.recipe import Recipe
-    from adaptool.registry import Registry
+    from adaptool.recipe.schema import Recipe
 
 
 @dataclass
@@ -79,13 +79,14 @@ class CheckReport:
         }
 
 
-def check(recipe: Recipe, *, examples: int = 3, registry: Registry | None = None) -> CheckReport:
+def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
     """Resolve the recipe's plugins, load its tokenizer and dataset, format and tokenize every
     row, and report what training would see. Raises AdaptoolError subclasses on bad input."""
-    formatter = recipe.formatter(registry)
-    recipe.quantizer(registry)
-    recipe.peft_method(registry)
-    tokenizer = load_tokenizer(recipe.model)
+    formatter = resolve_plugins(recipe).formatter
+    model = recipe.model
+    tokenizer = load_tokenizer(
+        model.name, revision=model.revision, trust_remote_code=model.trust_remote_code
+    )
     rows = load_rows(recipe.data)
     check_columns(rows, formatter, recipe.data.source)
     train_rows, eval_rows = split_eval(rows, recipe.data.eval_fraction, recipe.training.seed)

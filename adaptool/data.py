@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     import datasets
 
     from adaptool.base import Formatter
-    from adaptool.recipe import DataSection
+    from adaptool.recipe.schema import DataSection
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -24,7 +24,7 @@ def _quiet_datasets() -> Any:
     return datasets
 
 
-def load_rows(data: DataSection, *, token: str | None = None) -> datasets.Dataset:
+def load_rows(data: DataSection) -> datasets.Dataset:
     """The rows of ``data.source`` (a local .jsonl/.json/.csv/.parquet file or a Hub dataset id)
     for ``data.split``. Raises DataError naming the source when it cannot be read."""
     ds = _quiet_datasets()
@@ -40,20 +40,28 @@ def load_rows(data: DataSection, *, token: str | None = None) -> datasets.Datase
             )
         if path.stat().st_size < 4096 and not path.read_bytes().strip():
             raise DataError(f"the dataset {path} has no rows (the file is empty).")
-        split = data.split if data.split.startswith("train") else "train"
-        try:
-            return ds.load_dataset(builder, data_files={"train": str(path)}, split=split)
-        except Exception as exc:
-            raise DataError(
-                f"data.source: could not read {path} as {builder}: {describe(exc)}"
-            ) from None
+        return load_file(path, split=data.split if data.split.startswith("train") else "train")
     try:
-        return ds.load_dataset(source, split=data.split, token=token)
+        return ds.load_dataset(source, split=data.split)
     except Exception as exc:
         raise DataError(
             f"data.source: could not load the Hub dataset '{source}' (split '{data.split}'): "
             f"{describe(exc)}. Without a "
             f"network, point data.source at a local .jsonl/.json/.csv/.parquet file."
+        ) from None
+
+
+def load_file(path: Path, *, split: str = "train") -> datasets.Dataset:
+    """The rows of a local .jsonl/.json/.csv/.parquet file."""
+    ds = _quiet_datasets()
+    builder = BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"{path} is not a file type adaptool reads ({', '.join(BUILDERS)}).")
+    try:
+        return ds.load_dataset(builder, data_files={"train": str(path)}, split=split)
+    except Exception as exc:
+        raise DataError(
+            f"data.source: could not read {path} as {builder}: {describe(exc)}"
         ) from None
 
 

@@ -10,7 +10,7 @@ from adaptool.base import Example
 
 if TYPE_CHECKING:
     from adaptool.base import Formatter
-    from adaptool.recipe import DataSection
+    from adaptool.recipe.schema import DataSection
 
 IGNORE_INDEX = -100
 

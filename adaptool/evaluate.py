@@ -6,12 +6,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adaptool.adapter import open_target
-from adaptool.errors import AdaptoolError
+from adaptool.artifacts.layout import HELDOUT
+from adaptool.artifacts.loading import open_target
+from adaptool.artifacts.manifest import file_sha256
+from adaptool.data import check_columns, load_file
+from adaptool.errors import AdapterError, AdaptoolError, param
 from adaptool.generate import Generation, build_prompts, generate
 
 if TYPE_CHECKING:
-    from adaptool.registry import Registry
+    import datasets
+
+    from adaptool.artifacts.artifact import Artifact
 
 
 @dataclass
@@ -24,7 +29,7 @@ class EvalResult:
 
 
 def evaluate(
-    target: str | Path,
+    target: Path,
     *,
     data: str | Path | None = None,
     limit: int | None = None,
@@ -33,15 +38,11 @@ def evaluate(
     compare_base: bool = False,
     base: str | None = None,
     quantization: str | None = None,
-    registry: Registry | None = None,
 ) -> EvalResult:
-    """Greedy generation on each row of ``data`` (a local file; default: the held-out split of
-    the recipe the adapter was trained with), scored by the adapter's formatter. With
+    """Greedy generation on each row of ``data`` (a local file; default: the rows held out
+    when the adapter was trained, as recorded then), scored by the adapter's formatter. With
     ``compare_base``, the base without the adapter is scored too."""
-    from adaptool.data import check_columns, load_rows, split_eval
-    from adaptool.recipe import DataSection, load_recipe
-
-    opened = open_target(target, base=base, quantization=quantization, registry=registry)
+    opened = open_target(target, base=base, quantization=quantization)
     formatter = opened.formatter
     if opened.formatter_error is not None:
         raise opened.formatter_error
@@ -51,23 +52,14 @@ def evaluate(
             f"is unknown; evaluate an adapter trained by `adaptool train`."
         )
     if data is not None:
-        section = DataSection(source=str(Path(data).resolve()), formatter=formatter.name)
-        rows = load_rows(section)
-        source = str(data)
+        path = Path(data).resolve()
+        if not path.is_file():
+            raise AdaptoolError(f"{param('data', 'FILE')}: the file {path} does not exist.")
+        rows, source = load_file(path), str(data)
     else:
-        recipe_path = opened.path / "recipe.toml"
-        if not recipe_path.is_file():
-            raise AdaptoolError(f"{opened.path} has no recipe.toml: pass --data FILE.")
-        recipe = load_recipe(recipe_path, registry=registry)
-        _, rows = split_eval(
-            load_rows(recipe.data), recipe.data.eval_fraction, recipe.training.seed
-        )
-        if rows is None:
-            raise AdaptoolError(
-                f"the recipe of {opened.path} holds out no eval split (data.eval_fraction = 0): "
-                f"pass --data FILE."
-            )
-        source = f"{recipe.data.source} (eval split)"
+        rows = heldout_rows(opened.artifact)
+        recorded = (opened.manifest.heldout or {}) if opened.manifest else {}
+        source = f"{recorded.get('source')} (held out at training)"
     check_columns(rows, formatter, source)
     rows = [rows[i] for i in range(len(rows) if limit is None else min(limit, len(rows)))]
     prompts = build_prompts(rows, formatter, opened.tokenizer, raw=False)
@@ -94,3 +86,25 @@ def evaluate(
         with opened.model.disable_adapter():
             result.base_metrics = formatter.score(rows, run(), opened.tokenizer)
     return result
+
+
+def heldout_rows(artifact: Artifact) -> datasets.Dataset:
+    """The rows held out when ``artifact`` was trained, from the copy train wrote beside it
+    (never the data source as it is now, which may have changed since)."""
+    manifest = artifact.manifest
+    recorded = manifest.heldout if manifest is not None else None
+    if recorded is None:
+        eval_rows = ((manifest.data if manifest else None) or {}).get("eval_rows")
+        why = (
+            "held out no rows (data.eval_fraction = 0)"
+            if eval_rows == 0
+            else "records no held-out rows (it was not trained by this version of adaptool)"
+        )
+        raise AdaptoolError(f"{artifact.path} {why}: pass {param('data', 'FILE')}.")
+    path = artifact.path / recorded.get("file", HELDOUT)
+    if not path.is_file() or file_sha256(path) != recorded.get("sha256"):
+        raise AdapterError(
+            f"{path}, the rows held out at training, is missing or has changed since; pass "
+            f"{param('data', 'FILE')} to evaluate on other rows."
+        )
+    return load_file(path)

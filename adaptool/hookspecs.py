@@ -1,6 +1,12 @@
 """The hooks a plugin implements. Each is called once per plugin, with a ``register`` callable
 owned by adaptool that checks what it is given and remembers which plugin gave it.
 
+As with any pluggy hook, an implementation names only the arguments it uses. Plugins are called
+in load order (adaptool's built-ins first, then installed plugins); ``tryfirst``/``trylast``
+do not change it. A name adaptool itself provides stays adaptool's; two installed plugins
+claiming one name both lose it. A function marked ``@adaptool.hookimpl`` whose name is not a
+hook below is reported (``optionalhook=True`` silences that).
+
 A plugin is one module with an entry point in the ``adaptool`` group::
 
     # pyproject.toml of the plugin package

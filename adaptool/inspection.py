@@ -8,10 +8,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from adaptool.adapter import ADAPTER_CONFIG
+from adaptool.artifacts import index
+from adaptool.artifacts.artifact import Artifact
+from adaptool.artifacts.layout import MANIFEST, METRICS, Kind
 from adaptool.errors import AdapterError
-from adaptool.manifest import MANIFEST, read_manifest
-from adaptool.streaming import read_layout
+from adaptool.hub.client import hub_errors, progress_on_terminals_only
+from adaptool.hub.locate import hub_target
+from adaptool.merging.streaming import read_layout
 
 #: adapter_config.json keys shown as the method's options (those present)
 OPTION_KEYS = (
@@ -32,11 +35,13 @@ OPTION_KEYS = (
 )
 
 
-def inspect_folder(folder: Path, *, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A JSON-ready description of an adapter dir or a merged model dir."""
-    if not folder.is_dir():
-        raise AdapterError(f"{folder} is not a directory holding an adapter or a model.")
-    manifest = read_manifest(folder) or {}
+def inspect_folder(
+    folder: Path, *, source: dict[str, Any] | None = None, artifact: Artifact | None = None
+) -> dict[str, Any]:
+    """A JSON-ready description of an adapter dir or a merged model dir (``artifact``: the
+    folder as already read, for a Hub repo's small files)."""
+    artifact = artifact or Artifact.read(folder)
+    manifest = artifact.manifest
     weights = sorted(folder.glob("*.safetensors"))
     params = 0
     for path in weights:
@@ -49,52 +54,39 @@ def inspect_folder(folder: Path, *, source: dict[str, Any] | None = None) -> dic
         "source": source,
         "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
         "files": sorted(p.name for p in folder.iterdir() if p.is_file()),
-        "created": manifest.get("created"),
-        "adaptool_manifest": bool(manifest),
+        "created": manifest.created if manifest else None,
+        "adaptool_manifest": manifest is not None,
+        "kind": str(artifact.kind),
+        "method": artifact.method,
     }
-    if (folder / ADAPTER_CONFIG).is_file():
-        try:
-            config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise AdapterError(f"{folder / ADAPTER_CONFIG} is not valid JSON ({exc}).") from None
-        base = (manifest.get("base_model") or {}).get("name") or config.get(
-            "base_model_name_or_path"
-        )
-        peft = manifest.get("peft") or {}
+    config = artifact.config
+    if artifact.kind == Kind.ADAPTER:
         info |= {
-            "kind": "adapter",
-            "base_model": base,
-            "method": peft.get("method") or str(config.get("peft_type", "")).lower(),
+            "base_model": artifact.base_name(),
             "options": {k: config[k] for k in OPTION_KEYS if config.get(k) is not None},
             "target_modules": config.get("target_modules"),
             "trainable_params": params,
-            "base_params": peft.get("total_params"),
-            "quantization": (manifest.get("quantization") or {}).get("backend"),
-            "formatter": (manifest.get("formatter") or {}).get("name"),
-            "data": (manifest.get("data") or {}).get("source"),
-        }
-    elif (folder / "config.json").is_file():
-        adapter = manifest.get("adapter") or {}
-        info |= {
-            "kind": "merged",
-            "base_model": (manifest.get("base_model") or {}).get("name"),
-            "method": adapter.get("peft_type"),
-            "params": params,
-            "merge": manifest.get("merge"),
-            "verification": manifest.get("verification"),
+            "base_params": manifest.peft.total_params if manifest and manifest.peft else None,
+            "quantization": manifest.backend if manifest else None,
+            "formatter": manifest.formatter.name if manifest and manifest.formatter else None,
+            "data": (manifest.data or {}).get("source") if manifest else None,
         }
     else:
-        raise AdapterError(
-            f"{folder} holds neither an adapter ({ADAPTER_CONFIG}) nor a model (config.json)."
-        )
-    info["metrics"] = _metrics(folder, manifest)
-    info["manifest"] = manifest or None
+        info |= {
+            "base_model": manifest.base_model.name if manifest else None,
+            "method": manifest.method if manifest else None,
+            "params": params,
+            "merge": manifest.merge if manifest else None,
+            "verification": manifest.verification if manifest else None,
+        }
+    info["metrics"] = _metrics(folder, manifest.results if manifest else None)
+    info["manifest"] = manifest.to_dict() if manifest else None
     return info
 
 
-def _metrics(folder: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
-    results = dict(manifest.get("results") or {})
-    path = folder / "metrics.jsonl"
+def _metrics(folder: Path, recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    results = dict(recorded or {})
+    path = folder / METRICS
     if path.is_file():
         records = []
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -174,37 +166,30 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def inspect_target(target: str, *, token: str | None = None) -> dict[str, Any]:
+def inspect_target(target: str) -> dict[str, Any]:
     """Inspect a local folder, a pulled Hub id (its local copy), or a Hub id not pulled yet
     (its small files are fetched; weights are not: their sizes and parameter counts come
     from the Hub's file metadata and safetensors headers)."""
-    from adaptool import store
-    from adaptool.hub import hub_target
-
     hub_id = hub_target(target)
     if hub_id is None:
         return inspect_folder(Path(target).expanduser().resolve())
     repo_id, revision = hub_id
-    entry = store.pulled(repo_id, revision)
+    entry = index.pulled(repo_id, revision)
     if entry is not None:
         source = {"repo_id": repo_id, "revision": entry.revision, "sha": entry.sha}
         return inspect_folder(Path(entry.path), source=source)
-    return _inspect_remote(repo_id, revision, token)
+    return _inspect_remote(repo_id, revision)
 
 
-def _inspect_remote(repo_id: str, revision: str | None, token: str | None) -> dict[str, Any]:
+def _inspect_remote(repo_id: str, revision: str | None) -> dict[str, Any]:
     from huggingface_hub import HfApi, snapshot_download
 
-    from adaptool.hub import hub_errors, progress_on_terminals_only
-
     progress_on_terminals_only()
-    api = HfApi(token=token)
-    with hub_errors(repo_id, revision, token):
+    api = HfApi()
+    with hub_errors(repo_id, revision):
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
         small = ["*.json", "recipe.toml", "metrics.jsonl"]
-        local = Path(
-            snapshot_download(repo_id, revision=info.sha, allow_patterns=small, token=token)
-        )
+        local = Path(snapshot_download(repo_id, revision=info.sha, allow_patterns=small))
         weights = [s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".safetensors")]
         params = 0
         for name in weights:  # each file's header only (a range request), not its tensors
@@ -216,9 +201,11 @@ def _inspect_remote(repo_id: str, revision: str | None, token: str | None) -> di
                     f"{repo_id}: {name} is not a readable safetensors file."
                 ) from None
     source = {"repo_id": repo_id, "revision": revision or "main", "sha": info.sha, "pulled": False}
-    found = inspect_folder(local, source=source)
+    listing = [s.rfilename for s in info.siblings or [] if "/" not in s.rfilename]
+    artifact = Artifact.read(local, listing=listing, where=repo_id)
+    found = inspect_folder(local, source=source, artifact=artifact)
     found["path"] = f"{repo_id} (not pulled)"
     found["size_bytes"] = sum(s.size or 0 for s in info.siblings or [])
     found["files"] = sorted(s.rfilename for s in info.siblings or [])
-    found["trainable_params" if found["kind"] == "adapter" else "params"] = params
+    found["trainable_params" if found["kind"] == Kind.ADAPTER else "params"] = params
     return found

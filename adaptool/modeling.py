@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from adaptool.errors import ModelError, describe
-
-if TYPE_CHECKING:
-    from adaptool.recipe import ModelSection
 
 
 def quiet_libraries() -> None:
@@ -29,27 +27,31 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
 
 
-def load_tokenizer(model: ModelSection, *, token: str | None = None) -> Any:
-    """The base model's tokenizer, with a pad token (EOS when the tokenizer has none)."""
+def is_local(name: str) -> bool:
+    """A model name that is a local folder (absolute, or existing) rather than a Hub id."""
+    return Path(name).is_absolute() or Path(name).expanduser().exists()
+
+
+def load_tokenizer(
+    name: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
+    """The tokenizer of the model (or adapter dir) ``name``, with a pad token (EOS when the
+    tokenizer has none)."""
     from transformers import AutoTokenizer
 
     quiet_libraries()
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            model.name,
-            revision=model.revision,
-            trust_remote_code=model.trust_remote_code,
-            token=token,
+            name, revision=revision, trust_remote_code=trust_remote_code
         )
     except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors here
         where = (
             "the folder needs tokenizer files (tokenizer.json or a slow tokenizer's vocab)"
-            if model.is_local
+            if is_local(name)
             else "a Hub id needs the network (and HF_TOKEN for gated models)"
         )
         raise ModelError(
-            f"could not load the tokenizer of model.name = '{model.name}': "
-            f"{describe(exc)} ({where})."
+            f"could not load the tokenizer of '{name}': {describe(exc)} ({where})."
         ) from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -116,13 +118,14 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def weights_dtype(model: ModelSection, precision: str | None = None) -> Any:
-    """The dtype the base's (non-quantized) weights are loaded in: the recipe's ``model.dtype``,
-    or with ``auto`` the training precision (fp32 on a CPU, which has no fast fp16)."""
+def weights_dtype(dtype: str | None = None, precision: str | None = None) -> Any:
+    """The dtype the base's (non-quantized) weights are loaded in: ``dtype`` (a recipe's
+    ``model.dtype``: float32, bfloat16, float16), or with ``auto``/None the training precision
+    (fp32 on a CPU, which has no fast fp16)."""
     import torch
 
-    if model.dtype != "auto":
-        return getattr(torch, model.dtype)
+    if dtype not in (None, "auto"):
+        return getattr(torch, dtype)
     name = PRECISION_DTYPES.get(resolve_precision(precision or "fp32"), "float32")
     if name == "float16" and device() == "cpu":
         name = "float32"
@@ -130,28 +133,29 @@ def weights_dtype(model: ModelSection, precision: str | None = None) -> Any:
 
 
 def load_base(
-    model: ModelSection,
+    name: str,
     quantizer: Any,
     *,
+    revision: str | None = None,
+    dtype: str | None = None,
     precision: str | None = None,
-    token: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Any:
-    """The base model through the quantizer plugin, on the GPU when there is one. Errors name
-    the model and say what to try."""
+    """The base model ``name`` through the quantizer plugin, its weights in ``dtype`` (see
+    :func:`weights_dtype`), on the GPU when there is one. Errors name the model and say what to
+    try."""
     from transformers import AutoModelForCausalLM
 
     quiet_libraries()
-    name = model.name
     kwargs = dict(quantizer.from_pretrained_kwargs())
-    kwargs.setdefault("dtype", weights_dtype(model, precision))
+    kwargs.setdefault("dtype", weights_dtype(dtype, precision))
     if device() == "cuda":
         kwargs.setdefault("device_map", {"": 0})
     try:
         loaded = AutoModelForCausalLM.from_pretrained(
             name,
-            revision=model.revision,
-            trust_remote_code=model.trust_remote_code,
-            token=token,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
             use_safetensors=True,
             **kwargs,
         )
@@ -159,7 +163,7 @@ def load_base(
         hint = (
             "the folder needs config.json and *.safetensors weights (adaptool loads no pickle "
             "weights)"
-            if not _looks_like_hub_id(name)
+            if is_local(name)
             else "a Hub id needs the network (and HF_TOKEN for gated models); pass a local "
             "folder instead"
         )
@@ -167,9 +171,3 @@ def load_base(
             f"could not load the base model '{name}' ({quantizer.name}): {describe(exc)} ({hint})."
         ) from None
     return quantizer.after_load(loaded)
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    from pathlib import Path
-
-    return not Path(name).is_absolute() and not Path(name).exists()

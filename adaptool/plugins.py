@@ -1,28 +1,34 @@
 """The plugin manager: built-ins first, then the ``adaptool`` entry-point group.
 
-Every hook is called once per plugin with a ``register`` bound to that plugin, so each
-registration is attributed to its distribution, and a plugin that fails to import or raises in a
-hook is reported and skipped while everything else keeps working. ``ADAPTOOL_STRICT_PLUGINS=1``
-turns those reports into errors; ``ADAPTOOL_DISABLE_PLUGINS=name,...`` blocks plugins by
-entry-point or distribution name.
+Every hook is called once per plugin, in load order (tryfirst/trylast do not change it) and
+with pluggy's calling convention, with a ``register`` bound to that plugin, so each registration
+is attributed to its distribution. A plugin that fails to import or raises in a hook is reported
+and skipped, an implementation of a hook adaptool does not have is reported, and everything else
+keeps working. Names (of every kind, and commands) follow one clash policy,
+:class:`adaptool.registry.Claims`. ``ADAPTOOL_STRICT_PLUGINS=1`` turns those reports into errors;
+``ADAPTOOL_DISABLE_PLUGINS=name,...`` blocks plugins by entry-point or distribution name.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import importlib.metadata as md
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from adaptool import hookspecs
 from adaptool.errors import PluginError, describe
-from adaptool.registry import KINDS, Provider, Registry, check_registration
+from adaptool.registry import KINDS, Claims, Loss, Provider, Registry, check_registration
+
+if TYPE_CHECKING:
+    from pluggy import HookImpl
 
 ENTRY_POINT_GROUP = "adaptool"
 BUILTIN_PLUGINS = (
@@ -80,37 +86,99 @@ class PluginSet:
     strict: bool
 
     def add_commands(self, app: Any) -> None:
-        """Call every plugin's ``register_commands(app)``; failures are isolated like the rest."""
-        owners: dict[str, Provider] = {}
-        for impl in self.manager.hook.register_commands.get_hookimpls():
-            info = self.plugins[impl.plugin_name]
-            before = list(app.registered_commands)
+        """Call every plugin's ``register_commands(app)``; failures are isolated like the rest,
+        and command names follow the clash policy of registrations (:class:`Claims`)."""
+        base = list(app.registered_commands)
+        claims = Claims("command")
+        staged: list[tuple[Any, Provider]] = []
+        for info, impl in self._in_load_order("register_commands"):
             try:
-                impl.function(app=app)
+                _call(impl, app=app)
             except Exception as exc:  # a broken plugin must not break the CLI
-                app.registered_commands[:] = before
                 self._fail(info.provider, f"register_commands raised {describe(exc)}")
                 continue
-            added = app.registered_commands[len(before) :]
-            taken = [c for c in added if _command_name(c) in owners]
-            if taken:  # a command name is a clash like any other: the first owner keeps it
-                app.registered_commands[:] = before + [c for c in added if c not in taken]
-                for command in taken:
-                    name = _command_name(command)
-                    self._fail(
-                        info.provider,
-                        f"the command '{name}' is already provided by "
-                        f"{owners[name]}; this plugin's '{name}' is not added",
-                    )
-            names = [_command_name(c) for c in added if c not in taken]
-            owners.update(dict.fromkeys(names, info.provider))
-            info.registers["commands"] = names
+            finally:
+                added = app.registered_commands[len(base) :]
+                app.registered_commands[:] = base
+            for command in added:
+                staged.append((command, info.provider))
+                self._report(claims.claim(_command_name(command), info.provider))
+        app.registered_commands[:] = base + [
+            command
+            for command, provider in staged
+            if claims.holds(_command_name(command), provider)
+        ]
+        self._record("commands", claims.held_by)
+
+    def _register_kinds(self) -> None:
+        """Call every plugin's ``register_<kind>`` hooks: what a plugin registers is checked as
+        it goes and added once its hook returns, under the registry's clash policy."""
+        for kind, (_, _, hook_name) in KINDS.items():
+            for info, impl in self._in_load_order(hook_name):
+                staged: list[type] = []
+                try:
+                    _call(impl, register=functools.partial(_stage, kind, staged))
+                except Exception as exc:
+                    self._fail(info.provider, f"{hook_name} raised {describe(exc)}")
+                    continue
+                for cls in staged:
+                    self._report(self.registry.add(kind, cls, info.provider))
+            self._record(kind, functools.partial(self.registry.provided_by, kind))
+
+    def _check_hook_names(self) -> None:
+        """Report every implementation of a hook adaptool does not have (a misspelled
+        ``register_formater``) with a did-you-mean, unless it is marked ``optionalhook``."""
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError:  # it stops at the first one: report them all
+            callers = {n: c for n, c in vars(self.manager.hook).items() if not n.startswith("_")}
+            known = [name for name, caller in callers.items() if caller.has_spec()]
+            for name in [name for name in callers if name not in known]:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = (
+                    f"did you mean '{close[0]}'?"
+                    if close
+                    else f"adaptool's hooks are {', '.join(known)}"
+                )
+                for info, impl in self._in_load_order(name):
+                    if not impl.optionalhook:
+                        self._fail(info.provider, f"hook '{name}' is not an adaptool hook; {hint}")
+
+    def _in_load_order(self, hook_name: str) -> list[tuple[PluginInfo, HookImpl]]:
+        """The implementations of ``hook_name`` with their plugins, in load order (built-ins,
+        entry points, ``extra``): tryfirst/trylast must not decide who claims a name first."""
+        order = list(self.plugins)
+        impls = getattr(self.manager.hook, hook_name).get_hookimpls()
+        impls.sort(key=lambda impl: order.index(impl.plugin_name))
+        return [(self.plugins[impl.plugin_name], impl) for impl in impls]
+
+    def _record(self, kind: str, held_by: Callable[[Provider], list[str]]) -> None:
+        """Note in each plugin's info the names of ``kind`` it holds now."""
+        for info in self.plugins.values():
+            names = held_by(info.provider)
+            if names:
+                info.registers[kind] = names
+            else:
+                info.registers.pop(kind, None)
+
+    def _report(self, losses: list[Loss]) -> None:
+        for provider, message in losses:
+            self._fail(provider, message)
 
     def _fail(self, provider: Provider, message: str) -> None:
+        """Report a plugin's problem; an error in strict mode, or when adaptool's own is broken."""
         problem = PluginProblem(provider.plugin, provider.distribution, message)
         if self.strict or provider.builtin:
             raise PluginError(f"{problem} ({STRICT_ENV} is set)" if self.strict else str(problem))
-        self.problems.append(problem)
+        if problem not in self.problems:  # the same app may be built twice
+            self.problems.append(problem)
+
+
+def _call(impl: HookImpl, **kwargs: Any) -> Any:
+    """Call one implementation as pluggy's ``_multicall`` does: the arguments it names (none is
+    fine), positionally, and those with defaults by keyword."""
+    args = [kwargs[name] for name in impl.argnames]
+    return impl.function(*args, **{k: kwargs[k] for k in impl.kwargnames if k in kwargs})
 
 
 def _command_name(info: Any) -> str:
@@ -178,21 +246,8 @@ def load_plugins(
         name = getattr(plugin, "__name__", None) or f"extra-{i}"
         add(plugin, Provider(name, getattr(plugin, "__distribution__", name), "0"))
 
-    for kind, (_, _, hook_name) in KINDS.items():
-        for impl in getattr(manager.hook, hook_name).get_hookimpls():
-            info = plugins.plugins[impl.plugin_name]
-            staged: list[type] = []
-            try:
-                impl.function(register=functools.partial(_stage, kind, staged))
-            except Exception as exc:
-                plugins._fail(info.provider, f"{hook_name} raised {describe(exc)}")
-                continue
-            for cls in staged:
-                clash = plugins.registry.add(kind, cls, info.provider)
-                if clash is not None:
-                    plugins._fail(info.provider, clash.message())
-                else:
-                    info.registers.setdefault(kind, []).append(cls.name)
+    plugins._check_hook_names()
+    plugins._register_kinds()
     return plugins
 
 

@@ -57,6 +57,55 @@ class Clash:
         )
 
 
+#: A provider whose claim on a name did not stand, and why (what the plugin manager reports).
+Loss = tuple[Provider, str]
+
+
+class Claims:
+    """Who holds each name of one kind (a registered kind, or ``"command"``): adaptool's one
+    clash policy, so a third party can never take a name away from adaptool itself.
+
+    - the first claim on a name holds it;
+    - a name a built-in holds stays the built-in's: a later claim is refused (so is a plugin
+      claiming one of its own names again);
+    - two third-party claims make the name unusable for both (and for any later claimant),
+      with a :class:`Clash` naming every package.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.owners: dict[str, Provider] = {}
+        self.clashes: dict[str, Clash] = {}
+
+    def claim(self, name: str, provider: Provider) -> list[Loss]:
+        """Record ``provider``'s claim on ``name``; returns who lost a claim because of it
+        (nobody when it holds the name now)."""
+        if name not in self.owners:
+            self.owners[name] = provider
+            return []
+        owner = self.owners[name]
+        if owner.builtin or owner == provider:
+            return [
+                (
+                    provider,
+                    f"the {self.kind} '{name}' is already provided by {owner}; "
+                    f"this plugin's '{name}' is not added",
+                )
+            ]
+        clash = self.clashes.setdefault(name, Clash(self.kind, name, [owner]))
+        clash.providers.append(provider)
+        losers = [owner, provider] if len(clash.providers) == 2 else [provider]
+        return [(loser, clash.message()) for loser in losers]
+
+    def holds(self, name: str, provider: Provider) -> bool:
+        """Whether ``provider`` holds ``name`` (it claimed it first and nobody clashed)."""
+        return self.owners.get(name) == provider and name not in self.clashes
+
+    def held_by(self, provider: Provider) -> list[str]:
+        """The names ``provider`` holds, in the order it claimed them."""
+        return [name for name in self.owners if self.holds(name, provider)]
+
+
 def check_registration(kind: str, cls: Any) -> type[Plugin]:
     """Refuse anything that is not a proper subclass of the kind's base class with a valid name."""
     base, _, hook = KINDS[kind]
@@ -78,21 +127,21 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        self.clashes: dict[tuple[str, str], Clash] = {}
+        self._claims = {kind: Claims(kind) for kind in KINDS}
 
-    def add(self, kind: str, cls: type[Plugin], provider: Provider) -> Clash | None:
-        """Add a checked class; a second claim on a name is recorded as a clash (the name then
-        cannot be used until one of the plugins goes) and returned."""
+    def add(self, kind: str, cls: type[Plugin], provider: Provider) -> list[Loss]:
+        """Add a checked class under the clash policy of :class:`Claims`; returns who lost a
+        claim because of it (a clashed name then cannot be used until one of the plugins goes).
+        """
         cls = check_registration(kind, cls)
-        entries = self._entries[kind]
-        if cls.name in entries:
-            clash = self.clashes.setdefault(
-                (kind, cls.name), Clash(kind, cls.name, [entries[cls.name].provider])
-            )
-            clash.providers.append(provider)
-            return clash
-        entries[cls.name] = Entry(cls, provider)
-        return None
+        losses = self._claims[kind].claim(cls.name, provider)
+        if not losses:
+            self._entries[kind][cls.name] = Entry(cls, provider)
+        return losses
+
+    def provided_by(self, kind: str, provider: Provider) -> list[str]:
+        """The names of ``kind`` that ``provider`` holds, in registration order."""
+        return self._claims[kind].held_by(provider)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._entries[kind])
@@ -102,8 +151,9 @@ class Registry:
 
     def entry(self, kind: str, name: str) -> Entry:
         """The entry for ``name``, or a PluginError listing what is available."""
-        if (kind, name) in self.clashes:
-            raise PluginError(self.clashes[kind, name].message())
+        clash = self._claims[kind].clashes.get(name)
+        if clash is not None:
+            raise PluginError(clash.message())
         try:
             return self._entries[kind][name]
         except KeyError:

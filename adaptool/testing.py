@@ -62,8 +62,8 @@ def make_tiny_bloom(
     n_head: int = 4,
     seed: int = 0,
 ) -> Any:
-    """A randomly initialised BLOOM sized for tests; saved (safetensors) with the tokenizer to
-    ``directory`` when given."""
+    """A randomly initialised BLOOM sized for tests, its biases (linear and layer norm) random
+    too, not zero; saved (safetensors) with the tokenizer to ``directory`` when given."""
     import torch
     from transformers import BloomConfig, BloomForCausalLM
 
@@ -78,6 +78,11 @@ def make_tiny_bloom(
         pad_token_id=tokenizer.pad_token_id,
     )
     model = BloomForCausalLM(config)
+    # transformers zeroes every bias; random ones keep merges that change a bias honest
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if name.endswith(".bias"):
+                tensor.normal_(0, 0.02)
     if directory is not None:
         model.save_pretrained(str(directory))
         tokenizer.save_pretrained(str(directory))
@@ -139,10 +144,10 @@ def make_sharded_base_with_adapter(
     seed: int = 0,
     target_modules: str | list[str] | None = None,
 ) -> tuple[Path, Path]:
-    """A random BLOOM saved in fp32 safetensors shards of at most ``shard`` (e.g. "16MB"),
-    with ``tokenizer`` when given, and a LoRA adapter for it (``target_modules``, default
-    peft's: query_key_value) whose weights are not zero, so merging changes something.
-    Returns (base dir, adapter dir)."""
+    """A random BLOOM (its biases random too, not zero) saved in fp32 safetensors shards of at
+    most ``shard`` (e.g. "16MB"), with ``tokenizer`` when given, and a LoRA adapter for it
+    (``target_modules``, default peft's: query_key_value) whose weights are not zero, so merging
+    changes something. Returns (base dir, adapter dir)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import BloomConfig, BloomForCausalLM
@@ -156,6 +161,11 @@ def make_sharded_base_with_adapter(
         n_head=max(1, hidden_size // 64),
     )
     model = BloomForCausalLM(config)
+    # transformers zeroes every bias; random ones keep merges that change a bias honest
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if name.endswith(".bias"):
+                tensor.normal_(0, 0.02)
     base = directory / "base"
     model.save_pretrained(str(base), max_shard_size=shard)
     if tokenizer is not None:

@@ -68,12 +68,13 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adaptool.merge import merge
+    from adaptool.merging.merge import merge
     from adaptool.modeling import quiet_libraries, resolve_precision
-    from adaptool.plugins import load_plugins
+    from adaptool.plugins import load_plugins, use_plugins
     from adaptool.testing import make_sharded_base_with_adapter, make_tokenizer
 
     quiet_libraries()
+    use_plugins(load_plugins(entry_points=False))
     if args.dtype == "auto":
         args.dtype = resolve_precision("auto") if resolve_precision("auto") == "bf16" else "fp32"
     size = (512, 12, "40MB") if args.quick else (1024, 14, "180MB")
@@ -97,7 +98,6 @@ def main() -> None:
             base=str(base),
             dtype=args.dtype,  # as adaptool merges an adapter trained in that dtype
             verify=False,
-            registry=load_plugins(entry_points=False).registry,
         )
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
         unmerged = PeftModel.from_pretrained(

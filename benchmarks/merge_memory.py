@@ -42,14 +42,15 @@ print(json.dumps({"seconds": time.monotonic() - started, "peak": peak_rss_mb(),
 ADAPTOOL = """
 import json, sys, time
 import torch, peft, transformers
-from adaptool.merge import merge
-from adaptool.plugins import load_plugins
+from pathlib import Path
+from adaptool.merging.merge import merge
+from adaptool.plugins import load_plugins, use_plugins
 from adaptool.testing import peak_rss_mb, rss_mb
 base, adapter, out, shard = sys.argv[1:5]
-registry = load_plugins(entry_points=False).registry
+use_plugins(load_plugins(entry_points=False))
 baseline = rss_mb()
 started = time.monotonic()
-merge(adapter, output=out, base=base, dtype="fp32", verify=False, registry=registry)
+merge(Path(adapter), output=out, base=base, dtype="fp32", verify=False)
 print(json.dumps({"seconds": time.monotonic() - started, "peak": peak_rss_mb(),
                   "baseline": baseline}))
 """

@@ -83,13 +83,13 @@ print(json.dumps({"seconds": seconds, "tokens": real["tokens"], "peak": peak_rss
 
 ADAPTOOL = """
 import json, sys
-from adaptool.plugins import load_plugins
+from adaptool.plugins import load_plugins, use_plugins
 from adaptool.recipe import validate_recipe
 from adaptool.testing import peak_rss_mb
-from adaptool.train import train
+from adaptool.training.run import train
 base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 quantization = sys.argv[5]
-registry = load_plugins(entry_points=False).registry
+use_plugins(load_plugins(entry_points=False))
 # adaptool's defaults: dtype and precision "auto" (bf16 where the CPU computes it natively),
 # gradient checkpointing "auto", length-grouped batches
 recipe = validate_recipe({
@@ -101,8 +101,8 @@ recipe = validate_recipe({
                  "max_steps": steps, "learning_rate": 2e-3, "logging_steps": 1,
                  "save_steps": 0, "seed": 0},
     "output": {"dir": out},
-}, registry=registry)
-result = train(recipe, registry=registry)
+})
+result = train(recipe)
 records = [json.loads(l) for l in open(out + "/metrics.jsonl")]
 losses = [r["loss"] for r in records if "loss" in r]
 # the training loop's own time (model loading and the final save are outside it, as they are

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptool.plugins import load_plugins, reset_plugins
+from adaptool.plugins import load_plugins, reset_plugins, use_plugins
 from adaptool.testing import make_tiny_bloom, make_tokenizer
 
 DATA = Path(__file__).parent / "data"
@@ -48,8 +48,11 @@ def tiny_bloom_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
 
 @pytest.fixture
 def plugins():
-    """A fresh plugin set with the built-ins only (installed plugins are not loaded)."""
-    return load_plugins(entry_points=False, strict=False, disabled=[])
+    """A fresh plugin set with the built-ins only (installed plugins are not loaded), made the
+    process-wide one for the test."""
+    fresh = load_plugins(entry_points=False, strict=False, disabled=[])
+    use_plugins(fresh)
+    return fresh
 
 
 @pytest.fixture

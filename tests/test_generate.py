@@ -8,12 +8,12 @@ import pytest
 from typer.testing import CliRunner
 
 from adaptool import AdapterError
-from adaptool.adapter import open_target
+from adaptool.artifacts.loading import open_target
 from adaptool.cli import build_app
 from adaptool.evaluate import evaluate
 from adaptool.generate import build_prompts, generate
 from adaptool.recipe import load_recipe
-from adaptool.train import train
+from adaptool.training.run import train
 from tests.conftest import DATA
 from tests.test_train import recipe_file
 
@@ -28,16 +28,16 @@ QUOTES = [
 
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory, tiny_bloom_dir):
-    from adaptool.plugins import load_plugins
+    from adaptool.plugins import load_plugins, use_plugins
 
-    registry = load_plugins(entry_points=False).registry
+    use_plugins(load_plugins(entry_points=False))
     tmp = tmp_path_factory.mktemp("adapter")
     path = recipe_file(tmp, tiny_bloom_dir, steps=30)
-    return train(load_recipe(path, registry=registry), registry=registry).output_dir
+    return train(load_recipe(path)).output_dir
 
 
 def test_batched_generation_equals_one_by_one(adapter_dir, registry):
-    target = open_target(adapter_dir, registry=registry)
+    target = open_target(adapter_dir)
     prompts = build_prompts(QUOTES, target.formatter, target.tokenizer, raw=False)
     batched = generate(target.model, target.tokenizer, prompts, max_new_tokens=12, batch_size=5)
     single = [generate(target.model, target.tokenizer, [p], max_new_tokens=12)[0] for p in prompts]
@@ -47,7 +47,7 @@ def test_batched_generation_equals_one_by_one(adapter_dir, registry):
 
 
 def test_generation_stops_at_eos_and_counts_tokens(adapter_dir, registry):
-    target = open_target(adapter_dir, registry=registry)
+    target = open_target(adapter_dir)
     [result] = generate(
         target.model,
         target.tokenizer,
@@ -106,7 +106,6 @@ def test_eval_scores_with_the_formatter(adapter_dir, registry):
         data=DATA / "quotes.jsonl",
         max_new_tokens=16,
         compare_base=True,
-        registry=registry,
     )
     assert result.metrics["rows"] == 8
     assert set(result.metrics) >= {
@@ -119,14 +118,14 @@ def test_eval_scores_with_the_formatter(adapter_dir, registry):
     }
     assert all(0 <= v <= 1 for k, v in result.metrics.items() if k != "rows")
     assert result.base_metrics is not None and result.base_metrics["rows"] == 8
-    default_split = evaluate(adapter_dir, max_new_tokens=4, registry=registry)
+    default_split = evaluate(adapter_dir, max_new_tokens=4)
     assert default_split.metrics["rows"] == 2  # the recipe's eval split (25 % of 8)
 
 
 def test_quote_tags_score_counts_tags(registry, tokenizer):
     from adaptool.generate import Generation
 
-    fmt = registry.formatter("quote-tags")()
+    fmt = registry.get("formatter", "quote-tags")()
     rows = [
         {"quote": "q", "tags": ["a", "b"]},
         {"quote": "q", "tags": ["c"]},
@@ -148,13 +147,13 @@ def test_quote_tags_score_counts_tags(registry, tokenizer):
 
 def test_targets_that_cannot_be_opened(tmp_path, registry, plugins):
     with pytest.raises(AdapterError, match="not a directory"):
-        open_target(tmp_path / "nope", registry=registry)
+        open_target(tmp_path / "nope")
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     (pickled / "adapter_model.bin").write_bytes(b"\x80\x04not really")
     with pytest.raises(AdapterError, match="only pickle weights"):
-        open_target(pickled, registry=registry)
+        open_target(pickled)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter_config.json").write_text("{not json")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adaptool.cli import build_app
-from adaptool.plugins import load_plugins
+from adaptool.plugins import load_plugins, use_plugins
 from tests.hubserver import HubServer, hub_env
 from tests.test_merge import trained
 
@@ -29,14 +29,16 @@ def hub():
 
 @pytest.fixture
 def plugins():
-    return load_plugins(entry_points=False, strict=False, disabled=[])
+    fresh = load_plugins(entry_points=False, strict=False, disabled=[])
+    use_plugins(fresh)
+    return fresh
 
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, tiny_bloom_dir):
     """A LoRA adapter trained by adaptool (6 steps) on the tiny local BLOOM."""
-    registry = load_plugins(entry_points=False, strict=False, disabled=[]).registry
-    return trained(tmp_path_factory.mktemp("trained"), tiny_bloom_dir, registry)
+    use_plugins(load_plugins(entry_points=False, strict=False, disabled=[]))
+    return trained(tmp_path_factory.mktemp("trained"), tiny_bloom_dir)
 
 
 def cli(plugins, *args):
@@ -127,15 +129,15 @@ def test_generate_merge_and_init_adapter_take_a_pulled_hub_id(hub, plugins, adap
         assert ("pulled", "alice/tagger") in sources and ("merged", None) in sources
 
         # train --init-adapter REPO_ID starts from the pulled copy
-        from adaptool import store
+        from adaptool.artifacts import index as store
         from adaptool.recipe import load_recipe
-        from adaptool.train import train
+        from adaptool.training.run import train
         from tests.test_train import recipe_file
 
         base = json.loads((adapter / "adaptool.json").read_text())["base_model"]["name"]
         path = recipe_file(tmp_path, base, steps=2)
-        recipe = load_recipe(path, [f"output.dir={tmp_path / 'again'}"], registry=plugins.registry)
-        result = train(recipe, init_adapter="alice/tagger", registry=plugins.registry)
+        recipe = load_recipe(path, [f"output.dir={tmp_path / 'again'}"])
+        result = train(recipe, init_adapter="alice/tagger")
         assert result.manifest["peft"]["init_adapter"] == store.pulled("alice/tagger").path
 
 
@@ -301,13 +303,13 @@ def test_push_a_merged_model(hub, plugins, adapter, tmp_path):
 
 def test_push_defaults_to_the_recipes_hub_section(hub, plugins, tiny_bloom_dir, tmp_path):
     from adaptool.recipe import load_recipe
-    from adaptool.train import train
+    from adaptool.training.run import train
     from tests.test_train import recipe_file
 
     extra = '[hub]\nrepo_id = "alice/from-recipe"\nlicense = "mit"'
     path = recipe_file(tmp_path, tiny_bloom_dir, steps=2, extra=extra)
-    recipe = load_recipe(path, [f"output.dir={tmp_path / 'run'}"], registry=plugins.registry)
-    folder = train(recipe, registry=plugins.registry).output_dir
+    recipe = load_recipe(path, [f"output.dir={tmp_path / 'run'}"])
+    folder = train(recipe).output_dir
     assert "license: mit" in (folder / "README.md").read_text()  # train writes the card too
     with hub_env(hub, GOOD, tmp_path / "home"):
         from huggingface_hub import HfApi
@@ -322,7 +324,7 @@ def test_push_defaults_to_the_recipes_hub_section(hub, plugins, tiny_bloom_dir, 
 def test_model_card_metadata_for_a_hub_base(adapter, tmp_path):
     import shutil
 
-    from adaptool.card import model_card
+    from adaptool.artifacts.card import model_card
 
     copy = tmp_path / "copy"
     shutil.copytree(adapter, copy)
@@ -389,7 +391,7 @@ def test_corrupt_or_incomplete_adapters_are_refused(hub, plugins, adapter, tmp_p
             assert said in result.output and "Traceback" not in result.output, result.output
             shown = cli(plugins, "inspect", repo)
             assert shown.exit_code in (0, 2) and "Traceback" not in shown.output
-    assert not any(e.source == "pulled" for e in __import__("adaptool.store").store.entries())
+    assert not any(e.source == "pulled" for e in __import__("adaptool.artifacts.index").artifacts.index.entries())
 
 
 def test_pull_never_overwrites_its_base_and_records_an_absolute_base(
@@ -397,7 +399,7 @@ def test_pull_never_overwrites_its_base_and_records_an_absolute_base(
 ):
     import shutil
 
-    from adaptool import store
+    from adaptool.artifacts import index as store
 
     base = tmp_path / "base"
     shutil.copytree(tiny_bloom_dir, base)
@@ -416,8 +418,8 @@ def test_pull_never_overwrites_its_base_and_records_an_absolute_base(
 
 
 def test_a_hub_id_without_revision_means_main(hub, plugins, adapter, tmp_path):
-    from adaptool import store
-    from adaptool.hub import locate
+    from adaptool.artifacts import index as store
+    from adaptool.hub.locate import locate
 
     with hub_env(hub, GOOD, tmp_path / "home"):
         assert cli(plugins, "push", adapter, "alice/tagger").exit_code == 0
@@ -444,7 +446,7 @@ def test_a_missing_relative_folder_that_looks_like_a_hub_id_says_both(hub, plugi
 
 
 def test_a_damaged_index_does_not_break_ls(plugins, adapter):
-    from adaptool import store
+    from adaptool.artifacts import index as store
 
     index = store.home() / store.INDEX
     index.parent.mkdir(parents=True, exist_ok=True)

@@ -9,18 +9,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adaptool import AdapterError, AdaptoolError
-from adaptool.merge import MergeVerificationError, merge
+from adaptool.errors import MergeVerificationError
+from adaptool.merging.merge import merge
 from adaptool.recipe import load_recipe
-from adaptool.train import train
+from adaptool.training.run import train
 from tests.test_train import recipe_file
 
 IDS = torch.tensor([[5, 17, 33, 9, 100, 41, 7, 250]])
 
 
-def trained(tmp_path, base, registry, *, backend="none", extra=(), name="a"):
+def trained(tmp_path, base, *, backend="none", extra=(), name="a"):
     path = recipe_file(tmp_path, base, backend=backend, steps=6, name=f"{name}.toml")
     overrides = [f"output.dir={tmp_path / name}", *extra]
-    return train(load_recipe(path, overrides, registry=registry), registry=registry).output_dir
+    return train(load_recipe(path, overrides)).output_dir
 
 
 def logits_of(model):
@@ -48,8 +49,8 @@ def merged_logits(folder):
     ids=["lora", "dora", "rslora"],
 )
 def test_merged_equals_adapter_plus_base(tmp_path, tiny_bloom_dir, registry, extra):
-    adapter = trained(tmp_path, tiny_bloom_dir, registry, extra=extra)
-    result = merge(adapter, output=tmp_path / "merged", dtype="fp32", registry=registry)
+    adapter = trained(tmp_path, tiny_bloom_dir, extra=extra)
+    result = merge(adapter, output=tmp_path / "merged", dtype="fp32")
     expected = adapter_logits(adapter, tiny_bloom_dir)
     assert (merged_logits(result.output_dir) - expected).abs().max().item() <= 1e-5
     assert result.verification["reference"]["max_abs_logit_diff"] <= 1e-5
@@ -81,17 +82,16 @@ def test_a_non_lora_method_merges_exactly(tmp_path, tiny_bloom_dir, registry):
         output=tmp_path / "merged",
         dtype="fp32",
         base=str(tiny_bloom_dir),
-        registry=registry,
     )
     expected = adapter_logits(tmp_path / "ia3", tiny_bloom_dir)
     assert (merged_logits(result.output_dir) - expected).abs().max().item() <= 1e-5
 
 
 def test_qlora_into_dequantized_and_original(tmp_path, tiny_bloom_dir, registry):
-    adapter = trained(tmp_path, tiny_bloom_dir, registry, backend="bnb-4bit")
-    deq = merge(adapter, output=tmp_path / "deq", dtype="fp32", registry=registry)
+    adapter = trained(tmp_path, tiny_bloom_dir, backend="bnb-4bit")
+    deq = merge(adapter, output=tmp_path / "deq", dtype="fp32")
     orig = merge(
-        adapter, output=tmp_path / "orig", dtype="fp32", into="original", registry=registry
+        adapter, output=tmp_path / "orig", dtype="fp32", into="original"
     )
     as_trained_deq = deq.verification["as_trained"]["max_abs_logit_diff"]
     as_trained_orig = orig.verification["as_trained"]["max_abs_logit_diff"]
@@ -114,7 +114,7 @@ def test_qlora_into_dequantized_and_original(tmp_path, tiny_bloom_dir, registry)
 def test_verification_catches_a_corrupted_merge(tmp_path, tiny_bloom_dir, registry, monkeypatch):
     import adaptool.merge as merging
 
-    adapter = trained(tmp_path, tiny_bloom_dir, registry)
+    adapter = trained(tmp_path, tiny_bloom_dir)
     real_fold = merging._fold
 
     def tampered(weight, *args):
@@ -124,25 +124,25 @@ def test_verification_catches_a_corrupted_merge(tmp_path, tiny_bloom_dir, regist
 
     monkeypatch.setattr(merging, "_fold", tampered)
     with pytest.raises(MergeVerificationError, match="the merge is wrong"):
-        merge(adapter, output=tmp_path / "bad", dtype="fp32", registry=registry)
+        merge(adapter, output=tmp_path / "bad", dtype="fp32")
     assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.tmp").exists()
 
 
 def test_merge_refusals(tmp_path, tiny_bloom_dir, registry):
     from adaptool.testing import make_tiny_bloom
 
-    adapter = trained(tmp_path, tiny_bloom_dir, registry)
+    adapter = trained(tmp_path, tiny_bloom_dir)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("keep")
     with pytest.raises(AdaptoolError, match="already exists"):
-        merge(adapter, output=tmp_path / "taken", registry=registry)
+        merge(adapter, output=tmp_path / "taken")
     # a base whose shapes do not match the adapter
     from transformers import AutoTokenizer
 
     other = tmp_path / "other-base"
     make_tiny_bloom(other, AutoTokenizer.from_pretrained(str(tiny_bloom_dir)), hidden_size=32)
     with pytest.raises(AdapterError, match="does not fit the base layer"):
-        merge(adapter, output=tmp_path / "m", base=str(other), registry=registry)
+        merge(adapter, output=tmp_path / "m", base=str(other))
     # prompt tuning has no weights to fold
     (tmp_path / "pt").mkdir()
     (tmp_path / "pt" / "adapter_config.json").write_text(
@@ -164,7 +164,7 @@ def test_merge_refusals(tmp_path, tiny_bloom_dir, registry):
         str(tmp_path / "pt" / "adapter_model.safetensors"),
     )
     with pytest.raises(AdapterError, match="no weights to fold"):
-        merge(tmp_path / "pt", output=tmp_path / "m2", registry=registry)
+        merge(tmp_path / "pt", output=tmp_path / "m2")
 
 
 def test_sharded_base_merges_shard_by_shard(tmp_path, tiny_bloom_dir, registry):
@@ -176,9 +176,9 @@ def test_sharded_base_merges_shard_by_shard(tmp_path, tiny_bloom_dir, registry):
     AutoTokenizer.from_pretrained(str(tiny_bloom_dir)).save_pretrained(str(sharded))
     shards = sorted(sharded.glob("model-*.safetensors"))
     assert len(shards) >= 3
-    adapter = trained(tmp_path, tiny_bloom_dir, registry)
+    adapter = trained(tmp_path, tiny_bloom_dir)
     result = merge(
-        adapter, output=tmp_path / "merged", dtype="fp32", base=str(sharded), registry=registry
+        adapter, output=tmp_path / "merged", dtype="fp32", base=str(sharded)
     )
     assert result.shards == len(shards)
     assert sorted(p.name for p in result.output_dir.glob("model-*.safetensors")) == [
@@ -195,7 +195,7 @@ def test_cli_merge_and_generate_from_the_merged_model(tmp_path, tiny_bloom_dir, 
 
     from adaptool.cli import build_app
 
-    adapter = trained(tmp_path, tiny_bloom_dir, plugins.registry)
+    adapter = trained(tmp_path, tiny_bloom_dir)
     app = build_app(plugins)
     result = CliRunner().invoke(
         app, ["merge", str(adapter), "--output", str(tmp_path / "m"), "--dtype", "fp32"]
@@ -226,11 +226,10 @@ def weight_deltas(merged_dir, base_dir):
 
 @pytest.fixture
 def two_adapters(tmp_path, tiny_bloom_dir, registry):
-    a = trained(tmp_path, tiny_bloom_dir, registry, name="a")
+    a = trained(tmp_path, tiny_bloom_dir, name="a")
     b = trained(
         tmp_path,
         tiny_bloom_dir,
-        registry,
         name="b",
         extra=("training.seed=99", "data.train_on_prompt=true"),
     )
@@ -240,7 +239,7 @@ def two_adapters(tmp_path, tiny_bloom_dir, registry):
 def test_cat_with_weights_one_zero_reproduces_the_first_adapter(
     tmp_path, tiny_bloom_dir, registry, two_adapters
 ):
-    from adaptool.combine import combine
+    from adaptool.merging.combine import combine
 
     a, b = two_adapters
     result = combine(
@@ -250,9 +249,8 @@ def test_cat_with_weights_one_zero_reproduces_the_first_adapter(
         combination="cat",
         full=True,
         dtype="fp32",
-        registry=registry,
     )
-    single = merge(a, output=tmp_path / "only-a", dtype="fp32", registry=registry)
+    single = merge(a, output=tmp_path / "only-a", dtype="fp32")
     combined, first = (
         weight_deltas(result.output_dir, tiny_bloom_dir),
         weight_deltas(single.output_dir, tiny_bloom_dir),
@@ -266,20 +264,20 @@ def test_cat_with_weights_one_zero_reproduces_the_first_adapter(
 def test_cat_with_half_weights_averages_the_weight_deltas(
     tmp_path, tiny_bloom_dir, registry, two_adapters
 ):
-    from adaptool.combine import combine
+    from adaptool.merging.combine import combine
 
     a, b = two_adapters
     combine(
-        [a, b], output=tmp_path / "avg", weights=[0.5, 0.5], combination="cat", registry=registry
+        [a, b], output=tmp_path / "avg", weights=[0.5, 0.5], combination="cat"
     )
     adapter_manifest = json.loads((tmp_path / "avg" / "adaptool.json").read_text())
     assert adapter_manifest["combined"]["weights"] == [0.5, 0.5]
-    avg = merge(tmp_path / "avg", output=tmp_path / "avg-m", dtype="fp32", registry=registry)
+    avg = merge(tmp_path / "avg", output=tmp_path / "avg-m", dtype="fp32")
     da = weight_deltas(
-        merge(a, output=tmp_path / "ma", dtype="fp32", registry=registry).output_dir, tiny_bloom_dir
+        merge(a, output=tmp_path / "ma", dtype="fp32").output_dir, tiny_bloom_dir
     )
     db = weight_deltas(
-        merge(b, output=tmp_path / "mb", dtype="fp32", registry=registry).output_dir, tiny_bloom_dir
+        merge(b, output=tmp_path / "mb", dtype="fp32").output_dir, tiny_bloom_dir
     )
     d = weight_deltas(avg.output_dir, tiny_bloom_dir)
     assert max((d[k] - 0.5 * (da[k] + db[k])).abs().max().item() for k in d) <= 1e-6
@@ -289,17 +287,17 @@ def test_cat_with_half_weights_averages_the_weight_deltas(
 def test_combining_refuses_adapters_of_different_bases(tmp_path, tiny_bloom_dir, registry):
     from transformers import AutoTokenizer
 
-    from adaptool.combine import combine
+    from adaptool.merging.combine import combine
     from adaptool.testing import make_tiny_bloom
 
-    a = trained(tmp_path, tiny_bloom_dir, registry, name="a")
+    a = trained(tmp_path, tiny_bloom_dir, name="a")
     other = tmp_path / "other-base"
     make_tiny_bloom(other, AutoTokenizer.from_pretrained(str(tiny_bloom_dir)), seed=3)
-    b = trained(tmp_path, other, registry, name="b")
+    b = trained(tmp_path, other, name="b")
     with pytest.raises(AdapterError, match="different bases"):
-        combine([a, b], output=tmp_path / "c", registry=registry)
+        combine([a, b], output=tmp_path / "c")
     with pytest.raises(AdaptoolError, match="needs --density"):
-        combine([a, a], output=tmp_path / "c", combination="ties", registry=registry)
+        combine([a, a], output=tmp_path / "c", combination="ties")
 
 
 def test_cli_combines_adapters(tmp_path, plugins, two_adapters):
@@ -347,13 +345,13 @@ def test_peak_memory_stays_near_one_shard(tmp_path, tokenizer):
     code = f"""
 import json
 import peft, safetensors, torch, transformers  # imports happen before the baseline
-from adaptool.merge import merge
-from adaptool.plugins import load_plugins
+from adaptool.merging.merge import merge
+from adaptool.plugins import load_plugins, use_plugins
 from adaptool.testing import peak_rss_mb, rss_mb
-registry = load_plugins(entry_points=False).registry
+use_plugins(load_plugins(entry_points=False))
 baseline = rss_mb()
 merge({str(adapter)!r}, output={str(tmp_path / "merged")!r}, base={str(base)!r}, dtype="fp32",
-      verify=False, registry=registry)
+      verify=False)
 print(json.dumps({{"baseline": baseline, "peak": peak_rss_mb()}}))
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -368,15 +366,15 @@ print(json.dumps({{"baseline": baseline, "peak": peak_rss_mb()}}))
 
 
 def test_an_adapter_trained_on_a_bf16_base_verifies_in_fp32(tmp_path, tiny_bloom_dir, registry):
-    adapter = trained(tmp_path, tiny_bloom_dir, registry, extra=('model.dtype="bfloat16"',))
-    result = merge(adapter, output=tmp_path / "m", dtype="fp32", registry=registry)
+    adapter = trained(tmp_path, tiny_bloom_dir, extra=('model.dtype="bfloat16"',))
+    result = merge(adapter, output=tmp_path / "m", dtype="fp32")
     assert result.verification["reference"]["max_abs_logit_diff"] <= 1e-4
 
 
 def test_merge_never_overwrites_its_input(tmp_path, tiny_bloom_dir, registry):
-    adapter = trained(tmp_path, tiny_bloom_dir, registry)
+    adapter = trained(tmp_path, tiny_bloom_dir)
     with pytest.raises(AdaptoolError, match="would replace the input"):
-        merge(adapter, output=adapter, overwrite=True, registry=registry)
+        merge(adapter, output=adapter, overwrite=True)
     with pytest.raises(AdaptoolError, match="would replace the input"):
-        merge(adapter, output=tmp_path, overwrite=True, registry=registry)
+        merge(adapter, output=tmp_path, overwrite=True)
     assert (adapter / "adapter_model.safetensors").is_file()

@@ -93,11 +93,11 @@ def test_clash_names_both_packages(site):
     clash = GOOD.replace('name = "shout"', 'name = "quote-tags"')
     install(site, "fake-clash", "fake_clash", clash)
     plugins = load_plugins(strict=False, disabled=[])
-    with pytest.raises(PluginError) as err:
-        plugins.registry.get("formatter", "quote-tags")
-    assert "adaptool" in str(err.value) and "fake-clash" in str(err.value)
+    [problem] = plugins.problems
+    assert "adaptool" in problem.message and "fake-clash" in str(problem)
     assert [p.distribution for p in plugins.problems] == ["fake-clash"]
-    # everything else keeps working
+    # a built-in's name stays the built-in's, and everything else keeps working
+    assert plugins.registry.entry("formatter", "quote-tags").provider.distribution == "adaptool"
     assert plugins.registry.get("formatter", "text").name == "text"
 
 
@@ -280,7 +280,8 @@ def test_third_party_quantizer_and_peft_method_with_validated_options(site, tmp_
     import torch
 
     from adaptool import RecipeError
-    from adaptool.recipe import load_recipe
+    from adaptool.plugins import use_plugins
+    from adaptool.recipe import load_recipe, resolve_plugins
 
     install(site, "fake-extras", "fake_extras", QUANT_AND_METHOD)
     plugins = load_plugins(strict=True, disabled=[])
@@ -296,13 +297,15 @@ def test_third_party_quantizer_and_peft_method_with_validated_options(site, tmp_
         base + '[quantization]\nbackend = "half"\ndtype = "bfloat16"\n'
         '[peft]\nmethod = "ia3"\nfeedforward_modules = ["dense_h_to_4h"]\n'
     )
-    recipe = load_recipe(path, registry=plugins.registry)
-    assert recipe.quantizer(plugins.registry).from_pretrained_kwargs() == {"dtype": torch.bfloat16}
-    config = recipe.peft_method(plugins.registry).peft_config(recipe.peft)
+    use_plugins(plugins)
+    recipe = load_recipe(path)
+    resolved = resolve_plugins(recipe)
+    assert resolved.quantizer.from_pretrained_kwargs() == {"dtype": torch.bfloat16}
+    config = resolved.method.peft_config(recipe.peft)
     assert config.feedforward_modules == {"dense_h_to_4h"}
     path.write_text(base + '[quantization]\nbackend = "half"\ndtype = "int3"\n')
     with pytest.raises(RecipeError, match="quantizer 'half' option"):
-        load_recipe(path, registry=plugins.registry)
+        load_recipe(path)
 
 
 def test_a_plugin_cannot_take_over_a_builtin_command(site):
@@ -328,3 +331,116 @@ def test_a_plugin_cannot_take_over_a_builtin_command(site):
     [problem] = plugins.problems
     assert problem.distribution == "fake-hijack"
     assert "the command 'plugins' is already provided by adaptool" in problem.message
+
+
+def test_hookimpls_get_only_the_arguments_they_name(site):
+    """pluggy's calling convention: an implementation names the arguments it wants (none is
+    fine), and gets them positionally."""
+    import typer
+
+    no_args = textwrap.dedent(
+        """
+        import adaptool
+
+        @adaptool.hookimpl
+        def register_formatters():
+            pass
+
+        @adaptool.hookimpl
+        def register_commands():
+            pass
+        """
+    )
+    install(site, "fake-noargs", "fake_noargs", no_args)
+    positional = GOOD.replace("register_formatters(register)", "register_formatters(register, /)")
+    install(site, "fake-posonly", "fake_posonly", positional)
+    plugins = load_plugins(strict=False, disabled=[])
+    assert plugins.problems == []
+    assert plugins.registry.entry("formatter", "shout").provider.distribution == "fake-posonly"
+    plugins.add_commands(typer.Typer())
+    assert plugins.problems == []
+    assert plugins.plugins["fake_noargs"].registers == {}
+
+
+def test_a_trylast_plugin_cannot_take_a_builtin_name(site):
+    """Hooks are called in load order (built-ins first) whatever tryfirst/trylast say."""
+    from typer.testing import CliRunner
+
+    from adaptool.cli import build_app
+
+    last = GOOD.replace('name = "shout"', 'name = "text"').replace(
+        "@adaptool.hookimpl\n", "@adaptool.hookimpl(trylast=True)\n"
+    )
+    install(site, "fake-last", "fake_last", last)
+    plugins = load_plugins(strict=False, disabled=[])
+    assert plugins.registry.entry("formatter", "text").provider.distribution == "adaptool"
+    assert "text" in plugins.plugins["adaptool.builtin.formatters"].registers["formatter"]
+    [problem] = plugins.problems
+    assert problem.distribution == "fake-last"
+    assert "the formatter 'text' is already provided by adaptool" in problem.message
+    result = CliRunner().invoke(build_app(plugins), ["plugins"])
+    assert result.exit_code == 0, result.output
+
+
+MISSPELLED = GOOD + textwrap.dedent(
+    """
+    @adaptool.hookimpl
+    def register_formater(register):
+        register(Shout)
+
+    @adaptool.hookimpl(optionalhook=True)
+    def register_someday(register):
+        pass
+    """
+)
+
+
+def test_a_misspelled_hook_is_reported_with_a_suggestion(site):
+    install(site, "fake-typo", "fake_typo", MISSPELLED)
+    plugins = load_plugins(strict=False, disabled=[])
+    [problem] = plugins.problems  # register_someday is an optionalhook: not reported
+    assert problem.distribution == "fake-typo"
+    assert (
+        "hook 'register_formater' is not an adaptool hook; did you mean 'register_formatters'?"
+        in problem.message
+    )
+    assert plugins.registry.get("formatter", "shout").name == "shout"  # its other hooks work
+
+
+def test_strict_mode_turns_a_misspelled_hook_into_an_error(site):
+    install(site, "fake-typo", "fake_typo", MISSPELLED)
+    with pytest.raises(PluginError, match=r"fake-typo.*'register_formater'"):
+        load_plugins(strict=True, disabled=[])
+
+
+HELLO = textwrap.dedent(
+    """
+    import adaptool
+
+    @adaptool.hookimpl
+    def register_commands(app):
+        @app.command()
+        def hello():
+            print(f"hello from {__name__}")
+    """
+)
+
+
+def test_two_plugins_adding_one_command_add_neither(site):
+    """The clash policy of registrations holds for commands: two third parties claiming one
+    name both lose it."""
+    from typer.testing import CliRunner
+
+    from adaptool.cli import build_app
+
+    install(site, "fake-one", "fake_one", HELLO)
+    install(site, "fake-two", "fake_two", HELLO)
+    plugins = load_plugins(strict=False, disabled=[])
+    app = build_app(plugins)
+    result = CliRunner().invoke(app, ["hello"])
+    assert result.exit_code != 0 and "hello from" not in result.output
+    assert sorted(p.distribution for p in plugins.problems) == ["fake-one", "fake-two"]
+    for problem in plugins.problems:
+        assert "fake-one 1.0" in problem.message and "fake-two 1.0" in problem.message
+    assert "commands" not in plugins.plugins["fake_one"].registers
+    assert CliRunner().invoke(app, ["plugins"]).exit_code == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adaptool import RecipeError
-from adaptool.recipe import load_recipe, parse_override, validate_recipe
+from adaptool.recipe import load_recipe, parse_override, resolve_plugins, validate_recipe
 from tests.conftest import write_recipe
 
 MINIMAL = """
@@ -30,7 +30,7 @@ def problems(exc: pytest.ExceptionInfo[RecipeError]) -> dict[str, str]:
 
 def test_minimal_recipe_gets_defaults_and_resolves_paths(tmp_path, registry):
     path = write_recipe(tmp_path, MINIMAL)
-    recipe = load_recipe(path, registry=registry)
+    recipe = load_recipe(path)
     assert recipe.model.name == "bigscience/bloom-560m"  # a Hub id stays as it is
     assert not recipe.model.is_local
     assert recipe.data.source == str(tmp_path / "quotes.jsonl")
@@ -56,7 +56,7 @@ def test_minimal_recipe_gets_defaults_and_resolves_paths(tmp_path, registry):
 def test_local_model_path_resolves_against_the_recipe_folder(tmp_path, registry):
     (tmp_path / "recipes" / "assets" / "base").mkdir(parents=True)
     text = MINIMAL.replace("bigscience/bloom-560m", "assets/base")
-    recipe = load_recipe(write_recipe(tmp_path / "recipes", text), registry=registry)
+    recipe = load_recipe(write_recipe(tmp_path / "recipes", text))
     assert recipe.model.name == str(tmp_path / "recipes" / "assets" / "base")
     assert recipe.model.is_local
 
@@ -82,7 +82,7 @@ max_steps = 10
 epochs = 2
 """
     with pytest.raises(RecipeError) as err:
-        load_recipe(write_recipe(tmp_path, text), registry=registry)
+        load_recipe(write_recipe(tmp_path, text))
     found = problems(err)
     assert set(found) == {
         "model.dtype",
@@ -118,7 +118,7 @@ learnig_rate = 1e-4
 """
     )
     with pytest.raises(RecipeError) as err:
-        load_recipe(write_recipe(tmp_path, text), registry=registry)
+        load_recipe(write_recipe(tmp_path, text))
     found = problems(err)
     assert found["trainig"] == "unknown section; did you mean 'training'?"
     assert found["training.learnig_rate"] == "unknown key; did you mean 'learning_rate'?"
@@ -139,7 +139,7 @@ method = "lora"
 use_dora = "yes"
 """
     with pytest.raises(RecipeError) as err:
-        load_recipe(write_recipe(tmp_path, text), registry=registry)
+        load_recipe(write_recipe(tmp_path, text))
     found = problems(err)
     assert found["quantization.quant_type"] == (
         "expected 'nf4' or 'fp4' (quantizer 'bnb-4bit' option), found \"nf3\" (string)"
@@ -164,17 +164,17 @@ quant_type = "fp4"
 double_quant = false
 """
     )
-    recipe = load_recipe(write_recipe(tmp_path, text), registry=registry)
+    recipe = load_recipe(write_recipe(tmp_path, text))
     assert recipe.quantization.options["quant_type"] == "fp4"
     assert recipe.quantization.options["double_quant"] is False
-    quantizer = recipe.quantizer(registry)
+    quantizer = resolve_plugins(recipe).quantizer
     assert quantizer.options.quant_type == "fp4"
 
 
 def test_unknown_plugin_name_lists_available(tmp_path, registry):
     text = MINIMAL.replace('"quote-tags"', '"quote-tag"') + '[quantization]\nbackend = "gptq"\n'
     with pytest.raises(RecipeError) as err:
-        load_recipe(write_recipe(tmp_path, text), registry=registry)
+        load_recipe(write_recipe(tmp_path, text))
     found = problems(err)
     assert "unknown formatter 'quote-tag'. Did you mean 'quote-tags'?" in found["data.formatter"]
     assert "Available quantizers: bnb-4bit, bnb-8bit, none" in found["quantization.backend"]
@@ -185,7 +185,7 @@ def test_cross_section_problems_from_plugins(tmp_path, registry):
         MINIMAL + '[quantization]\nbackend = "bnb-8bit"\n[peft]\nuse_dora = true\ninit = "pissa"\n'
     )
     with pytest.raises(RecipeError) as err:
-        load_recipe(write_recipe(tmp_path, text), registry=registry)
+        load_recipe(write_recipe(tmp_path, text))
     found = problems(err)
     assert "8-bit" in found["peft.use_dora"]
     assert "quantized base" in found["peft.init"]
@@ -204,7 +204,6 @@ def test_overrides_are_toml_typed(tmp_path, registry):
             "model.revision=main",
             "peft.use_rslora=true",
         ],
-        registry=registry,
     )
     assert recipe.training.max_steps == 10
     assert recipe.training.learning_rate == 1e-3
@@ -218,7 +217,7 @@ def test_overrides_are_toml_typed(tmp_path, registry):
 def test_override_errors_are_reported_like_file_errors(tmp_path, registry):
     path = write_recipe(tmp_path, MINIMAL)
     with pytest.raises(RecipeError) as err:
-        load_recipe(path, ["training.max_step=10", "training.seed=one"], registry=registry)
+        load_recipe(path, ["training.max_step=10", "training.seed=one"])
     found = problems(err)
     assert found["training.max_step"] == "unknown key; did you mean 'max_steps'?"
     assert found["training.seed"] == 'expected a valid integer, found "one" (string)'
@@ -231,7 +230,7 @@ def test_override_paths_resolve_against_the_current_folder(tmp_path, registry):
     recipe_dir.mkdir()
     path = write_recipe(recipe_dir, MINIMAL)
     recipe = load_recipe(
-        path, ["data.source=other.jsonl", "output.dir=runs/x"], registry=registry, cwd=tmp_path
+        path, ["data.source=other.jsonl", "output.dir=runs/x"], cwd=tmp_path
     )
     assert recipe.data.source == str(tmp_path / "other.jsonl")
     assert recipe.output.dir == str(tmp_path / "runs" / "x")
@@ -239,16 +238,15 @@ def test_override_paths_resolve_against_the_current_folder(tmp_path, registry):
 
 def test_bad_toml_and_missing_file(tmp_path, registry):
     with pytest.raises(RecipeError, match="recipe file not found"):
-        load_recipe(tmp_path / "nope.toml", registry=registry)
+        load_recipe(tmp_path / "nope.toml")
     path = write_recipe(tmp_path, "[model\nname = 1")
     with pytest.raises(RecipeError, match="not valid TOML"):
-        load_recipe(path, registry=registry)
+        load_recipe(path)
     with pytest.raises(RecipeError) as err:
         load_recipe(
             write_recipe(
                 tmp_path, "model = 3\n" + MINIMAL.split("[data]")[1].join(["[data]", ""]), "b.toml"
             ),
-            registry=registry,
         )
     assert "expected a [model] table, found 3 (integer)" in str(err.value)
 
@@ -259,11 +257,11 @@ def test_resolved_recipe_round_trips_through_toml(tmp_path, registry):
         + '[quantization]\nbackend = "bnb-4bit"\n'
         + '[training]\nmax_steps = 5\n[hub]\nrepo_id = "me/x"\n'
     )
-    recipe = load_recipe(write_recipe(tmp_path, text), registry=registry)
+    recipe = load_recipe(write_recipe(tmp_path, text))
     again_path = tmp_path / "elsewhere" / "recipe.toml"
     again_path.parent.mkdir()
     again_path.write_text(recipe.to_toml())
-    again = load_recipe(again_path, registry=registry)
+    again = load_recipe(again_path)
     assert again.model_dump(exclude={"path"}) == recipe.model_dump(exclude={"path"})
 
 
@@ -274,7 +272,6 @@ def test_validate_recipe_from_a_dict(registry):
             "data": {"source": "org/ds", "formatter": "text"},
             "output": {"dir": "/tmp/out"},
         },
-        registry=registry,
     )
     assert recipe.data.source == "org/ds" and not recipe.data.is_local
     assert recipe.path is None

@@ -23,7 +23,7 @@ def test_there_are_recipes():
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_recipe_validates_and_says_how_to_run_it(path, registry):
-    recipe = load_recipe(path, registry=registry)
+    recipe = load_recipe(path)
     assert f"adaptool train recipes/{path.name}" in path.read_text(), "header must give the command"
     assert recipe.output.dir.startswith(str(REPO / "runs"))
     if recipe.data.is_local:  # shipped data lives beside the recipes
@@ -31,7 +31,7 @@ def test_recipe_validates_and_says_how_to_run_it(path, registry):
 
 
 def test_bloom_tagger_is_the_reference_notebook(registry):
-    r = load_recipe(REPO / "recipes" / "bloom-tagger.toml", registry=registry)
+    r = load_recipe(REPO / "recipes" / "bloom-tagger.toml")
     assert r.model.name == "bigscience/bloom-7b1" and r.quantization.backend == "bnb-8bit"
     assert (r.peft.method, r.peft.r, r.peft.alpha, r.peft.dropout, r.peft.bias) == (
         "lora",
@@ -53,7 +53,7 @@ def test_bloom_tagger_is_the_reference_notebook(registry):
 
 
 def test_bloom_qlora_is_the_qlora_script(registry):
-    r = load_recipe(REPO / "recipes" / "bloom-qlora.toml", registry=registry)
+    r = load_recipe(REPO / "recipes" / "bloom-qlora.toml")
     assert r.quantization.backend == "bnb-4bit"
     assert r.quantization.options == {
         "quant_type": "nf4",
@@ -64,7 +64,7 @@ def test_bloom_qlora_is_the_qlora_script(registry):
 
 
 def test_tiny_tagger_runs_offline(registry):
-    r = load_recipe(REPO / "recipes" / "tiny-tagger.toml", registry=registry)
+    r = load_recipe(REPO / "recipes" / "tiny-tagger.toml")
     assert r.model.is_local and r.data.is_local
     assert (REPO / "recipes" / "assets" / "tiny-bloom" / "tokenizer.json").is_file()
 

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from adaptool import AdaptoolError, DataError, RecipeError
 from adaptool.progress import Reporter
 from adaptool.recipe import load_recipe
-from adaptool.train import OutputExists, train
+from adaptool.errors import OutputExists
+from adaptool.training.run import train
 from tests.conftest import DATA, write_recipe
 
 
@@ -60,9 +61,9 @@ dir = "out"
     return write_recipe(tmp_path, text, name)
 
 
-def run(tmp_path, base, *, registry, overrides=(), **kw):
+def run(tmp_path, base, *, overrides=(), **kw):
     path = recipe_file(tmp_path, base, **kw)
-    return train(load_recipe(path, list(overrides), registry=registry), registry=registry)
+    return train(load_recipe(path, list(overrides)))
 
 
 def records(out):
@@ -79,7 +80,7 @@ def test_training_runs_and_the_loss_falls(tmp_path, tiny_bloom_dir, registry, ba
         backend, bf16 = "none", "bf16"
     overrides = ["model.dtype='auto'", "training.precision='bf16'"] if bf16 else []
     result = run(
-        tmp_path, tiny_bloom_dir, registry=registry, backend=backend, steps=16, overrides=overrides
+        tmp_path, tiny_bloom_dir, backend=backend, steps=16, overrides=overrides
     )
     if bf16:
         assert result.manifest["base_model"]["dtype"] == "bfloat16"
@@ -98,7 +99,7 @@ def test_training_runs_and_the_loss_falls(tmp_path, tiny_bloom_dir, registry, ba
 
 
 def test_output_dir_holds_everything_and_the_manifest_is_true(tmp_path, tiny_bloom_dir, registry):
-    result = run(tmp_path, tiny_bloom_dir, registry=registry, steps=8)
+    result = run(tmp_path, tiny_bloom_dir, steps=8)
     out = result.output_dir
     for name in (
         "adapter_config.json",
@@ -139,7 +140,7 @@ def test_output_dir_holds_everything_and_the_manifest_is_true(tmp_path, tiny_blo
     assert manifest["results"]["wall_time_s"] > 0
     assert manifest["recipe"]["path"] == str(tmp_path / "r.toml")
     # the resolved recipe reloads to the same settings
-    again = load_recipe(out / "recipe.toml", registry=registry)
+    again = load_recipe(out / "recipe.toml")
     assert again.training.max_steps == 8 and again.model.name == str(tiny_bloom_dir)
 
 
@@ -147,12 +148,12 @@ def test_adapter_loads_with_plain_peft_and_matches_adaptool(tmp_path, tiny_bloom
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adaptool.adapter import open_target
+    from adaptool.artifacts.loading import open_target
 
-    result = run(tmp_path, tiny_bloom_dir, registry=registry, steps=6)
+    result = run(tmp_path, tiny_bloom_dir, steps=6)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_bloom_dir), dtype=torch.float32)
     plain = PeftModel.from_pretrained(base, str(result.output_dir)).eval()
-    ours = open_target(result.output_dir, registry=registry).model
+    ours = open_target(result.output_dir).model
     ids = torch.tensor([[5, 17, 33, 9, 100, 41]])
     with torch.no_grad():
         a, b = plain(ids).logits, ours(ids).logits
@@ -164,10 +165,10 @@ def test_adapter_loads_with_plain_peft_and_matches_adaptool(tmp_path, tiny_bloom
 
 def test_loss_is_taken_on_completion_tokens_only(tokenizer):
     from adaptool.base import Example
-    from adaptool.batching import collate
+    from adaptool.training.batching import collate
     from adaptool.encoding import encode_examples
     from adaptool.testing import make_tiny_bloom
-    from adaptool.train import _loss_sum
+    from adaptool.training.fit import loss_sum as _loss_sum
 
     model = make_tiny_bloom(None, tokenizer)
     examples = [Example("“Knowledge is power.” ->: ", "['knowledge']"), Example("“Hi” ->: ", "[]")]
@@ -190,7 +191,7 @@ def test_padding_to_a_multiple_changes_no_row_s_loss(tokenizer, monkeypatch):
     from adaptool.base import Example
     from adaptool.encoding import encode_examples
     from adaptool.testing import make_tiny_bloom
-    from adaptool.train import _loss_sum
+    from adaptool.training.fit import loss_sum as _loss_sum
 
     model = make_tiny_bloom(None, tokenizer).eval()
     examples = [Example("“A” ->: ", "['x', 'y']"), Example("“Be yourself.” ->: ", "[]")]
@@ -231,17 +232,17 @@ class InterruptAt(Reporter):
 @pytest.mark.parametrize("backend", ["none", "bnb-4bit"])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_bloom_dir, registry, backend):
     whole = (
-        run(tmp_path / "a", tiny_bloom_dir, registry=registry, backend=backend, steps=10)
+        run(tmp_path / "a", tiny_bloom_dir, backend=backend, steps=10)
         if (tmp_path / "a").mkdir() is None
         else None
     )
     path = recipe_file(tmp_path / "a", tiny_bloom_dir, backend=backend, steps=10, name="b.toml")
-    recipe = load_recipe(path, ["output.dir=" + str(tmp_path / "b")], registry=registry)
-    first = train(recipe, reporter=InterruptAt(6), registry=registry)
+    recipe = load_recipe(path, ["output.dir=" + str(tmp_path / "b")])
+    first = train(recipe, reporter=InterruptAt(6))
     assert first.interrupted and first.step == 6
     assert (tmp_path / "b" / "checkpoints" / "step-0000006").is_dir()
     assert not (tmp_path / "b" / "adaptool.json").exists()
-    resumed = train(recipe, resume=True, registry=registry)
+    resumed = train(recipe, resume=True)
     assert not resumed.interrupted and resumed.step == 10
     a = load_file(str(whole.output_dir / "adapter_model.safetensors"))
     b = load_file(str(resumed.output_dir / "adapter_model.safetensors"))
@@ -267,7 +268,7 @@ def test_ctrl_c_on_the_cli_leaves_a_resumable_checkpoint(tmp_path, tiny_bloom_di
     assert proc.returncode == 130, output
     assert "a checkpoint is saved" in output and "--resume" in output
     assert "Traceback" not in output
-    from adaptool.checkpoint import latest_checkpoint
+    from adaptool.training.checkpoint import latest_checkpoint
 
     checkpoint = latest_checkpoint(tmp_path / "out")
     step = int(checkpoint.name.split("-")[1])
@@ -277,11 +278,11 @@ def test_ctrl_c_on_the_cli_leaves_a_resumable_checkpoint(tmp_path, tiny_bloom_di
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["step"] == step
     # resume with a reachable end
-    from adaptool.plugins import load_plugins
+    from adaptool.plugins import load_plugins, use_plugins
 
-    registry = load_plugins(entry_points=False).registry
-    recipe = load_recipe(path, [f"training.max_steps={step + 2}"], registry=registry)
-    done = train(recipe, resume=True, registry=registry)
+    use_plugins(load_plugins(entry_points=False))
+    recipe = load_recipe(path, [f"training.max_steps={step + 2}"])
+    done = train(recipe, resume=True)
     assert done.step == step + 2 and (tmp_path / "out" / "adaptool.json").is_file()
 
 
@@ -289,31 +290,31 @@ def test_existing_output_dir_is_refused(tmp_path, tiny_bloom_dir, registry):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
     path = recipe_file(tmp_path, tiny_bloom_dir, steps=2)
-    recipe = load_recipe(path, registry=registry)
+    recipe = load_recipe(path)
     with pytest.raises(OutputExists, match=r"--resume .* --overwrite"):
-        train(recipe, registry=registry)
+        train(recipe)
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
     with pytest.raises(AdaptoolError, match="no checkpoint to resume"):
-        train(recipe, resume=True, registry=registry)
+        train(recipe, resume=True)
     # --overwrite replaces adaptool's own output only: a foreign folder is left alone
     with pytest.raises(AdaptoolError, match="does not look like something adaptool wrote"):
-        train(recipe, overwrite=True, registry=registry)
+        train(recipe, overwrite=True)
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
     (tmp_path / "out" / "precious.txt").unlink()
-    first = train(recipe, registry=registry)
-    again = train(recipe, overwrite=True, registry=registry)
+    first = train(recipe)
+    again = train(recipe, overwrite=True)
     assert first.output_dir == again.output_dir and again.step == 2
     # and never an input of the run
     with pytest.raises(AdaptoolError, match="would replace the input"):
-        train(recipe, output_dir=tiny_bloom_dir.parent, overwrite=True, registry=registry)
+        train(recipe, output_dir=tiny_bloom_dir.parent, overwrite=True)
 
 
 def test_init_adapter_starts_from_an_existing_adapter(tmp_path, tiny_bloom_dir, registry):
-    first = run(tmp_path, tiny_bloom_dir, registry=registry, steps=4)
+    first = run(tmp_path, tiny_bloom_dir, steps=4)
     path = recipe_file(tmp_path, tiny_bloom_dir, steps=1, name="second.toml")
     overrides = ["output.dir=" + str(tmp_path / "second"), "training.learning_rate=1e-9"]
-    recipe = load_recipe(path, overrides, registry=registry)
-    second = train(recipe, init_adapter=first.output_dir, registry=registry)
+    recipe = load_recipe(path, overrides)
+    second = train(recipe, init_adapter=first.output_dir)
     a = load_file(str(first.output_dir / "adapter_model.safetensors"))
     b = load_file(str(second.output_dir / "adapter_model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4  # started from it
@@ -324,24 +325,24 @@ def test_init_adapter_starts_from_an_existing_adapter(tmp_path, tiny_bloom_dir, 
 def test_missing_column_empty_data_and_unknown_formatter(tmp_path, tiny_bloom_dir, registry):
     path = recipe_file(tmp_path, tiny_bloom_dir, source=DATA / "text.csv")
     with pytest.raises(DataError, match=r"no column 'quote', 'tags'.*'quote-tags'"):
-        train(load_recipe(path, registry=registry), registry=registry)
+        train(load_recipe(path))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     path = recipe_file(tmp_path, tiny_bloom_dir, source=empty, name="e.toml")
     with pytest.raises(DataError, match=r"empty\.jsonl has no rows"):
-        train(load_recipe(path, registry=registry), registry=registry)
+        train(load_recipe(path))
     with pytest.raises(RecipeError, match="unknown formatter 'tagger'"):
-        load_recipe(path, ["data.formatter=tagger"], registry=registry)
+        load_recipe(path, ["data.formatter=tagger"])
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 def test_overwrite_keeps_the_old_result_when_the_new_run_fails_early(
     tmp_path, tiny_bloom_dir, registry
 ):
-    first = run(tmp_path, tiny_bloom_dir, registry=registry, steps=2)
+    first = run(tmp_path, tiny_bloom_dir, steps=2)
     path = recipe_file(tmp_path, tiny_bloom_dir, source=DATA / "text.csv", name="bad.toml")
     with pytest.raises(DataError):
-        train(load_recipe(path, registry=registry), overwrite=True, registry=registry)
+        train(load_recipe(path), overwrite=True)
     assert (first.output_dir / "adaptool.json").is_file()
 
 
@@ -358,7 +359,7 @@ def test_cli_train_errors_are_exit_2(tmp_path, tiny_bloom_dir, plugins):
 
 def test_constant_schedule_keeps_its_warmup(tmp_path, tiny_bloom_dir, registry):
     overrides = ['training.lr_scheduler="constant"', "training.warmup_steps=4"]
-    result = run(tmp_path, tiny_bloom_dir, registry=registry, steps=6, overrides=overrides)
+    result = run(tmp_path, tiny_bloom_dir, steps=6, overrides=overrides)
     lrs = [r["lr"] for r in records(result.output_dir) if "lr" in r]
     assert lrs[:4] == pytest.approx([3e-2 * k / 4 for k in (1, 2, 3, 4)])
     assert lrs[4:] == pytest.approx([3e-2, 3e-2])

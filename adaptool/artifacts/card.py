@@ -4,33 +4,22 @@ how it went (metrics, loss plot), the recipe, and how to use it with adaptool or
 
 from __future__ import annotations
 
-import json
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from adaptool.manifest import read_manifest
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-#: suffixes of local data files, which a Hub dataset id never has
-DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".txt", ".arrow", ".tsv"}
-
+from adaptool.artifacts.artifact import Artifact
+from adaptool.artifacts.layout import LOSS_PLOT, RECIPE, Kind
+from adaptool.artifacts.manifest import Manifest
+from adaptool.hub.locate import is_hub_id
 
 #: how a peft method is written in prose
 NAMES = {"lora": "LoRA", "ia3": "IA³", "loha": "LoHa", "lokr": "LoKr", "adalora": "AdaLoRA"}
 
 
-def is_hub_id(name: str | None) -> bool:
-    """A Hub repo id (``org/name``) rather than a local path: not on disk, no file suffix."""
-    if not name or not HUB_ID.match(name) or Path(name).expanduser().exists():
-        return False
-    return Path(name).suffix.lower() not in DATA_SUFFIXES
-
-
 def read_recipe(folder: Path) -> dict[str, Any]:
     """The resolved recipe saved beside an adapter ({} when there is none or it is unreadable)."""
-    path = folder / "recipe.toml"
+    path = folder / RECIPE
     try:
         return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, tomllib.TOMLDecodeError):
@@ -38,23 +27,26 @@ def read_recipe(folder: Path) -> dict[str, Any]:
 
 
 def model_card(
-    folder: Path, *, repo_id: str | None = None, manifest: dict[str, Any] | None = None
+    folder: Path, *, repo_id: str | None = None, manifest: Manifest | None = None
 ) -> str:
     """README.md text for ``folder`` (an adapter or a merged model), to be pushed as
     ``repo_id`` (the usage snippets name it: a Hub id, or where the folder will live; the
     folder path when None). ``manifest`` stands in for a manifest not written yet."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    manifest = manifest if manifest is not None else read_manifest(folder) or {}
-    merged = manifest.get("kind") == "merged" or not (folder / "adapter_config.json").is_file()
-    config = _json(folder / "adapter_config.json")
+    artifact = Artifact.read(folder)
+    manifest = manifest if manifest is not None else artifact.manifest
+    merged = artifact.kind == Kind.MERGED
     recipe = read_recipe(folder)
-    base = (manifest.get("base_model") or {}).get("name") or config.get("base_model_name_or_path")
-    if merged:
-        base = _merged_base(manifest) or base
-    method = _method(manifest, config)
-    quant = (manifest.get("quantization") or {}).get("backend", "none")
-    source = (manifest.get("data") or {}).get("source") or (recipe.get("data") or {}).get("source")
+    if manifest is not None:
+        base = (manifest.trained_base if merged else manifest.base_model).name
+    else:
+        base = artifact.config.get("base_model_name_or_path")
+    method = (manifest.method if manifest else None) or artifact.method
+    quant = manifest.backend if manifest else "none"
+    source = ((manifest.data if manifest else None) or {}).get("source") or (
+        recipe.get("data") or {}
+    ).get("source")
     hub = recipe.get("hub") or {}
     tags = ["adaptool", "text-generation"]
     tags += ["merge"] if merged else ["peft", method.lower()]
@@ -73,8 +65,8 @@ def model_card(
         f"# {name.split('/')[-1]}",
         _summary(merged, method, base, quant, source, manifest),
         _results(manifest),
-        "![training loss](loss.png)" if (folder / "loss.png").is_file() else "",
-        _usage(name, merged, base, quant, manifest),
+        f"![training loss]({LOSS_PLOT})" if (folder / LOSS_PLOT).is_file() else "",
+        _usage(name, merged, base, quant),
         _recipe_block(folder),
         _provenance(manifest),
     ]
@@ -82,42 +74,25 @@ def model_card(
     return str(ModelCard(content))
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _merged_base(manifest: dict[str, Any]) -> str | None:
-    adapter = (manifest.get("adapter") or {}).get("manifest") or {}
-    return (adapter.get("base_model") or {}).get("name")
-
-
-def _method(manifest: dict[str, Any], config: dict[str, Any]) -> str:
-    peft = manifest.get("peft") or {}
-    return str(
-        peft.get("method")
-        or (manifest.get("adapter") or {}).get("peft_type")
-        or config.get("peft_type")
-        or "adapter"
-    )
-
-
 def _summary(
-    merged: bool, method: str, base: str | None, quant: str, source: str | None, manifest: dict
+    merged: bool,
+    method: str,
+    base: str | None,
+    quant: str,
+    source: str | None,
+    manifest: Manifest | None,
 ) -> str:
-    peft = manifest.get("peft") or {}
+    peft = manifest.peft if manifest else None
     what = f"A {NAMES.get(method.lower(), method.upper())} adapter"
-    if peft.get("r"):
-        what += f" (r={peft['r']}, alpha={peft.get('alpha')}, targets {peft.get('target_modules')})"
+    if peft is not None and peft.r:
+        what += f" (r={peft.r}, alpha={peft.alpha}, targets {peft.target_modules})"
     what += f" for `{base}`" if base else ""
     if quant != "none":
         what += f", trained on the base quantized with {quant}"
     what += f", on `{Path(source).name if not is_hub_id(source) else source}`" if source else ""
     what += ", made with adaptool."
     if merged:
-        merge = manifest.get("merge") or {}
+        merge = (manifest.merge if manifest else None) or {}
         into = f" into the {merge['into']} base" if merge.get("into") else ""
         what = (
             f"`{base}` with a {method} adapter folded in{into}, saved in "
@@ -127,9 +102,11 @@ def _summary(
     return what
 
 
-def _results(manifest: dict[str, Any]) -> str:
-    results = manifest.get("results") or {}
-    training = manifest.get("training") or {}
+def _results(manifest: Manifest | None) -> str:
+    if manifest is None:
+        return ""
+    results = manifest.results or {}
+    training = manifest.training or {}
     rows = []
     if training.get("steps") is not None:
         rows.append(("steps", training["steps"]))
@@ -142,7 +119,7 @@ def _results(manifest: dict[str, Any]) -> str:
         if results.get(key) is not None:
             value = results[key]
             rows.append((label, f"{value:.4g}" if isinstance(value, float) else value))
-    verification = manifest.get("verification") or {}
+    verification = manifest.verification or {}
     if verification.get("reference"):
         ref = verification["reference"]
         rows.append(("merged vs adapter, max abs logit diff", f"{ref['max_abs_logit_diff']:.3g}"))
@@ -152,7 +129,7 @@ def _results(manifest: dict[str, Any]) -> str:
     return f"## Results\n\n| | |\n|---|---|\n{table}"
 
 
-def _usage(name: str, merged: bool, base: str | None, quant: str, manifest: dict) -> str:
+def _usage(name: str, merged: bool, base: str | None, quant: str) -> str:
     if merged:
         return (
             "## Usage\n\n```bash\n"
@@ -189,24 +166,24 @@ def _usage(name: str, merged: bool, base: str | None, quant: str, manifest: dict
 
 
 def _recipe_block(folder: Path) -> str:
-    path = folder / "recipe.toml"
+    path = folder / RECIPE
     if not path.is_file():
         return ""
     text = path.read_text(encoding="utf-8").strip()
     return f"## Recipe\n\n```toml\n{text}\n```"
 
 
-def _provenance(manifest: dict[str, Any]) -> str:
-    if not manifest:
+def _provenance(manifest: Manifest | None) -> str:
+    if manifest is None:
         return ""
-    libs = manifest.get("libraries") or {}
+    libs = manifest.libraries or {}
     versions = ", ".join(
         f"{k} {libs[k]}" for k in ("adaptool", "torch", "transformers", "peft") if k in libs
     )
-    lines = [f"- created: {manifest.get('created', 'unknown')}"]
+    lines = [f"- created: {manifest.created}"]
     if versions:
         lines.append(f"- with: {versions}")
-    git = (manifest.get("recipe") or {}).get("git")
+    git = (manifest.recipe or {}).get("git")
     if git:
         lines.append(f"- recipe at git commit {git['commit']}{' (dirty)' if git['dirty'] else ''}")
     lines.append("- full provenance: `adaptool.json`")

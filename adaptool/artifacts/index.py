@@ -10,9 +10,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from adaptool.manifest import now
+from adaptool.artifacts.manifest import now
+
+if TYPE_CHECKING:
+    from adaptool.artifacts.manifest import Manifest
 
 INDEX = "index.jsonl"
 
@@ -103,16 +106,15 @@ def pulled(repo_id: str, revision: str | None = None) -> Entry | None:
     return None
 
 
-def record_output(path: Path, manifest: dict[str, Any], source: str) -> None:
+def record_output(path: Path, manifest: Manifest, source: str) -> None:
     """Record a folder adaptool just wrote, from its manifest."""
-    peft = manifest.get("peft") or {}
     record(
         Entry(
             path=str(path),
-            kind=manifest.get("kind", "adapter"),
+            kind=str(manifest.kind),
             source=source,
-            created=manifest.get("created") or now(),
-            base=(manifest.get("base_model") or {}).get("name"),
-            method=peft.get("method") or (manifest.get("adapter") or {}).get("peft_type"),
+            created=manifest.created,
+            base=manifest.base_model.name,
+            method=manifest.method,
         )
     )

@@ -9,8 +9,8 @@ from adaptool.errors import RecipeProblem
 from adaptool.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from adaptool.recipe import PeftSection, Recipe
-    from adaptool.registry import Registry
+    from adaptool.recipe.resolve import RecipePlugins
+    from adaptool.recipe.schema import PeftSection, Recipe
 
 
 def target_modules(settings: PeftSection) -> Any:
@@ -47,7 +47,7 @@ class Lora(PeftMethod):
             modules_to_save=self.options.modules_to_save,
         )
 
-    def recipe_problems(self, recipe: Recipe, registry: Registry) -> list[RecipeProblem]:
+    def recipe_problems(self, recipe: Recipe, plugins: RecipePlugins) -> list[RecipeProblem]:
         problems = []
         backend = recipe.quantization.backend
         if self.options.use_dora and backend == "bnb-8bit":
@@ -58,7 +58,7 @@ class Lora(PeftMethod):
                     'quantization.backend = "bnb-4bit" or "none", or set use_dora = false',
                 )
             )
-        if self.options.init in ("pissa", "olora") and recipe.quantizer(registry).quantized:
+        if self.options.init in ("pissa", "olora") and plugins.quantizer.quantized:
             problems.append(
                 RecipeProblem(
                     "peft.init",

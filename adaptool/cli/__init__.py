@@ -5,13 +5,14 @@ message on stderr and exit code 2. Nothing here imports torch or transformers.""
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from adaptool.cli.output import error_console, print_error
-from adaptool.errors import AdaptoolError
+from adaptool.errors import AdaptoolError, AdaptoolWarning
 
 HELP = (
     "Train, merge, share and run parameter-efficient adapters (LoRA, QLoRA, ...) for "
@@ -20,14 +21,40 @@ HELP = (
 
 
 class AdaptoolGroup(TyperGroup):
-    """Turns adaptool's own errors into a clear message and exit code 2, never a traceback."""
+    """The error boundary: adaptool's own errors become a clear message naming the command's
+    flags, and exit code 2, never a traceback; adaptool's warnings become one line each."""
 
     def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except AdaptoolError as exc:
-            print_error(exc)
-            raise typer.Exit(exc.exit_code) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", AdaptoolWarning)
+            warnings.showwarning = _one_line_for_ours(warnings.showwarning)
+            try:
+                return super().invoke(ctx)
+            except AdaptoolError as exc:
+                print_error(exc.render(self._flags(ctx)))
+                raise typer.Exit(exc.exit_code) from None
+
+    def _flags(self, ctx: Any) -> dict[str, str]:
+        """The running command's parameters by name -> their flag (``base`` -> ``--base``)."""
+        command = self.get_command(ctx, ctx.invoked_subcommand or "")
+        flags = {}
+        for p in getattr(command, "params", []):
+            opts = [o for o in p.opts if o.startswith("--")]
+            flags[p.name] = opts[0] if opts else str(p.name).upper()
+        return flags
+
+
+def _one_line_for_ours(default: Any) -> Any:
+    """A ``warnings.showwarning`` that prints an AdaptoolWarning as one ``warning:`` line and
+    leaves the others to ``default``."""
+
+    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, AdaptoolWarning):
+            error_console().print(f"warning: {message}", markup=False, soft_wrap=True)
+        else:
+            default(message, category, *args, **kwargs)
+
+    return show
 
 
 def _version(value: bool) -> None:

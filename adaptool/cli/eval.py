@@ -12,10 +12,10 @@ from adaptool.cli.output import console
 
 
 def eval_cli(
-    target: Annotated[str, typer.Argument(help="Adapter dir (or merged model dir).")],
+    target: Annotated[str, typer.Argument(help="Adapter dir (or merged model dir, or Hub id).")],
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Rows to score (default: the recipe's eval split)."),
+        typer.Option("--data", help="Rows to score (default: the rows held out at training)."),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score the first N.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
@@ -31,15 +31,17 @@ def eval_cli(
 ) -> None:
     """Generate on every row of --data (greedy) and let the adapter's formatter score it."""
     from adaptool.evaluate import evaluate
+    from adaptool.hub.locate import locate
 
+    located = locate(target)
     result = evaluate(
-        target,
+        located.path,
         data=data,
         limit=limit,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         compare_base=compare_base,
-        base=base,
+        base=located.base_or(base),
     )
     if outputs is not None:
         outputs.write_text(

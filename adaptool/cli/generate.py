@@ -27,7 +27,7 @@ def read_prompts_file(path: Path) -> list[Any]:
 
 
 def generate_cli(
-    target: Annotated[str, typer.Argument(help="Adapter dir or merged model dir.")],
+    target: Annotated[str, typer.Argument(help="Adapter dir, merged model dir, or Hub id.")],
     prompts: Annotated[
         list[str] | None, typer.Argument(help="Raw inputs for the adapter's formatter.")
     ] = None,
@@ -54,15 +54,17 @@ def generate_cli(
     For the quote tagger, `adaptool generate runs/tiny-tagger "Be yourself."` builds the
     “quote” ->: prompt itself; --raw sends prompts as they are.
     """
-    from adaptool.adapter import open_target
+    from adaptool.artifacts.loading import open_target
     from adaptool.generate import build_prompts, generate
+    from adaptool.hub.locate import locate
 
     inputs: list[Any] = list(prompts or [])
     if prompts_file is not None:
         inputs += read_prompts_file(prompts_file)
     if not inputs:
         raise AdaptoolError("give at least one PROMPT or --prompts-file FILE.")
-    opened = open_target(target, base=base, quantization=quantization)
+    located = locate(target)
+    opened = open_target(located.path, base=located.base_or(base), quantization=quantization)
     if opened.formatter_error is not None and not raw:
         raise AdaptoolError(f"{opened.formatter_error} (or pass --raw to send prompts as they are)")
     formatter = None if raw else opened.formatter

@@ -23,9 +23,9 @@ def ls_cli(
     Oldest first, with kind, source, base, method, created and path, from
     $ADAPTOOL_HOME/index.jsonl (default ~/.local/share/adaptool).
     """
-    from adaptool import store
+    from adaptool.artifacts import index
 
-    found = store.entries(include_missing=show_all)
+    found = index.entries(include_missing=show_all)
     if as_json:
         typer.echo(json.dumps([asdict(e) | {"exists": e.exists} for e in found], indent=2))
         return

@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from adaptool.cli.output import console
+from adaptool.merging.options import Combination, Dtype, Into
 
 
 def merge_cli(
-    adapter: Annotated[str | None, typer.Argument(help="Adapter dir.")] = None,
+    adapter: Annotated[str | None, typer.Argument(help="Adapter dir or Hub id.")] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Where to write the result.")
     ] = None,
@@ -22,14 +23,9 @@ def merge_cli(
     weights: Annotated[
         list[float] | None, typer.Option("--weight", help="One per adapter (default 1/n each).")
     ] = None,
-    combine: Annotated[
-        str,
-        typer.Option(
-            "--combine",
-            help="linear, cat, svd, ties, dare_linear, dare_ties, "
-            "magnitude_prune (and their _svd variants).",
-        ),
-    ] = "linear",
+    combination: Annotated[
+        Combination, typer.Option("--combine", help="How to combine several adapters (peft's).")
+    ] = Combination.LINEAR,
     density: Annotated[
         float | None, typer.Option("--density", help="For ties / dare / magnitude_prune.")
     ] = None,
@@ -37,16 +33,16 @@ def merge_cli(
         bool, typer.Option("--full", help="Fold the combined adapter into the base as well.")
     ] = False,
     dtype: Annotated[
-        str, typer.Option("--dtype", help="bf16, fp16, fp32, or auto (the base's own dtype).")
-    ] = "auto",
+        Dtype, typer.Option("--dtype", help="auto: the dtype trained in, else the base's own.")
+    ] = Dtype.AUTO,
     into: Annotated[
-        str,
+        Into,
         typer.Option(
             "--into",
-            help="For an adapter trained on a quantized base: 'dequantized' (the base as "
-            "trained, default) or 'original' (the full-precision weights).",
+            help="For an adapter trained on a quantized base: the base as trained "
+            "(dequantized) or the full-precision weights (original).",
         ),
-    ] = "dequantized",
+    ] = Into.DEQUANTIZED,
     base: Annotated[str | None, typer.Option("--base", help="Where the base model is.")] = None,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip comparing merged and adapter outputs.")
@@ -65,22 +61,25 @@ def merge_cli(
     it into the base like a single adapter.
     """
     from adaptool.errors import AdaptoolError
-    from adaptool.merge import merge
+    from adaptool.hub.locate import locate
+    from adaptool.merging.merge import merge
 
     if output is None:
         raise AdaptoolError("--output DIR is required.")
     sources = ([adapter] if adapter else []) + list(adapters or [])
     if not sources:
         raise AdaptoolError("give an ADAPTER dir (or several with --adapter).")
+    located = [locate(source) for source in sources]
+    base = base or next((found.base for found in located if found.base), None)
     out = console()
     if len(sources) > 1:
-        from adaptool.combine import combine as combine_adapters
+        from adaptool.merging.combine import combine as combine_adapters
 
         combined = combine_adapters(
-            sources,
+            [found.path for found in located],
             output=output,
             weights=weights,
-            combination=combine,
+            combination=combination,
             density=density,
             full=full,
             base=base,
@@ -100,7 +99,7 @@ def merge_cli(
         result = combined.merged
     else:
         result = merge(
-            sources[0],
+            located[0].path,
             output=output,
             dtype=dtype,
             into=into,

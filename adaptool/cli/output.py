@@ -18,8 +18,8 @@ def error_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def print_error(exc: BaseException) -> None:
+def print_error(message: BaseException | str) -> None:
     """One paragraph, no traceback; the text is printed as is (no markup, no hard wraps)."""
     text = Text("error: ", style="bold red")
-    text.append(str(exc))
+    text.append(str(message))
     error_console().print(text, soft_wrap=True)

@@ -32,7 +32,7 @@ def pull_cli(
     modules and shapes must fit that base. Afterwards `adaptool generate REPO_ID`, `merge
     REPO_ID` and `train --init-adapter REPO_ID` use the pulled copy (and --base).
     """
-    from adaptool.hub import pull
+    from adaptool.hub.pull import pull
 
     result = pull(repo_id, revision=revision, output=output, base=base, overwrite=overwrite)
     out = console()

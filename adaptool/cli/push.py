@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,10 +38,10 @@ def push_cli(
     (never pickle files) and a model card with metadata, results and usage for adaptool and plain
     peft. The token comes from HF_TOKEN or your saved login and is never printed.
     """
-    from adaptool.hub import push
+    from adaptool.hub.push import push
 
     result = push(
-        directory,
+        Path(directory),
         repo_id,
         private=private,
         revision=revision,

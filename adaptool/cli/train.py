@@ -21,8 +21,10 @@ def train_cli(
         bool, typer.Option("--resume", help="Continue from the newest checkpoint in the output.")
     ] = False,
     init_adapter: Annotated[
-        Path | None,
-        typer.Option("--init-adapter", help="Start from this adapter (new optimizer)."),
+        str | None,
+        typer.Option(
+            "--init-adapter", help="Start from this adapter (dir or Hub id; new optimizer)."
+        ),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing output dir.")
@@ -34,9 +36,10 @@ def train_cli(
     tokenizer, the resolved recipe.toml, metrics.jsonl, loss.png and the adaptool.json manifest.
     Ctrl-C writes a checkpoint; --resume continues from it.
     """
-    from adaptool.progress import ConsoleReporter
+    from adaptool.hub.locate import locate
     from adaptool.recipe import load_recipe
-    from adaptool.train import train
+    from adaptool.training.progress import ConsoleReporter
+    from adaptool.training.run import train
 
     loaded = load_recipe(recipe, set_ or [])
     out = console()
@@ -44,7 +47,7 @@ def train_cli(
         loaded,
         output_dir=output,
         resume=resume,
-        init_adapter=init_adapter,
+        init_adapter=locate(init_adapter).path if init_adapter is not None else None,
         overwrite=overwrite,
         reporter=ConsoleReporter(out),
     )

@@ -11,31 +11,24 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from adaptool import store
-from adaptool.adapter import check_adapter_dir
-from adaptool.card import model_card
-from adaptool.errors import AdapterError, AdaptoolError
-from adaptool.manifest import MANIFEST, now, read_manifest, write_json
-from adaptool.outputs import check_output
-
-if TYPE_CHECKING:
-    from adaptool.merge import MergeResult
-    from adaptool.registry import Registry
-
-#: peft combination types that take a density (the share of each delta kept)
-NEEDS_DENSITY = (
-    "ties",
-    "ties_svd",
-    "dare_linear",
-    "dare_ties",
-    "dare_linear_svd",
-    "dare_ties_svd",
-    "magnitude_prune",
-    "magnitude_prune_svd",
+from adaptool.artifacts import index
+from adaptool.artifacts.artifact import Artifact
+from adaptool.artifacts.card import model_card
+from adaptool.artifacts.layout import ADAPTER_CONFIG, CARD, RECIPE, TOKENIZER_FILES, Kind
+from adaptool.artifacts.manifest import (
+    BaseModelRecord,
+    Manifest,
+    PeftRecord,
+    new_manifest,
+    read_manifest,
+    write_manifest,
 )
-COMBINATIONS = ("linear", "cat", "svd", *NEEDS_DENSITY)
+from adaptool.artifacts.outputs import check_output
+from adaptool.errors import AdapterError, AdaptoolError, param
+from adaptool.merging.merge import MergeResult, base_folder, merge
+from adaptool.merging.options import Combination, choice
 
 
 @dataclass
@@ -48,46 +41,41 @@ class CombineResult:
 
 
 def combine(
-    adapters: Sequence[str | Path],
+    adapters: Sequence[Path],
     *,
     output: str | Path,
     weights: Sequence[float] | None = None,
-    combination: str = "linear",
+    combination: Combination | str = Combination.LINEAR,
     density: float | None = None,
     full: bool = False,
     base: str | None = None,
     overwrite: bool = False,
-    registry: Registry | None = None,
-    token: str | None = None,
     **merge_options: Any,
 ) -> CombineResult:
-    """Combine ``adapters`` (weights default to 1/n each) into one adapter at ``output``; with
-    ``full``, fold the combination into the base and write a merged model there instead."""
+    """Combine the adapter folders ``adapters`` (weights default to 1/n each) into one adapter
+    at ``output``; with ``full``, fold the combination into the base (``base`` overriding where
+    it lives) and write a merged model there instead."""
     import torch
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adaptool.hub import locate
-    from adaptool.merge import TOKENIZER_FILES, _base_dir, merge
-
-    located = [locate(a, token=token) for a in adapters]
-    folders = [check_adapter_dir(found.path) for found in located]
-    base = base or next((found.base for found in located if found.base), None)
+    combination = choice(Combination, combination, "combination")
+    artifacts = [Artifact.read(Path(a), expect=Kind.ADAPTER) for a in adapters]
+    folders = [a.path for a in artifacts]
     if len(folders) < 2:
-        raise AdaptoolError("combining needs at least two adapters (--adapter A --adapter B).")
-    if combination not in COMBINATIONS:
         raise AdaptoolError(
-            f"--combine must be one of {', '.join(COMBINATIONS)}, not {combination!r}."
+            f"combining needs at least two adapters ({param('adapters', '[A, B]')})."
         )
-    if combination in NEEDS_DENSITY and density is None:
-        raise AdaptoolError(f"--combine {combination} needs --density (e.g. 0.5).")
+    if combination.needs_density and density is None:
+        raise AdaptoolError(f"{combination} needs {param('density', '0.5')}.")
     weights = list(weights) if weights else [1.0 / len(folders)] * len(folders)
     if len(weights) != len(folders):
-        raise AdaptoolError(f"{len(weights)} --weight values for {len(folders)} adapters.")
+        raise AdaptoolError(
+            f"{len(weights)} {param('weights', '[...]')} values for {len(folders)} adapters."
+        )
     out = Path(output).expanduser().resolve()
     check_output(out, overwrite=overwrite, inputs=[*folders, *([base] if base else [])])
 
-    manifests = [read_manifest(f) for f in folders]
     configs = [PeftConfig.from_pretrained(str(f)) for f in folders]
     for folder, config in zip(folders, configs, strict=True):
         if str(config.peft_type) not in ("LORA", "PeftType.LORA"):
@@ -95,21 +83,21 @@ def combine(
                 f"{folder} is a {config.peft_type} adapter; adapters are "
                 f"combined with peft's add_weighted_adapter, which takes LoRA only."
             )
-    identities = [_base_identity(m, c) for m, c in zip(manifests, configs, strict=True)]
+    identities = [_base_identity(a) for a in artifacts]
     if len(set(identities)) > 1:
         raise AdapterError(
             "these adapters were trained on different bases ("
             + "; ".join(f"{f.name}: {i}" for f, i in zip(folders, identities, strict=True))
             + "), so their weights cannot be combined."
         )
-    backends = {((m or {}).get("quantization") or {}).get("backend", "none") for m in manifests}
+    backends = {a.backend for a in artifacts}
     if len(backends) > 1:
         raise AdapterError(
             f"these adapters were trained with different quantization "
             f"({', '.join(sorted(backends))}); combine adapters trained alike."
         )
 
-    base_dir = _base_dir(folders[0], manifests[0], configs[0], base, token)
+    base_dir = base_folder(artifacts[0], base)
     model = AutoModelForCausalLM.from_pretrained(
         str(base_dir), dtype=torch.float32, use_safetensors=True
     )
@@ -119,7 +107,7 @@ def combine(
         for name, folder in zip(names[1:], folders[1:], strict=True):
             model.load_adapter(str(folder), adapter_name=name)
         model.add_weighted_adapter(
-            names, weights, "combined", combination_type=combination, density=density
+            names, weights, "combined", combination_type=str(combination), density=density
         )
     except (ValueError, RuntimeError) as exc:
         raise AdapterError(
@@ -132,64 +120,61 @@ def combine(
     try:
         model.save_pretrained(str(work), selected_adapters=["combined"])
         adapter_dir = work / "combined"
-        for name in (*TOKENIZER_FILES, "recipe.toml"):
+        for name in (*TOKENIZER_FILES, RECIPE):
             if (folders[0] / name).is_file():
                 shutil.copy2(folders[0] / name, adapter_dir / name)
-        parent = manifests[0] or {}
-        write_json(
-            adapter_dir / MANIFEST,
-            {
-                "format": 1,
-                "kind": "adapter",
-                "created": now(),
-                "base_model": parent.get("base_model") or {"name": str(base_dir)},
-                "quantization": parent.get("quantization") or {"backend": "none"},
-                "formatter": parent.get("formatter"),
-                "peft": {
-                    "method": "lora",
-                    "combined": True,
-                    "config": json.loads((adapter_dir / "adapter_config.json").read_text()),
-                },
-                "combined": {
-                    "combination": combination,
-                    "weights": weights,
-                    "density": density,
-                    "parents": [
-                        {"path": str(f), "manifest": m}
-                        for f, m in zip(folders, manifests, strict=True)
-                    ],
-                },
-            },
-        )
+        manifest = _manifest(artifacts, base_dir, adapter_dir, combination, weights, density)
+        write_manifest(adapter_dir, manifest)
         card = model_card(adapter_dir, repo_id=str(out))
-        (adapter_dir / "README.md").write_text(card, encoding="utf-8")
-        result = CombineResult(out, combination, weights, [str(f) for f in folders])
+        (adapter_dir / CARD).write_text(card, encoding="utf-8")
+        result = CombineResult(out, str(combination), weights, [str(f) for f in folders])
         if full:
             result.merged = merge(
-                adapter_dir,
-                token=token,
-                output=out,
-                base=base,
-                overwrite=overwrite,
-                registry=registry,
-                **merge_options,
+                adapter_dir, output=out, base=base, overwrite=overwrite, **merge_options
             )
         else:
             if out.exists():
                 shutil.rmtree(out)
             out.parent.mkdir(parents=True, exist_ok=True)
             os.replace(adapter_dir, out)
-            store.record_output(out, read_manifest(out) or {}, "combined")
+            index.record_output(out, read_manifest(out) or manifest, "combined")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
 
 
-def _base_identity(manifest: dict | None, config: Any) -> str:
-    base = (manifest or {}).get("base_model") or {}
-    return str(
-        base.get("content_hash")
-        or base.get("commit")
-        or base.get("name")
-        or config.base_model_name_or_path
+def _manifest(
+    artifacts: list[Artifact],
+    base_dir: Path,
+    adapter_dir: Path,
+    combination: Combination,
+    weights: list[float],
+    density: float | None,
+) -> Manifest:
+    parent = artifacts[0].manifest
+    return new_manifest(
+        Kind.ADAPTER,
+        parent.base_model if parent else BaseModelRecord(name=str(base_dir)),
+        quantization=parent.quantization if parent else None,
+        formatter=parent.formatter if parent else None,
+        peft=PeftRecord(
+            method="lora",
+            combined=True,
+            config=json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")),
+        ),
+        combined={
+            "combination": str(combination),
+            "weights": weights,
+            "density": density,
+            "parents": [
+                {"path": str(a.path), "manifest": a.manifest.to_dict() if a.manifest else None}
+                for a in artifacts
+            ],
+        },
     )
+
+
+def _base_identity(artifact: Artifact) -> str:
+    if artifact.manifest is not None:
+        return artifact.manifest.base_model.identity
+    return str(artifact.config.get("base_model_name_or_path"))

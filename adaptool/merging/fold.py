@@ -1,5 +1,5 @@
-"""Folding one adapted layer into its base weights with peft's own layer code, so every method
-peft can merge is folded exactly as ``merge_and_unload`` would; and finding, for each adapted
+"""Folding one adapted layer into its base weight and bias with peft's own layer code, so every
+method peft can merge is folded exactly as ``merge_and_unload`` would; and finding, for each adapted
 module, its weights in the adapter file and in the base checkpoint."""
 
 from __future__ import annotations
@@ -39,17 +39,39 @@ def base_key(module: str, names: set[str]) -> str | None:
     return None
 
 
-def fold(weight: Any, module_state: dict[str, Any], config: Any, module: str) -> Any:
-    """Merge one adapted linear layer with peft's own layer code; returns the new weight
-    (the bias is never changed by a weight merge, so the layer is built without it)."""
+def fold(
+    weight: Any, bias: Any, module_state: dict[str, Any], config: Any, module: str
+) -> tuple[Any, Any]:
+    """Merge one adapted linear layer with peft's own layer code, exactly as
+    ``merge_and_unload`` merges it.
+
+    ``weight`` (out, in) and ``bias`` (out,), or None where the layer has none, are the base
+    layer's; ``module_state`` is the adapter's tensors for ``module`` (keyed as
+    :func:`group_by_module` keys them) and ``config`` the adapter's peft config. A lone linear
+    layer is built with this weight and bias, the adapter is injected into it and merged by
+    peft, and ``(new weight, new bias)`` come back (float32; the bias None when there is none).
+
+    The bias is merged too, since some methods change it: IA3 scales the output of the layers it
+    adapts outside ``feedforward_modules``, bias included, and a LoRA trained with
+    ``lora_bias=True`` adds its ``lora_B`` bias. Raises :class:`AdapterError` when the adapter's
+    tensors do not fit the layer, or when the adapter has a bias to merge and the layer none.
+    """
     import torch
     from peft import inject_adapter_in_model
     from torch import nn
 
+    out_features, in_features = weight.shape
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ValueError(
+            f"the bias of {module} {tuple(bias.shape)} does not fit its weight "
+            f"{tuple(weight.shape)}"
+        )
     holder = nn.Module()
-    holder.m = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=False)
+    holder.m = torch.nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias is not None)
     with torch.no_grad():
         holder.m.weight.copy_(weight)
+        if bias is not None:
+            holder.m.bias.copy_(bias)
     single = copy.deepcopy(config)
     single.target_modules = ["m"]
     if hasattr(single, "layers_to_transform"):
@@ -62,6 +84,12 @@ def fold(weight: Any, module_state: dict[str, Any], config: Any, module: str) ->
         ff = config.feedforward_modules or []
         ff = [ff] if isinstance(ff, str) else ff
         single.feedforward_modules = ["m"] if any(module.endswith(f) for f in ff) else []
+    if bias is None and getattr(single, "lora_bias", False):
+        raise AdapterError(
+            f"the adapter was trained with lora_bias=True, so it adds a bias to {module}, but the "
+            f"base layer has no bias to fold it into: the adapter was trained on another model; "
+            f"pass {param('base')}."
+        )
     holder = inject_adapter_in_model(single, holder)
     expected = holder.state_dict()
     loaded = {}
@@ -75,12 +103,14 @@ def fold(weight: Any, module_state: dict[str, Any], config: Any, module: str) ->
         if hit is None or expected[hit].shape != value.shape:
             raise AdapterError(
                 f"the adapter's {module}.{key} {tuple(value.shape)} does not fit the base layer "
-                f"{tuple(weight.shape)}: the adapter was trained on another model; pass {param('base')}."
+                f"{tuple(weight.shape)}: the adapter was trained on another model; "
+                f"pass {param('base')}."
             )
         loaded[hit] = value.float()
     holder.load_state_dict(loaded, strict=False)
     holder.m.merge()
-    return holder.m.get_base_layer().weight.detach()
+    base = holder.m.get_base_layer()
+    return base.weight.detach(), None if base.bias is None else base.bias.detach()
 
 
 def apply_patterns(single: Any, config: Any, module: str) -> None:

@@ -1,54 +1,51 @@
 """``merge()``: fold an adapter into its full-precision base, one safetensors shard at a time.
 
-Each adapted layer is folded by peft's own code (the layer alone is wrapped with the adapter
-and merged), so every method peft can merge is merged exactly as ``merge_and_unload`` would,
-while peak memory stays near one shard plus the adapter. An adapter trained on a quantized base
-is never merged into quantized weights: ``into="dequantized"`` folds it into the base rounded
-exactly as the quantizer rounded it during training (every quantized layer, adapted or not, so
-the merged model computes what was trained); ``into="original"`` folds it into the original
-full-precision weights, as the reference QLoRA script does by reloading the base in fp16.
+The orchestration: the adapter read through its manifest, the base located, each shard
+streamed (tensors the merge leaves alone copied byte for byte, adapted layers folded by
+:mod:`~adaptool.merging.fold`), the result verified (:mod:`~adaptool.merging.verify`) and moved
+into place only then. Peak memory stays near one shard plus the adapter.
+
+An adapter trained on a quantized base is never merged into quantized weights:
+``into="dequantized"`` folds it into the base rounded exactly as the quantizer rounded it during
+training (every quantized layer, adapted or not, so the merged model computes what was
+trained); ``into="original"`` folds it into the original full-precision weights, as the
+reference QLoRA script does by reloading the base in fp16.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from adaptool import store
-from adaptool.adapter import ADAPTER_WEIGHTS, check_adapter_dir, quantizer_for
-from adaptool.card import model_card
-from adaptool.errors import AdapterError, AdaptoolError, ModelError
-from adaptool.manifest import MANIFEST, library_versions, now, read_manifest, write_json
+from adaptool.artifacts import index
+from adaptool.artifacts.artifact import Artifact
+from adaptool.artifacts.card import model_card
+from adaptool.artifacts.layout import (
+    ADAPTER_WEIGHTS,
+    CARD,
+    GENERATION_CONFIG,
+    MODEL_CONFIG,
+    MODEL_INDEX,
+    MODEL_WEIGHTS,
+    TOKENIZER_FILES,
+    Kind,
+)
+from adaptool.artifacts.loading import recorded_quantizer
+from adaptool.artifacts.manifest import Manifest, new_manifest, write_json, write_manifest
+from adaptool.artifacts.outputs import check_output
+from adaptool.errors import AdapterError, ModelError, param
+from adaptool.merging.fold import base_key, fold, group_by_module
+from adaptool.merging.options import Dtype, Into, choice
+from adaptool.merging.streaming import ByteRange, read_layout, tag_of, write_streamed
+from adaptool.merging.verify import verify_merge
 from adaptool.modeling import PRECISION_DTYPES
-from adaptool.outputs import check_output
-from adaptool.streaming import ByteRange, read_layout, tag_of, write_streamed
-
-if TYPE_CHECKING:
-    from adaptool.registry import Registry
 
 FLOAT_TAGS = ("F32", "F16", "BF16", "F64")
-#: max |Δ logits| between the merged model and the adapter unmerged on the same weights, by
-#: output dtype (the merged weights are rounded to it; the rest is float32 arithmetic)
-TOLERANCE = {"fp32": 1e-4, "bf16": 0.25, "fp16": 5e-2}
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-)
-
-
-class MergeVerificationError(AdaptoolError):
-    """The merged model does not behave like the adapter it came from."""
 
 
 @dataclass
@@ -61,130 +58,185 @@ class MergeResult:
     shards: int
     seconds: float
     verification: dict[str, Any] | None = None
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest | None = None
 
 
 def merge(
-    adapter: str | Path,
+    adapter: Path,
     *,
     output: str | Path,
-    dtype: str = "auto",
-    into: str = "dequantized",
+    dtype: Dtype | str = Dtype.AUTO,
+    into: Into | str = Into.DEQUANTIZED,
     base: str | None = None,
     verify: bool = True,
     overwrite: bool = False,
-    registry: Registry | None = None,
-    token: str | None = None,
 ) -> MergeResult:
-    """Merge ``adapter`` into its base and write a standalone model to ``output``."""
+    """Merge the adapter folder ``adapter`` into its base (``base`` overriding where the base
+    lives: a folder or a Hub id) and write a standalone model to ``output``."""
     import torch
-    from safetensors import safe_open
 
     started = time.monotonic()
-    from adaptool.hub import locate
-
-    located = locate(adapter, token=token)
-    folder = check_adapter_dir(located.path)
-    base = base or located.base
+    dtype, into = choice(Dtype, dtype, "dtype"), choice(Into, into, "into")
+    artifact = Artifact.read(Path(adapter), expect=Kind.ADAPTER)
+    folder = artifact.path
     out = Path(output).expanduser().resolve()
     check_output(out, overwrite=overwrite, inputs=[folder, *([base] if base else [])])
-    if into not in ("dequantized", "original"):
-        raise AdaptoolError(f"--into must be 'dequantized' or 'original', not {into!r}.")
-    manifest = read_manifest(folder)
     peft_config = _peft_config(folder)
-    base_dir = _base_dir(folder, manifest, peft_config, base, token)
-    base_config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
-    trained_dtype = ((manifest or {}).get("base_model") or {}).get("dtype")
+    base_dir = base_folder(artifact, base)
+    base_config = json.loads((base_dir / MODEL_CONFIG).read_text(encoding="utf-8"))
+    manifest = artifact.manifest
+    trained_dtype = manifest.base_model.dtype if manifest else None
     out_dtype = _output_dtype(dtype, trained_dtype or _config_dtype(base_config))
-    out_tag = tag_of(out_dtype)
-    quantizer = quantizer_for(manifest, None, registry)
-    dequantize = quantizer.quantized and into == "dequantized"
+    quantizer = recorded_quantizer(manifest, str(folder))
+    dequantize = quantizer.quantized and into == Into.DEQUANTIZED
     quantized_layers = _quantized_layers(base_dir, quantizer) if dequantize else set()
-    load_dtype = getattr(torch, ((manifest or {}).get("base_model") or {}).get("dtype", "float32"))
+    load_dtype = getattr(torch, trained_dtype or "float32")
 
-    adapter_state = _load_adapter(folder)
-    by_module = _group_by_module(adapter_state)
+    by_module = group_by_module(_load_adapter(folder))
     shards = _base_shards(base_dir)
-    names = _tensor_names(shards)
-    targets = {_base_key(module, names): module for module in by_module}
+    layouts = {shard: {e.name: e for e in read_layout(shard)} for shard in shards}
+    shard_of = {name: shard for shard, entries in layouts.items() for name in entries}
+    targets = {base_key(module, set(shard_of)): module for module in by_module}
     missing = [m for k, m in targets.items() if k is None]
     if missing:
         raise AdapterError(
             f"the base {base_dir} has no weight for the adapted layer(s) "
-            f"{', '.join(missing[:3])}: the adapter was trained on another model; pass --base."
+            f"{', '.join(missing[:3])}: the adapter was trained on another model; pass "
+            f"{param('base')}."
         )
+    folding = _Folding(
+        shard_of, targets, by_module, peft_config, quantizer, quantized_layers, load_dtype
+    )
 
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         weight_map: dict[str, str] = {}
-        merged = 0
+        out_tag = tag_of(out_dtype)
         for shard in shards:
-            entries = {entry.name: entry for entry in read_layout(shard)}
+            entries = layouts[shard]
             layout = [
-                (e.name, tag_of(out_dtype) if e.tag in FLOAT_TAGS else e.tag, e.shape)
+                (e.name, out_tag if e.tag in FLOAT_TAGS else e.tag, e.shape)
                 for e in entries.values()
             ]
 
             def produce(key: str, shard: Path = shard, entries: dict = entries) -> Any:
-                nonlocal merged
                 entry = entries[key]
-                module = key.removesuffix(".weight")
-                requantize = module in quantized_layers and key.endswith(".weight")
-                changes = key in targets or requantize
+                changes = folding.changes(key)
                 if entry.tag not in FLOAT_TAGS or (entry.tag == out_tag and not changes):
                     return ByteRange(shard, entry.start, entry.length)
-                # a fresh mapping per tensor: pages read stay resident only while in use
-                with safe_open(str(shard), framework="pt") as one:
-                    tensor = one.get_tensor(key).float()
-                if requantize:
-                    tensor = quantizer.round_trip(tensor, dtype=load_dtype)
-                if key in targets:
-                    tensor = _fold(tensor, by_module[targets[key]], peft_config, targets[key])
-                    merged += 1
-                return tensor.to(out_dtype)
+                return folding.tensor(key).to(out_dtype)
 
             write_streamed(tmp / shard.name, layout, produce)
             weight_map.update({key: shard.name for key, _, _ in layout})
         if len(shards) > 1:
             total = sum((tmp / s.name).stat().st_size for s in shards)
             write_json(
-                tmp / "model.safetensors.index.json",
-                {"metadata": {"total_size": total}, "weight_map": weight_map},
+                tmp / MODEL_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map}
             )
-        _copy_side_files(base_dir, folder, tmp, base_config, out_dtype)
+        _copy_side_files(base_dir, artifact, tmp, base_config, out_dtype)
         result = MergeResult(
             output_dir=out,
             dtype=str(out_dtype).removeprefix("torch."),
-            into=into if quantizer.quantized else None,
+            into=str(into) if quantizer.quantized else None,
             quantization=quantizer.name,
-            merged_modules=merged,
+            merged_modules=folding.merged,
             shards=len(shards),
             seconds=0.0,
         )
         if verify:
             result.verification = verify_merge(
-                folder,
+                artifact,
                 tmp,
-                result,
+                dtype=Dtype({v: k for k, v in PRECISION_DTYPES.items()}[result.dtype]),
                 base_dir=base_dir,
                 quantizer=quantizer,
                 load_dtype=load_dtype,
-                registry=registry,
+                dequantize=dequantize,
             )
         result.seconds = round(time.monotonic() - started, 2)
-        result.manifest = _manifest(folder, manifest, base_dir, peft_config, result)
+        result.manifest = _manifest(artifact, base_dir, peft_config, result)
         card = model_card(tmp, repo_id=str(out), manifest=result.manifest)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-        write_json(tmp / MANIFEST, result.manifest)
+        (tmp / CARD).write_text(card, encoding="utf-8")
+        write_manifest(tmp, result.manifest)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    store.record_output(out, result.manifest, "merged")
+    index.record_output(out, result.manifest, "merged")
     return result
+
+
+class _Folding:
+    """The tensors a merge changes, produced on demand: an adapted layer's weight and bias
+    are folded together when the first of them is asked for (they may lie in different
+    shards) and the other kept until it is asked for; a quantized layer's weight is rounded as
+    the quantizer rounded it."""
+
+    def __init__(
+        self,
+        shard_of: dict[str, Path],
+        targets: dict[str, str],
+        by_module: dict[str, dict[str, Any]],
+        peft_config: Any,
+        quantizer: Any,
+        quantized_layers: set[str],
+        load_dtype: Any,
+    ) -> None:
+        self.shard_of, self.by_module, self.config = shard_of, by_module, peft_config
+        self.quantizer, self.quantized_layers, self.load_dtype = (
+            quantizer,
+            quantized_layers,
+            load_dtype,
+        )
+        #: checkpoint key -> (module, weight key) for every adapted weight and its bias
+        self.folded_keys: dict[str, tuple[str, str]] = {}
+        for weight_key, module in targets.items():
+            self.folded_keys[weight_key] = (module, weight_key)
+            bias_key = weight_key.removesuffix("weight") + "bias"
+            if bias_key in shard_of:
+                self.folded_keys[bias_key] = (module, weight_key)
+        self.pending: dict[str, Any] = {}
+        self.merged = 0
+
+    def changes(self, key: str) -> bool:
+        return key in self.folded_keys or self._requantized(key)
+
+    def tensor(self, key: str) -> Any:
+        """The tensor ``key`` as the merged model holds it, in float32."""
+        if key in self.pending:
+            return self.pending.pop(key)
+        if key not in self.folded_keys:
+            tensor = self._read(key)
+            return self._round(key, tensor) if self._requantized(key) else tensor
+        module, weight_key = self.folded_keys[key]
+        bias_key = weight_key.removesuffix("weight") + "bias"
+        weight = self._round(weight_key, self._read(weight_key))
+        bias = self._read(bias_key) if bias_key in self.folded_keys else None
+        weight, bias = fold(weight, bias, self.by_module[module], self.config, module)
+        self.merged += 1
+        folded = {weight_key: weight, bias_key: bias}
+        for other, value in folded.items():
+            if other != key and value is not None:
+                self.pending[other] = value
+        return folded[key]
+
+    def _requantized(self, key: str) -> bool:
+        return key.endswith(".weight") and key.removesuffix(".weight") in self.quantized_layers
+
+    def _round(self, key: str, tensor: Any) -> Any:
+        if not self._requantized(key):
+            return tensor
+        return self.quantizer.round_trip(tensor, dtype=self.load_dtype)
+
+    def _read(self, key: str) -> Any:
+        from safetensors import safe_open
+
+        # a fresh mapping per tensor: pages read stay resident only while in use
+        with safe_open(str(self.shard_of[key]), framework="pt") as reader:
+            return reader.get_tensor(key).float()
 
 
 # -- adapter and base ---------------------------------------------------------------------------
@@ -207,22 +259,19 @@ def _peft_config(folder: Path) -> Any:
     return config
 
 
-def _base_dir(
-    folder: Path, manifest: dict | None, config: Any, base: str | None, token: str | None
-) -> Path:
-    name = (
-        base
-        or ((manifest or {}).get("base_model") or {}).get("name")
-        or config.base_model_name_or_path
-    )
-    if not name:
-        raise AdapterError(f"{folder} does not say which base model it adapts; pass --base.")
+def base_folder(artifact: Artifact, override: str | None) -> Path:
+    """The local folder of ``artifact``'s base (``override`` if given): a folder as is, a Hub
+    id downloaded (safetensors and configs only; pinned to the recorded commit unless
+    overridden)."""
+    name = artifact.base_name(override)
     path = Path(name).expanduser()
     if path.is_dir():
         return path.resolve()
     if path.is_absolute() or name.startswith((".", "~")):
-        raise ModelError(f"the base model folder {path} does not exist; pass --base PATH.")
-    revision = None if base else ((manifest or {}).get("base_model") or {}).get("commit")
+        raise ModelError(
+            f"the base model folder {path} does not exist; pass {param('base', 'PATH')}."
+        )
+    revision = None if override else artifact.base_model().commit
     try:
         from huggingface_hub import snapshot_download
 
@@ -230,14 +279,13 @@ def _base_dir(
             snapshot_download(
                 name,
                 revision=revision,
-                token=token,
                 allow_patterns=["*.safetensors", "*.json", "*.jinja", "*.model", "*.txt"],
             )
         )
     except Exception as exc:
         raise ModelError(
             f"could not fetch the base model '{name}' from the Hub ({type(exc).__name__}); "
-            f"pass --base with a local copy."
+            f"pass {param('base', 'PATH')} with a local copy."
         ) from None
 
 
@@ -245,19 +293,15 @@ def _config_dtype(config: dict[str, Any]) -> str | None:
     return config.get("dtype") or config.get("torch_dtype")
 
 
-def _output_dtype(dtype: str, auto: str | None) -> Any:
-    """``--dtype``; ``auto`` is ``auto``'s dtype name (the dtype the adapter was trained with,
+def _output_dtype(dtype: Dtype, auto: str | None) -> Any:
+    """``dtype``; ``auto`` is ``auto``'s dtype name (the dtype the adapter was trained with,
     else the base's own), float32 when unknown."""
     import torch
 
-    if dtype == "auto":
+    if dtype == Dtype.AUTO:
         name = auto if auto in PRECISION_DTYPES.values() else "float32"
         return getattr(torch, name)
-    if dtype not in PRECISION_DTYPES:
-        raise AdaptoolError(
-            f"--dtype must be one of {', '.join(PRECISION_DTYPES)} or auto, not {dtype!r}."
-        )
-    return getattr(torch, PRECISION_DTYPES[dtype])
+    return getattr(torch, PRECISION_DTYPES[str(dtype)])
 
 
 def _load_adapter(folder: Path) -> dict[str, Any]:
@@ -271,45 +315,15 @@ def _load_adapter(folder: Path) -> dict[str, Any]:
         ) from None
 
 
-PEFT_PREFIX = "base_model.model."
-ADAPTER_PARTS = ("lora_", "ia3_", "hada_", "lokr_", "oft_", "boft_", "vera_", "fourierft_")
-
-
-def _group_by_module(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``base_model.model.<module>.<adapter param>`` -> {module: {adapter param: tensor}}."""
-    grouped: dict[str, dict[str, Any]] = {}
-    for key, value in state.items():
-        path = key.removeprefix(PEFT_PREFIX).split(".")
-        cut = next((i for i, p in enumerate(path) if p.startswith(ADAPTER_PARTS)), None)
-        if cut is None:
-            raise AdapterError(
-                f"the adapter holds {key}, which is not an adapter weight adaptool can fold: "
-                f"trained biases (peft bias = 'all' or 'lora_only') and modules_to_save copies "
-                f"are not supported by the streamed merge yet."
-            )
-        grouped.setdefault(".".join(path[:cut]), {})[".".join(path[cut:])] = value
-    return grouped
-
-
 def _base_shards(base_dir: Path) -> list[Path]:
-    index = base_dir / "model.safetensors.index.json"
-    if index.is_file():
-        files = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+    index_file = base_dir / MODEL_INDEX
+    if index_file.is_file():
+        files = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values()
         return [base_dir / f for f in sorted(set(files))]
-    single = base_dir / "model.safetensors"
+    single = base_dir / MODEL_WEIGHTS
     if single.is_file():
         return [single]
     raise ModelError(f"{base_dir} holds no safetensors weights (adaptool reads no pickle files).")
-
-
-def _tensor_names(shards: list[Path]) -> set[str]:
-    from safetensors import safe_open
-
-    names: set[str] = set()
-    for shard in shards:
-        with safe_open(str(shard), framework="pt") as reader:
-            names.update(reader.keys())
-    return names
 
 
 def _quantized_layers(base_dir: Path, quantizer: Any) -> set[str]:
@@ -328,257 +342,35 @@ def _quantized_layers(base_dir: Path, quantizer: Any) -> set[str]:
     return names
 
 
-def _base_key(module: str, names: set[str]) -> str | None:
-    """The checkpoint key of ``module``'s weight (checkpoints may drop the model prefix)."""
-    parts = module.split(".")
-    for start in range(len(parts)):
-        key = ".".join(parts[start:]) + ".weight"
-        if key in names:
-            return key
-    return None
-
-
-def _fold(weight: Any, module_state: dict[str, Any], config: Any, module: str) -> Any:
-    """Merge one adapted linear layer with peft's own layer code; returns the new weight
-    (the bias is never changed by a weight merge, so the layer is built without it)."""
-    import torch
-    from peft import inject_adapter_in_model
-    from torch import nn
-
-    holder = nn.Module()
-    holder.m = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=False)
-    with torch.no_grad():
-        holder.m.weight.copy_(weight)
-    single = copy.deepcopy(config)
-    single.target_modules = ["m"]
-    if hasattr(single, "layers_to_transform"):
-        single.layers_to_transform = single.layers_pattern = None
-    for attr in ("rank_pattern", "alpha_pattern"):
-        if hasattr(single, attr):
-            setattr(single, attr, {})
-    _apply_patterns(single, config, module)
-    if getattr(single, "feedforward_modules", None) is not None:
-        ff = config.feedforward_modules or []
-        ff = [ff] if isinstance(ff, str) else ff
-        single.feedforward_modules = ["m"] if any(module.endswith(f) for f in ff) else []
-    holder = inject_adapter_in_model(single, holder)
-    expected = holder.state_dict()
-    loaded = {}
-    for key, value in module_state.items():
-        parts = key.split(".")
-        candidates = [
-            ".".join(["m", *parts[:i], "default", *parts[i:]]) for i in range(1, len(parts) + 1)
-        ]
-        candidates.append(".".join(["m", *parts, "default", "weight"]))
-        hit = next((c for c in candidates if c in expected), None)
-        if hit is None or expected[hit].shape != value.shape:
-            raise AdapterError(
-                f"the adapter's {module}.{key} {tuple(value.shape)} does not fit the base layer "
-                f"{tuple(weight.shape)}: the adapter was trained on another model; pass --base."
-            )
-        loaded[hit] = value.float()
-    holder.load_state_dict(loaded, strict=False)
-    holder.m.merge()
-    return holder.m.get_base_layer().weight.detach()
-
-
-def _apply_patterns(single: Any, config: Any, module: str) -> None:
-    """Per-layer rank/alpha overrides (``rank_pattern``/``alpha_pattern``), matched by peft's
-    own rule."""
-    from peft.utils.other import get_pattern_key
-
-    for attr, target in (("rank_pattern", "r"), ("alpha_pattern", "lora_alpha")):
-        pattern = getattr(config, attr, None) or {}
-        if pattern:
-            key = get_pattern_key(list(pattern), module)
-            if key in pattern:
-                setattr(single, target, pattern[key])
-
-
 def _copy_side_files(
-    base_dir: Path, adapter: Path, tmp: Path, config: dict[str, Any], out_dtype: Any
+    base_dir: Path, adapter: Artifact, tmp: Path, config: dict[str, Any], out_dtype: Any
 ) -> None:
     config = dict(config)
     config["dtype"] = str(out_dtype).removeprefix("torch.")
     config.pop("torch_dtype", None)
     config.pop("quantization_config", None)
     config["use_cache"] = True
-    write_json(tmp / "config.json", config)
-    if (base_dir / "generation_config.json").is_file():
-        shutil.copy2(base_dir / "generation_config.json", tmp / "generation_config.json")
-    source = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
+    write_json(tmp / MODEL_CONFIG, config)
+    if (base_dir / GENERATION_CONFIG).is_file():
+        shutil.copy2(base_dir / GENERATION_CONFIG, tmp / GENERATION_CONFIG)
+    source = adapter.path if adapter.has_tokenizer else base_dir
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, tmp / name)
 
 
-# -- verification -------------------------------------------------------------------------------
-
-
-def verify_merge(
-    adapter: Path,
-    merged: Path,
-    result: MergeResult,
-    *,
-    base_dir: Path,
-    quantizer: Any,
-    load_dtype: Any,
-    registry: Registry | None = None,
-    prompts: list[str] | None = None,
-) -> dict[str, Any]:
-    """Run the merged model and the adapter unmerged on a few prompts and compare logits
-    (max |Δ| and mean KL per token).
-
-    - ``reference``: the adapter on the very weights it was folded into (the base as trained
-      for ``dequantized``, the original weights for ``original``), in fp32. A merge is correct
-      when these agree to what the output dtype explains; above that it fails and nothing is
-      written.
-    - ``as_trained``: the adapter on the base loaded as in training (bitsandbytes layers and
-      their compute). Reported always; for an unquantized adapter it is the same model as the
-      reference. For ``original`` it measures how far the merged model is from what was trained.
-    """
-
-    from adaptool.adapter import open_target
-
-    trained = open_target(adapter, registry=registry)
-    tok = trained.tokenizer
-    texts = prompts or _verification_prompts(trained)
-    special = not (trained.formatter is not None and trained.formatter.prompt_has_special_tokens)
-    batches = [
-        tok(t, add_special_tokens=special, return_tensors="pt")["input_ids"][:, :256] for t in texts
-    ]
-    merged_logits = _logits(_load_merged(merged), batches)
-    as_trained = _logits(trained.model, batches)
-    del trained
-    reference = _logits(
-        _reference_model(
-            adapter,
-            base_dir,
-            quantizer,
-            load_dtype,
-            dequantize=quantizer.quantized and result.into == "dequantized",
-        ),
-        batches,
-    )
-    key = {v: k for k, v in PRECISION_DTYPES.items()}[result.dtype]
-    report = {
-        "prompts": len(texts),
-        "tolerance": TOLERANCE[key],
-        "reference": _compare(merged_logits, reference),
-        "as_trained": _compare(merged_logits, as_trained),
-    }
-    delta = report["reference"]["max_abs_logit_diff"]
-    if delta > report["tolerance"]:
-        raise MergeVerificationError(
-            f"the merged model differs from the adapter it was made from by {delta:.3g} in the "
-            f"logits (tolerance {report['tolerance']:g} for {result.dtype}): the merge is "
-            f"wrong; nothing was written."
-        )
-    return report
-
-
-def _logits(model: Any, batches: list[Any]) -> list[Any]:
-    """fp32 logits on the CPU for each batch, run on the model's own device."""
-    import torch
-
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        return [model(input_ids=ids.to(device)).logits.float().cpu() for ids in batches]
-
-
-def _compare(a: list[Any], b: list[Any]) -> dict[str, float]:
-    import torch
-
-    delta, kl, tokens = 0.0, 0.0, 0
-    for x, y in zip(a, b, strict=True):
-        delta = max(delta, (x - y).abs().max().item())
-        kl += torch.nn.functional.kl_div(
-            x.log_softmax(-1), y.log_softmax(-1), log_target=True, reduction="sum"
-        ).item()
-        tokens += x.shape[1]
-    return {"max_abs_logit_diff": delta, "mean_kl": kl / max(tokens, 1)}
-
-
-def _reference_model(
-    adapter: Path, base_dir: Path, quantizer: Any, load_dtype: Any, *, dequantize: bool
-) -> Any:
-    """The adapter, unmerged, on the weights it is folded into, computed in fp32."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        str(base_dir), dtype=torch.float32, use_safetensors=True
-    )
-    if dequantize:
-        layers = quantizer.quantized_layers(model)
-        with torch.no_grad():
-            for name, module in model.named_modules():
-                if name in layers:
-                    module.weight.copy_(quantizer.round_trip(module.weight, dtype=load_dtype))
-    return PeftModel.from_pretrained(model, str(adapter)).eval()
-
-
-def _load_merged(folder: Path) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    from adaptool.modeling import quiet_libraries
-
-    quiet_libraries()
-    return AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype="auto", use_safetensors=True
-    ).eval()
-
-
-def _verification_prompts(trained: Any) -> list[str]:
-    """A few prompts from the adapter's own training data (formatted as trained), else fixed
-    sentences."""
-    rows: list[Any] = []
-    recipe = trained.path / "recipe.toml"
-    if trained.formatter is not None and recipe.is_file():
-        try:
-            from adaptool.data import load_rows
-            from adaptool.recipe import load_recipe
-
-            data = load_rows(load_recipe(recipe).data)
-            rows = [data[i] for i in range(min(4, len(data)))]
-        except AdaptoolError:
-            rows = []
-    if rows:
-        out = []
-        for row in rows:
-            example = trained.formatter.format(row, trained.tokenizer)
-            out.append(example.prompt + example.completion)
-        return out
-    return [
-        "The quick brown fox jumps over the lazy dog.",
-        "“Knowledge is power.” ->: ['knowledge', 'power']",
-        "Once upon a time, there was a small library by the sea.",
-    ]
-
-
-def _manifest(
-    folder: Path, adapter_manifest: dict | None, base_dir: Path, config: Any, result: MergeResult
-) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "kind": "merged",
-        "created": now(),
-        "base_model": {
-            "name": str(base_dir),
-            **{
-                k: v
-                for k, v in ((adapter_manifest or {}).get("base_model") or {}).items()
-                if k != "name"
-            },
-        },
-        "adapter": {
-            "path": str(folder),
+def _manifest(artifact: Artifact, base_dir: Path, config: Any, result: MergeResult) -> Manifest:
+    adapter_manifest = artifact.manifest
+    return new_manifest(
+        Kind.MERGED,
+        replace(artifact.base_model(), name=str(base_dir)),
+        adapter={
+            "path": str(artifact.path),
             "peft_type": str(config.peft_type),
-            "manifest": adapter_manifest,
+            "manifest": adapter_manifest.to_dict() if adapter_manifest else None,
         },
-        "formatter": (adapter_manifest or {}).get("formatter"),
-        "merge": {
+        formatter=adapter_manifest.formatter if adapter_manifest else None,
+        merge={
             "dtype": result.dtype,
             "into": result.into,
             "trained_quantization": result.quantization,
@@ -586,6 +378,5 @@ def _manifest(
             "shards": result.shards,
             "seconds": result.seconds,
         },
-        "verification": result.verification,
-        "libraries": library_versions(),
-    }
+        verification=result.verification,
+    )

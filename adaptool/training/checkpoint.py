@@ -10,9 +10,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-CHECKPOINTS = "checkpoints"
-STATE = "trainer_state.json"
-OPTIMIZER = "optimizer.safetensors"
+from adaptool.artifacts.layout import ADAPTER_WEIGHTS, CHECKPOINTS
+from adaptool.artifacts.layout import CHECKPOINT_OPTIMIZER as OPTIMIZER
+from adaptool.artifacts.layout import CHECKPOINT_STATE as STATE
+
 KEEP = 2
 
 
@@ -85,7 +86,7 @@ def load_checkpoint(directory: Path, *, model: Any, optimizer: Any, scheduler: A
     from safetensors.torch import load_file
 
     state = json.loads((directory / STATE).read_text(encoding="utf-8"))
-    adapter = load_file(str(directory / "adapter_model.safetensors"))
+    adapter = load_file(str(directory / ADAPTER_WEIGHTS))
     set_peft_model_state_dict(model, adapter)
     tensors = load_file(str(directory / OPTIMIZER))
     opt_state: dict[int, dict[str, Any]] = {}

@@ -25,7 +25,7 @@ NOTEBOOK_ROW = {
 
 
 def make(registry, name, **options):
-    cls = registry.formatter(name)
+    cls = registry.get("formatter", name)
     return cls(cls.Options(**options))
 
 

@@ -27,7 +27,8 @@ def test_sharegpt_is_registered_through_its_entry_point():
 
 def test_sharegpt_formats_with_the_chat_template(tokenizer):
     registry = load_plugins(strict=True, disabled=[]).registry
-    fmt = registry.formatter("sharegpt")(registry.formatter("sharegpt").Options())
+    cls = registry.get("formatter", "sharegpt")
+    fmt = cls(cls.Options())
     example = fmt.format(ROW, tokenizer)
     assert example.prompt == "<|system|>\nBe brief.</s><|user|>\nHi</s><|assistant|>\n"
     assert example.completion == "Hello!</s>"
@@ -53,5 +54,5 @@ dir = "out"
 """,
     )
     registry = load_plugins(strict=True, disabled=[]).registry
-    report = check(load_recipe(path, registry=registry), registry=registry)
+    report = check(load_recipe(path))
     assert report.examples[0].segments[-1] == ("Hello!</s>", True)

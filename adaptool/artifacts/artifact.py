@@ -1,0 +1,116 @@
+"""An adapter dir or a merged model dir, read through the layout without loading weights: what
+it is (:func:`~adaptool.artifacts.layout.classify`), its manifest, its configs, and the answers
+every later command needs from them — which base, which method, which plugins — decided here
+once, with one precedence."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptool.artifacts.layout import (
+    ADAPTER_CONFIG,
+    MANIFEST,
+    MODEL_CONFIG,
+    RECIPE,
+    TOKENIZER_CONFIG,
+    Kind,
+    classify,
+    top_level,
+)
+from adaptool.artifacts.manifest import BaseModelRecord, Manifest, read_manifest
+from adaptool.errors import AdapterError, param
+
+
+@dataclass
+class Artifact:
+    """A folder adaptool (or plain peft / transformers) wrote, as read from disk."""
+
+    path: Path
+    kind: Kind
+    manifest: Manifest | None
+    #: adapter_config.json (adapters) or config.json (merged models), parsed
+    config: dict[str, Any]
+
+    @classmethod
+    def read(
+        cls,
+        folder: Path,
+        *,
+        expect: Kind | None = None,
+        listing: Iterable[str] | None = None,
+        where: str | None = None,
+    ) -> Artifact:
+        """Read ``folder``; with ``expect``, anything else is an AdapterError. ``listing``
+        (and ``where``) classify a Hub repo by its file list when ``folder`` holds only its
+        small files."""
+        if not folder.is_dir():
+            what = "an adapter" if expect == Kind.ADAPTER else "an adapter or a merged model"
+            raise AdapterError(
+                f"{folder} is not a directory; give {what} dir (written by `adaptool train`, "
+                f"`adaptool merge` or peft)."
+            )
+        kind = classify(top_level(folder) if listing is None else listing, where or str(folder))
+        if expect is not None and kind != expect:
+            raise AdapterError(f"{folder} is a {kind} model dir, not an {expect} dir.")
+        name = ADAPTER_CONFIG if kind == Kind.ADAPTER else MODEL_CONFIG
+        try:
+            config = json.loads((folder / name).read_text(encoding="utf-8"))
+            if not isinstance(config, dict):
+                raise ValueError("not a JSON object")
+            if kind == Kind.ADAPTER and "peft_type" not in config:
+                raise ValueError("no peft_type")
+        except (OSError, ValueError) as exc:
+            raise AdapterError(f"{folder / name} is not a valid config ({exc}).") from None
+        return cls(folder, kind, read_manifest(folder), config)
+
+    # -- what later commands ask ------------------------------------------------------------
+    def base_name(self, override: str | None = None) -> str:
+        """Which base model: ``override`` (``--base``), else the one the manifest records, else
+        the one peft's config names."""
+        name = (
+            override
+            or (self.manifest.base_model.name if self.manifest else None)
+            or (self.config.get("base_model_name_or_path") if self.kind == Kind.ADAPTER else None)
+        )
+        if not name:
+            raise AdapterError(
+                f"{self.path} does not say which base model it adapts; pass {param('base')}."
+            )
+        return str(name)
+
+    def base_model(self, override: str | None = None) -> BaseModelRecord:
+        """The base to load: as recorded (name, revision, dtype), or ``override`` with the
+        recorded dtype dropped (another copy of the base may be saved in another dtype)."""
+        if override is not None or self.manifest is None:
+            return BaseModelRecord(name=self.base_name(override))
+        return self.manifest.base_model
+
+    @property
+    def method(self) -> str:
+        """The PEFT method (``lora``, ``ia3``, ...)."""
+        recorded = self.manifest.method if self.manifest else None
+        if recorded:
+            return recorded
+        return str(self.config.get("peft_type", "adapter")).lower()
+
+    @property
+    def backend(self) -> str:
+        """The quantization backend trained with (``none`` without a manifest)."""
+        return self.manifest.backend if self.manifest else "none"
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return (self.path / TOKENIZER_CONFIG).is_file()
+
+    @property
+    def recipe_file(self) -> Path | None:
+        path = self.path / RECIPE
+        return path if path.is_file() else None
+
+    def describe(self) -> str:
+        origin = MANIFEST if self.manifest else "no adaptool manifest"
+        return f"{self.path} ({self.kind}, {origin})"

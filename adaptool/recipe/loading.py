@@ -1,0 +1,255 @@
+"""TOML recipe -> validated :class:`~adaptool.recipe.schema.Recipe`, with every problem
+reported at once. Relative paths resolve against the recipe file's folder; ``--set`` values
+against the current directory. The chosen plugins' options are checked by their own schemas,
+and each resolved plugin then looks at the whole recipe (``recipe_problems``)."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from adaptool.errors import PluginError, RecipeError, RecipeProblem
+from adaptool.hub.locate import is_hub_id
+from adaptool.plugins import registry
+from adaptool.recipe.resolve import resolve_plugins
+from adaptool.recipe.schema import REQUIRED_SECTIONS, SECTIONS, Recipe, Section
+
+
+def load_recipe(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    *,
+    cwd: Path | None = None,
+) -> Recipe:
+    """Read, override (``section.key=value``), resolve paths and validate a recipe file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(str(path), [RecipeProblem("", "recipe file not found")]) from None
+    except OSError as exc:
+        raise RecipeError(str(path), [RecipeProblem("", f"cannot read the file: {exc}")]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(str(path), [RecipeProblem("", f"not valid TOML: {exc}")]) from None
+    return validate_recipe(raw, path=path, overrides=overrides, cwd=cwd)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``training.max_steps=10`` -> (["training", "max_steps"], 10). Values are TOML
+    (``true``, ``2e-4``, ``["a", "b"]``, ``"s"``); anything that is not TOML is a string."""
+    key, sep, value = text.partition("=")
+    parts = [p.strip() for p in key.split(".")]
+    if not sep or len(parts) < 2 or not all(parts):
+        raise RecipeError(
+            "--set", [RecipeProblem(text, "expected section.key=value, e.g. training.max_steps=10")]
+        )
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return parts, parsed
+
+
+def validate_recipe(
+    raw: Mapping[str, Any],
+    *,
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    cwd: Path | None = None,
+) -> Recipe:
+    """Validate a recipe given as nested dicts (as parsed from TOML); raise a RecipeError
+    listing every problem found."""
+    label = str(path) if path is not None else "<recipe>"
+    base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
+    cwd = cwd or Path.cwd()
+
+    data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    _resolve_paths(data, base_dir)
+    from_cli: dict[str, Any] = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        target = data
+        for key in keys[:-1]:
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            target = target[key]
+        target[keys[-1]] = value
+        if len(keys) == 2:
+            from_cli.setdefault(keys[0], {})[keys[1]] = value
+    for section_name, values in from_cli.items():
+        if isinstance(data.get(section_name), dict):
+            _resolve_paths({section_name: values}, cwd)
+            data[section_name].update(values)
+
+    problems: list[RecipeProblem] = []
+    sections: dict[str, Section] = {}
+    for key in data:
+        if key not in SECTIONS:
+            problems.append(RecipeProblem(key, "unknown section" + _did_you_mean(key, SECTIONS)))
+    for name, cls in SECTIONS.items():
+        if name not in data:
+            if name in REQUIRED_SECTIONS:
+                problems.append(RecipeProblem(name, f"missing section: add a [{name}] table"))
+                continue
+            if name == "hub":
+                continue
+            data[name] = {}  # defaults, with the default plugin's options filled in
+        if not isinstance(data[name], dict):
+            problems.append(
+                RecipeProblem(name, f"expected a [{name}] table, found {_show(data[name])}")
+            )
+            continue
+        section = _validate_section(name, cls, data[name], problems)
+        if section is not None:
+            sections[name] = section
+
+    if problems:
+        raise RecipeError(label, problems)
+    recipe = Recipe(**sections, path=Path(path).resolve() if path is not None else None)
+    plugins = resolve_plugins(recipe)
+    for plugin in plugins:
+        problems.extend(plugin.recipe_problems(recipe, plugins))
+    if problems:
+        raise RecipeError(label, problems)
+    return recipe
+
+
+def _validate_section(
+    name: str,
+    cls: type[Section],
+    values: dict[str, Any],
+    problems: list[RecipeProblem],
+) -> Section | None:
+    core_keys = [k for k in cls.model_fields if k != "options"]
+    core = {k: v for k, v in values.items() if k in core_keys}
+    extra = {k: v for k, v in values.items() if k not in core_keys}
+    ok = True
+    cross = cls.cross_key_problems(core)
+    problems.extend(RecipeProblem(name, message) for message in cross)
+    try:
+        section = cls.model_validate(core)
+    except ValidationError as exc:
+        if not cross:
+            problems.extend(_problems_from(exc, prefix=name))
+        else:  # the cross-key rule failing again is already reported
+            problems.extend(p for p in _problems_from(exc, prefix=name) if p.key != name)
+        section, ok = None, False
+
+    if cls.plugin_key is None:
+        for key in extra:
+            problems.append(
+                RecipeProblem(f"{name}.{key}", "unknown key" + _did_you_mean(key, core_keys))
+            )
+        return section if ok and not extra else None
+
+    name_key, kind = cls.plugin_key
+    plugin_name = core.get(name_key, cls.model_fields[name_key].default)
+    if not isinstance(plugin_name, str):
+        return None  # already reported by the section's own validation
+    try:
+        plugin_cls = registry().get(kind, plugin_name)
+    except PluginError as exc:
+        problems.append(RecipeProblem(f"{name}.{name_key}", str(exc)))
+        # the other keys may be options of the intended plugin: report only likely typos
+        for key in extra:
+            if hint := _did_you_mean(key, core_keys):
+                problems.append(RecipeProblem(f"{name}.{key}", "unknown key" + hint))
+        return None
+    option_keys = list(plugin_cls.Options.model_fields)
+    unknown = [k for k in extra if k not in option_keys]
+    for key in unknown:
+        known = core_keys + option_keys
+        problems.append(
+            RecipeProblem(
+                f"{name}.{key}",
+                f"unknown key (neither a [{name}] key nor an option of {kind} "
+                f"'{plugin_name}')" + _did_you_mean(key, known),
+            )
+        )
+    try:
+        options = plugin_cls.Options.model_validate(
+            {k: extra[k] for k in extra if k in option_keys}
+        )
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, prefix=name, note=f" ({kind} '{plugin_name}' option)"))
+        return None
+    if not ok or unknown:
+        return None
+    return section.model_copy(update={"options": options.model_dump()})
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make local paths absolute against ``base`` (in place). Hub ids are left alone."""
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("name"), str):
+        model["name"] = _maybe_local(model["name"], base)
+    source = data.get("data")
+    if isinstance(source, dict) and isinstance(source.get("source"), str):
+        source["source"] = _maybe_local(source["source"], base)
+    output = data.get("output")
+    if isinstance(output, dict) and isinstance(output.get("dir"), str) and output["dir"]:
+        output["dir"] = str((base / Path(output["dir"]).expanduser()).resolve())
+
+
+def _maybe_local(value: str, base: Path) -> str:
+    """A local path made absolute against ``base``; a Hub id left as it is."""
+    if not value or is_hub_id(value, relative_to=base):
+        return value
+    return str((base / Path(value).expanduser()).resolve())
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _show(value: Any) -> str:
+    kinds = {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }
+    kind = kinds.get(type(value), type(value).__name__)
+    shown = f'"{value}"' if isinstance(value, str) else repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{shown} ({kind})"
+
+
+def _problems_from(exc: ValidationError, *, prefix: str, note: str = "") -> list[RecipeProblem]:
+    """One problem per key; the members of a union (``true`` or ``"auto"``) are joined by 'or'."""
+    expected: dict[str, list[str]] = {}
+    found: dict[str, Any] = {}
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+        key = ".".join([prefix, *loc]) if loc else prefix
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "required key is missing"
+        elif loc:
+            msg = "expected " + msg.removeprefix("Input should be ")
+            found.setdefault(key, err["input"])
+        if msg not in expected.setdefault(key, []):
+            expected[key].append(msg)
+    problems = []
+    for key, msgs in expected.items():
+        text = " or ".join([msgs[0], *(m.removeprefix("expected ") for m in msgs[1:])]) + note
+        if key in found:
+            text += f", found {_show(found[key])}"
+        problems.append(RecipeProblem(key, text))
+    return problems
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic adds the union member to a location (``literal['auto']``, ``list[str]``)."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"})

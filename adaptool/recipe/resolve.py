@@ -1,0 +1,36 @@
+"""A recipe's plugins, resolved once: the chosen formatter, quantizer and PEFT method,
+instantiated with their validated options from the process-wide registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from adaptool.plugins import registry
+
+if TYPE_CHECKING:
+    from adaptool.base import Formatter, PeftMethod, Plugin, Quantizer
+    from adaptool.recipe.schema import Recipe
+
+
+@dataclass(frozen=True)
+class RecipePlugins:
+    """The plugins a recipe names, ready to use."""
+
+    formatter: Formatter
+    quantizer: Quantizer
+    method: PeftMethod
+
+    def __iter__(self) -> Iterator[Plugin]:
+        return iter((self.formatter, self.quantizer, self.method))
+
+
+def resolve_plugins(recipe: Recipe) -> RecipePlugins:
+    """Instantiate the recipe's plugins (a PluginError for a name not installed)."""
+    create = registry().create
+    return RecipePlugins(
+        formatter=create("formatter", recipe.data.formatter, recipe.data.options),
+        quantizer=create("quantizer", recipe.quantization.backend, recipe.quantization.options),
+        method=create("peft-method", recipe.peft.method, recipe.peft.options),
+    )

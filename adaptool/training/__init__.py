@@ -1,0 +1,2 @@
+"""Training: setup / fit / finish, with batching, checkpoints, metrics, progress and the loss
+plot."""

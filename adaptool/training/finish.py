@@ -1,0 +1,138 @@
+"""Finishing a run: the manifest built from what the run did, and the output dir written so
+that it is complete once ``adaptool.json`` is there — adapter, tokenizer, resolved recipe, loss
+plot, model card, the held-out rows and a few formatted samples for later commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adaptool.artifacts import index
+from adaptool.artifacts.card import model_card
+from adaptool.artifacts.layout import CARD, FINAL_TMP, HELDOUT, LOSS_PLOT, RECIPE, Kind
+from adaptool.artifacts.manifest import (
+    Manifest,
+    PeftRecord,
+    PluginRecord,
+    file_sha256,
+    git_info,
+    new_manifest,
+    write_manifest,
+)
+from adaptool.modeling import device
+from adaptool.training.plot import plot_losses
+
+if TYPE_CHECKING:
+    from adaptool.training.setup import Session
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int
+    total_steps: int
+    interrupted: bool
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    tokens: int = 0
+    wall_time: float = 0.0
+    manifest: Manifest | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_manifest(session: Session, result: TrainResult) -> Manifest:
+    """What the run did, for ``adaptool.json``."""
+    recipe, plugins, data = session.recipe, session.plugins, session.data
+    t = recipe.training
+    quantizer, method, formatter = plugins.quantizer, plugins.method, plugins.formatter
+    return new_manifest(
+        Kind.ADAPTER,
+        session.base,
+        quantization=PluginRecord(
+            quantizer.name, quantizer.version, dict(recipe.quantization.options)
+        ),
+        peft=PeftRecord(
+            method=method.name,
+            version=method.version,
+            **recipe.peft.model_dump(exclude={"options", "method"}),
+            options=dict(recipe.peft.options),
+            trainable_params=session.trainable,
+            total_params=session.total_params,
+            init_adapter=str(session.init_adapter) if session.init_adapter else None,
+        ),
+        formatter=PluginRecord(formatter.name, formatter.version, dict(recipe.data.options)),
+        data={
+            "source": recipe.data.source,
+            "split": recipe.data.split,
+            "fingerprint": getattr(data.rows, "_fingerprint", None),
+            "rows": len(data.rows),
+            "train_rows": len(data.train_set),
+            "eval_rows": len(data.eval_set),
+            "truncated": data.truncated,
+            "skipped": data.dropped,
+            "eval_fraction": recipe.data.eval_fraction,
+            "max_length": recipe.data.max_length,
+            "train_on_prompt": recipe.data.train_on_prompt,
+        },
+        training=t.model_dump()
+        | {
+            "steps": result.step,
+            "total_steps": result.total_steps,
+            "device": device(),
+            "gradient_checkpointing_used": session.checkpointing,
+            "precision_used": session.precision,
+        },
+        seed=t.seed,
+        recipe={
+            "path": str(recipe.path) if recipe.path else None,
+            "git": git_info(recipe.path) if recipe.path else None,
+        },
+        results={
+            "train_loss": result.train_loss,
+            "eval_loss": result.eval_loss,
+            "tokens": result.tokens,
+            "wall_time_s": round(result.wall_time, 2),
+        },
+        samples=data.samples,
+    )
+
+
+def write_output(
+    out: Path, session: Session, manifest: Manifest, records: list[dict[str, Any]]
+) -> None:
+    """Everything is written to a temporary folder first, then moved in; the manifest goes
+    last, so a folder with ``adaptool.json`` always holds a complete result."""
+    recipe = session.recipe
+    tmp = out / FINAL_TMP
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    session.model.save_pretrained(str(tmp))
+    session.tokenizer.save_pretrained(str(tmp))
+    (tmp / RECIPE).write_text(recipe.to_toml(), encoding="utf-8")
+    plot_losses(
+        records,
+        tmp / LOSS_PLOT,
+        title=f"{Path(recipe.model.name).name} + "
+        f"{recipe.peft.method} ({recipe.quantization.backend})",
+    )
+    eval_rows = session.data.eval_rows
+    if eval_rows is not None:
+        eval_rows.to_json(str(tmp / HELDOUT), lines=True, force_ascii=False)
+        manifest.heldout = {
+            "file": HELDOUT,
+            "rows": len(eval_rows),
+            "sha256": file_sha256(tmp / HELDOUT),
+            "source": recipe.data.source,
+            "fingerprint": getattr(session.data.rows, "_fingerprint", None),
+        }
+    # our card in place of peft's empty template; `adaptool push` writes it anew for the repo
+    name = (recipe.hub.repo_id if recipe.hub else None) or str(out)
+    (tmp / CARD).write_text(model_card(tmp, repo_id=name, manifest=manifest), encoding="utf-8")
+    for path in sorted(tmp.iterdir()):
+        os.replace(path, out / path.name)
+    tmp.rmdir()
+    write_manifest(out, manifest)
+    index.record_output(out, manifest, "trained")

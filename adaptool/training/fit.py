@@ -1,0 +1,240 @@
+"""The training loop: optimizer steps over length-grouped batches, the loss the mean over
+completion tokens of the whole accumulated batch, metrics logged per window, evaluation and
+checkpoints at their steps, Ctrl-C turned into a checkpoint. Its state (:class:`LoopState`)
+is what a checkpoint saves, so a resumed run continues exactly."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adaptool.encoding import IGNORE_INDEX, Encoded
+from adaptool.modeling import device
+from adaptool.training.batching import collate
+from adaptool.training.checkpoint import capture_rng, save_checkpoint
+from adaptool.training.metrics import append_metrics
+
+if TYPE_CHECKING:
+    from adaptool.training.progress import Reporter
+    from adaptool.training.setup import Session
+
+
+@dataclass
+class Window:
+    """The open logging window: what the next logged record averages over."""
+
+    loss: float = 0.0
+    trained_tokens: int = 0
+    real_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: the step, the real tokens seen, the open window, the last eval loss.
+    Saved in every checkpoint and restored on resume."""
+
+    step: int = 0
+    tokens: int = 0
+    window: Window = field(default_factory=Window)
+    last_eval: float | None = None
+
+    def to_checkpoint(self, total_steps: int) -> dict[str, Any]:
+        w = self.window
+        return {
+            "tokens": self.tokens,
+            "total_steps": total_steps,
+            "window": [w.loss, w.trained_tokens, w.real_tokens],
+            "last_eval": self.last_eval,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> LoopState:
+        loss, trained, real = state.get("window", [0.0, 0, 0])
+        return cls(
+            step=state["step"],
+            tokens=state.get("tokens", 0),
+            window=Window(loss, trained, real),
+            last_eval=state.get("last_eval"),
+        )
+
+
+@dataclass
+class FitOutcome:
+    state: LoopState
+    records: list[dict[str, Any]]
+    interrupted: bool
+
+
+def fit(
+    session: Session,
+    out: Path,
+    state: LoopState,
+    records: list[dict[str, Any]],
+    reporter: Reporter,
+) -> FitOutcome:
+    """Run from ``state.step`` to the session's last step (or a Ctrl-C), logging to ``out``'s
+    metrics and checkpointing there."""
+    import torch
+
+    t = session.recipe.training
+    model, optimizer, scheduler = session.model, session.optimizer, session.scheduler
+    train_set, eval_set = session.data.train_set, session.data.eval_set
+    total_steps, accumulation = session.total_steps, t.gradient_accumulation_steps
+    dev = device()
+    autocast, scaler = _mixed_precision(session.precision, dev)
+    tokenizer = session.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eval_every = t.eval_steps or t.save_steps or total_steps
+    window = state.window
+    window.started = time.monotonic()
+    reporter.start(total=total_steps, initial=state.step)
+    with StopOnInterrupt(reporter) as stop:
+        while state.step < total_steps and not stop.requested:
+            model.train()
+            group = [
+                session.plan.batch_at(state.step * accumulation + k) for k in range(accumulation)
+            ]
+            n_trained = sum(train_set[i].trained_tokens for batch in group for i in batch)
+            for batch_rows in group:
+                batch = collate([train_set[i] for i in batch_rows], pad_id)
+                batch = {k: v.to(dev) for k, v in batch.items()}
+                with autocast():
+                    summed = loss_sum(model, batch)
+                scaled = summed / n_trained
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                window.loss += summed.item()
+                window.real_tokens += int(batch["attention_mask"].sum())
+            window.trained_tokens += n_trained
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if t.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(session.params, t.max_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            step = state.step
+            record: dict[str, Any] | None = None
+            if step % t.logging_steps == 0 or step == total_steps:
+                elapsed = max(time.monotonic() - window.started, 1e-9)
+                state.tokens += window.real_tokens
+                record = {
+                    "step": step,
+                    "epoch": round(step * accumulation / session.plan.batches_per_epoch, 4),
+                    "loss": window.loss / max(window.trained_tokens, 1),
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens": state.tokens,
+                    "tokens_per_s": window.real_tokens / elapsed,
+                }
+                window = state.window = Window()
+            if eval_set and (step % eval_every == 0 or step == total_steps):
+                state.last_eval = evaluate_loss(model, eval_set, t.batch_size, pad_id)
+                record = (record or {"step": step}) | {"eval_loss": state.last_eval}
+            if record is not None:
+                records.append(record)
+                append_metrics(out, record)
+                reporter.log(record)
+            at_save = t.save_steps and step % t.save_steps == 0
+            if step < total_steps and (at_save or stop.requested):
+                save_checkpoint(
+                    out,
+                    step=step,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    rng_state=capture_rng(),
+                    extra=state.to_checkpoint(total_steps),
+                )
+        interrupted = stop.requested and state.step < total_steps
+    reporter.finish()
+    return FitOutcome(state, records, interrupted)
+
+
+class StopOnInterrupt:
+    """Ctrl-C (SIGINT) asks the loop to stop after the current optimizer step, which is then
+    checkpointed; a second Ctrl-C stops at once. Outside the main thread it does nothing."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.reporter.info(
+            "interrupt: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)"
+        )
+
+    def __enter__(self) -> StopOnInterrupt:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _mixed_precision(precision: str, dev: str) -> tuple[Any, Any]:
+    """On a GPU, fp16/bf16 run under autocast (fp16 with loss scaling). On the CPU training
+    stays in the weights' dtype: CPU autocast doubles peak memory for no speed, and CPU fp16
+    is not supported, so fp16 there means fp32 (said once)."""
+    import contextlib
+
+    import torch
+
+    if dev == "cuda" and precision in ("fp16", "bf16"):
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+    if precision == "fp16":
+        import warnings
+
+        warnings.warn('precision = "fp16" needs a GPU; training in fp32 on the CPU', stacklevel=3)
+    return contextlib.nullcontext, None
+
+
+def loss_sum(model: Any, batch: dict[str, Any]) -> Any:
+    """Summed cross-entropy over the trained (label != IGNORE_INDEX) next tokens."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1].float()
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def evaluate_loss(model: Any, data: list[Encoded], batch_size: int, pad_id: int) -> float:
+    """Mean loss per trained token over ``data`` (no dropout, no gradients)."""
+    import torch
+
+    model.eval()
+    dev = device()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            chunk = data[start : start + batch_size]
+            batch = {k: v.to(dev) for k, v in collate(chunk, pad_id).items()}
+            total += loss_sum(model, batch).item()
+            count += sum(e.trained_tokens for e in chunk)
+    model.train()
+    return total / max(count, 1)

@@ -1,0 +1,252 @@
+"""Setting a training run up: the recipe's data formatted and tokenized, the base loaded
+through its quantizer and wrapped with the PEFT method, the optimizer and schedule built —
+everything :func:`~adaptool.training.fit.fit` needs, before the output dir is touched."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adaptool.artifacts.manifest import BaseModelRecord, content_hash
+from adaptool.data import check_columns, load_rows, split_eval
+from adaptool.encoding import Encoded, encode_rows
+from adaptool.errors import AdapterError, DataError, describe, param
+from adaptool.modeling import load_base, load_tokenizer, resolve_precision, weights_dtype
+from adaptool.training.batching import BatchPlan
+
+if TYPE_CHECKING:
+    import datasets
+
+    from adaptool.recipe.resolve import RecipePlugins
+    from adaptool.recipe.schema import Recipe
+    from adaptool.training.progress import Reporter
+
+#: training examples recorded (formatted) in the manifest for later commands
+SAMPLES = 4
+
+
+@dataclass
+class Data:
+    """The recipe's rows, split and encoded."""
+
+    rows: datasets.Dataset
+    train_set: list[Encoded]
+    eval_set: list[Encoded]
+    #: the held-out rows as loaded (None without an eval split)
+    eval_rows: datasets.Dataset | None
+    truncated: int
+    dropped: int
+    #: the first rows as the formatter renders them: {"prompt", "completion"}
+    samples: list[dict[str, str]]
+
+
+@dataclass
+class Session:
+    """A run set up: plugins, data, the wrapped model, optimizer, schedule and batch plan."""
+
+    recipe: Recipe
+    plugins: RecipePlugins
+    tokenizer: Any
+    data: Data
+    model: Any
+    base: BaseModelRecord
+    precision: str
+    checkpointing: bool
+    params: list[Any]
+    optimizer: Any
+    scheduler: Any
+    plan: BatchPlan
+    total_steps: int
+    trainable: int
+    total_params: int
+    init_adapter: Path | None
+
+
+def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter) -> Data:
+    """Load, check, split and encode the recipe's data (DataError on bad data)."""
+    rows = load_rows(recipe.data)
+    check_columns(rows, formatter, recipe.data.source)
+    train_rows, eval_rows = split_eval(rows, recipe.data.eval_fraction, recipe.training.seed)
+    train_set, dropped, truncated = _encode(train_rows, formatter, tokenizer, recipe)
+    eval_set = _encode(eval_rows, formatter, tokenizer, recipe)[0] if eval_rows is not None else []
+    if not train_set:
+        raise DataError(
+            f"none of the {len(train_rows)} training rows of {recipe.data.source} leaves a "
+            f"completion token to train on (formatter '{formatter.name}', max_length = "
+            f"{recipe.data.max_length}): `adaptool check` shows the examples."
+        )
+    reporter.info(
+        f"data: {len(rows)} rows from {recipe.data.source} -> {len(train_set)} train, "
+        f"{len(eval_set)} eval; {truncated} truncated to max_length = {recipe.data.max_length}"
+        + (f"; {dropped} skipped (nothing left to train on)" if dropped else "")
+    )
+    samples = []
+    for i in range(min(SAMPLES, len(rows))):
+        example = formatter.format(rows[i], tokenizer)
+        samples.append({"prompt": example.prompt, "completion": example.completion})
+    return Data(rows, train_set, eval_set, eval_rows, truncated, dropped, samples)
+
+
+def setup(
+    recipe: Recipe,
+    plugins: RecipePlugins,
+    *,
+    init_adapter: Path | None,
+    reporter: Reporter,
+) -> Session:
+    """Everything a run needs, loaded and checked; nothing written."""
+    import torch
+    from transformers import get_scheduler
+
+    t = recipe.training
+    model_section = recipe.model
+    tokenizer = load_tokenizer(
+        model_section.name,
+        revision=model_section.revision,
+        trust_remote_code=model_section.trust_remote_code,
+    )
+    data = load_data(recipe, plugins.formatter, tokenizer, reporter)
+
+    torch.manual_seed(t.seed)
+    random.seed(t.seed)
+    precision = resolve_precision(t.precision)
+    model = load_base(
+        model_section.name,
+        plugins.quantizer,
+        revision=model_section.revision,
+        dtype=model_section.dtype,
+        precision=precision,
+        trust_remote_code=model_section.trust_remote_code,
+    )
+    base = _base_record(recipe, model, precision)
+    checkpointing = _use_gradient_checkpointing(t.gradient_checkpointing, model, data.train_set, t)
+    model = _prepare_for_training(
+        model, quantized=plugins.quantizer.quantized, checkpointing=checkpointing
+    )
+    model = _wrap(model, plugins.method, recipe, init_adapter)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in model.parameters())
+    reporter.info(
+        f"trainable params: {trainable:,} || all params: {total_params:,} || "
+        f"trainable%: {100 * trainable / total_params:.4f}"
+    )
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    plan = BatchPlan(
+        [len(e.input_ids) for e in data.train_set], t.batch_size, t.seed, t.group_by_length
+    )
+    total_steps = t.max_steps or max(
+        1, math.ceil(t.total_epochs * plan.batches_per_epoch / t.gradient_accumulation_steps)
+    )
+    schedule = t.lr_scheduler
+    if schedule == "constant" and t.warmup_steps:
+        schedule = "constant_with_warmup"  # transformers' "constant" ignores warmup
+    scheduler = get_scheduler(
+        schedule,
+        optimizer,
+        num_warmup_steps=min(t.warmup_steps, total_steps),
+        num_training_steps=total_steps,
+    )
+    return Session(
+        recipe=recipe,
+        plugins=plugins,
+        tokenizer=tokenizer,
+        data=data,
+        model=model,
+        base=base,
+        precision=precision,
+        checkpointing=checkpointing,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        plan=plan,
+        total_steps=total_steps,
+        trainable=trainable,
+        total_params=total_params,
+        init_adapter=init_adapter,
+    )
+
+
+def _encode(rows: Any, formatter: Any, tokenizer: Any, recipe: Recipe) -> tuple[list, int, int]:
+    encoded = encode_rows(rows, formatter, tokenizer, recipe.data)
+    kept = [e for e in encoded if e.trained_tokens > 0]
+    return kept, len(encoded) - len(kept), sum(e.truncated for e in encoded)
+
+
+def _base_record(recipe: Recipe, model: Any, precision: str) -> BaseModelRecord:
+    local = recipe.model.is_local
+    return BaseModelRecord(
+        name=recipe.model.name,
+        revision=recipe.model.revision,
+        dtype=str(weights_dtype(recipe.model.dtype, precision)).removeprefix("torch."),
+        content_hash=content_hash(Path(recipe.model.name)) if local else None,
+        commit=None if local else getattr(model.config, "_commit_hash", None),
+        model_type=getattr(model.config, "model_type", None),
+    )
+
+
+def _use_gradient_checkpointing(
+    setting: bool | str, model: Any, data: list[Encoded], t: Any
+) -> bool:
+    """``auto``: on only when the activations of one micro-batch would not fit comfortably in
+    the memory left after loading the model."""
+    if isinstance(setting, bool):
+        return setting
+    import torch
+
+    config = model.config
+    hidden = getattr(config, "hidden_size", 1024)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 24)
+    longest = max(len(e.input_ids) for e in data)
+    tokens = t.batch_size * longest
+    element = 2 if str(model.dtype) in ("torch.bfloat16", "torch.float16") else 4
+    need = tokens * (hidden * layers * 34 * element + getattr(config, "vocab_size", 0) * 4 * 2)
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return need > 0.5 * free
+
+
+def _prepare_for_training(model: Any, *, quantized: bool, checkpointing: bool) -> Any:
+    """Freeze the base; gradient checkpointing when asked. A k-bit base in fp16 or fp32 goes
+    through peft's k-bit preparation, which also upcasts its non-quantized weights to fp32 (fp16
+    norms and heads are not stable to train through); a bf16 one is left in bf16, which is
+    stable, and is where its (de)quantized matmuls run at bf16 speed."""
+    import torch
+
+    kwargs = {"use_reentrant": False}
+    if quantized and model.dtype != torch.bfloat16:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=kwargs
+        )
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            model.enable_input_require_grads()
+    model.config.use_cache = False
+    return model
+
+
+def _wrap(model: Any, method: Any, recipe: Recipe, init_adapter: Path | None) -> Any:
+    from peft import PeftModel, get_peft_model
+
+    if init_adapter is None:
+        return get_peft_model(model, method.peft_config(recipe.peft))
+    try:
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    except Exception as exc:
+        raise AdapterError(
+            f"{param('init_adapter', 'DIR')} {init_adapter} does not fit the base "
+            f"{recipe.model.name}: {describe(exc)}"
+        ) from None
