@@ -130,15 +130,17 @@ def test_generate_merge_and_init_adapter_take_a_pulled_hub_id(hub, plugins, adap
 
         # train --init-adapter REPO_ID starts from the pulled copy
         from adaptool.artifacts import index as store
-        from adaptool.recipe import load_recipe
-        from adaptool.training.run import train
         from tests.test_train import recipe_file
 
         base = json.loads((adapter / "adaptool.json").read_text())["base_model"]["name"]
         path = recipe_file(tmp_path, base, steps=2)
-        recipe = load_recipe(path, [f"output.dir={tmp_path / 'again'}"])
-        result = train(recipe, init_adapter="alice/tagger")
-        assert result.manifest["peft"]["init_adapter"] == store.pulled("alice/tagger").path
+        again = tmp_path / "again"
+        trained_again = cli(
+            plugins, "train", path, "--output", again, "--init-adapter", "alice/tagger"
+        )
+        assert trained_again.exit_code == 0, trained_again.output
+        manifest = json.loads((again / "adaptool.json").read_text())
+        assert manifest["peft"]["init_adapter"] == store.pulled("alice/tagger").path
 
 
 def test_a_hub_id_not_pulled_yet_is_pulled_on_first_use(hub, plugins, adapter, tmp_path):
@@ -391,7 +393,10 @@ def test_corrupt_or_incomplete_adapters_are_refused(hub, plugins, adapter, tmp_p
             assert said in result.output and "Traceback" not in result.output, result.output
             shown = cli(plugins, "inspect", repo)
             assert shown.exit_code in (0, 2) and "Traceback" not in shown.output
-    assert not any(e.source == "pulled" for e in __import__("adaptool.artifacts.index").artifacts.index.entries())
+    assert not any(
+        e.source == "pulled"
+        for e in __import__("adaptool.artifacts.index").artifacts.index.entries()
+    )
 
 
 def test_pull_never_overwrites_its_base_and_records_an_absolute_base(

@@ -90,9 +90,7 @@ def test_a_non_lora_method_merges_exactly(tmp_path, tiny_bloom_dir, registry):
 def test_qlora_into_dequantized_and_original(tmp_path, tiny_bloom_dir, registry):
     adapter = trained(tmp_path, tiny_bloom_dir, backend="bnb-4bit")
     deq = merge(adapter, output=tmp_path / "deq", dtype="fp32")
-    orig = merge(
-        adapter, output=tmp_path / "orig", dtype="fp32", into="original"
-    )
+    orig = merge(adapter, output=tmp_path / "orig", dtype="fp32", into="original")
     as_trained_deq = deq.verification["as_trained"]["max_abs_logit_diff"]
     as_trained_orig = orig.verification["as_trained"]["max_abs_logit_diff"]
     # 4-bit with fp32 compute: the dequantized merge *is* the model as trained
@@ -112,17 +110,17 @@ def test_qlora_into_dequantized_and_original(tmp_path, tiny_bloom_dir, registry)
 
 
 def test_verification_catches_a_corrupted_merge(tmp_path, tiny_bloom_dir, registry, monkeypatch):
-    import adaptool.merge as merging
+    import adaptool.merging.merge as merging
 
     adapter = trained(tmp_path, tiny_bloom_dir)
-    real_fold = merging._fold
+    real_fold = merging.fold
 
-    def tampered(weight, *args):
-        folded = real_fold(weight, *args)
-        folded[0, :4] += 0.5  # one tensor, slightly wrong
-        return folded
+    def tampered(*args):
+        weight, bias = real_fold(*args)
+        weight[0, :4] += 0.5  # one tensor, slightly wrong
+        return weight, bias
 
-    monkeypatch.setattr(merging, "_fold", tampered)
+    monkeypatch.setattr(merging, "fold", tampered)
     with pytest.raises(MergeVerificationError, match="the merge is wrong"):
         merge(adapter, output=tmp_path / "bad", dtype="fp32")
     assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.tmp").exists()
@@ -177,9 +175,7 @@ def test_sharded_base_merges_shard_by_shard(tmp_path, tiny_bloom_dir, registry):
     shards = sorted(sharded.glob("model-*.safetensors"))
     assert len(shards) >= 3
     adapter = trained(tmp_path, tiny_bloom_dir)
-    result = merge(
-        adapter, output=tmp_path / "merged", dtype="fp32", base=str(sharded)
-    )
+    result = merge(adapter, output=tmp_path / "merged", dtype="fp32", base=str(sharded))
     assert result.shards == len(shards)
     assert sorted(p.name for p in result.output_dir.glob("model-*.safetensors")) == [
         p.name for p in shards
@@ -267,18 +263,12 @@ def test_cat_with_half_weights_averages_the_weight_deltas(
     from adaptool.merging.combine import combine
 
     a, b = two_adapters
-    combine(
-        [a, b], output=tmp_path / "avg", weights=[0.5, 0.5], combination="cat"
-    )
+    combine([a, b], output=tmp_path / "avg", weights=[0.5, 0.5], combination="cat")
     adapter_manifest = json.loads((tmp_path / "avg" / "adaptool.json").read_text())
     assert adapter_manifest["combined"]["weights"] == [0.5, 0.5]
     avg = merge(tmp_path / "avg", output=tmp_path / "avg-m", dtype="fp32")
-    da = weight_deltas(
-        merge(a, output=tmp_path / "ma", dtype="fp32").output_dir, tiny_bloom_dir
-    )
-    db = weight_deltas(
-        merge(b, output=tmp_path / "mb", dtype="fp32").output_dir, tiny_bloom_dir
-    )
+    da = weight_deltas(merge(a, output=tmp_path / "ma", dtype="fp32").output_dir, tiny_bloom_dir)
+    db = weight_deltas(merge(b, output=tmp_path / "mb", dtype="fp32").output_dir, tiny_bloom_dir)
     d = weight_deltas(avg.output_dir, tiny_bloom_dir)
     assert max((d[k] - 0.5 * (da[k] + db[k])).abs().max().item() for k in d) <= 1e-6
     assert max(da[k].abs().max().item() for k in da) > 1e-3  # the adapters do something
@@ -296,7 +286,7 @@ def test_combining_refuses_adapters_of_different_bases(tmp_path, tiny_bloom_dir,
     b = trained(tmp_path, other, name="b")
     with pytest.raises(AdapterError, match="different bases"):
         combine([a, b], output=tmp_path / "c")
-    with pytest.raises(AdaptoolError, match="needs --density"):
+    with pytest.raises(AdaptoolError, match="needs density="):
         combine([a, a], output=tmp_path / "c", combination="ties")
 
 
@@ -327,6 +317,11 @@ def test_cli_combines_adapters(tmp_path, plugins, two_adapters):
     assert result.exit_code == 0, result.output
     assert "combined 2 adapters (linear, weights 0.7, 0.3)" in result.output
     assert (tmp_path / "lin" / "adapter_model.safetensors").is_file()
+    args = ["merge", "--adapter", str(a), "--adapter", str(b), "--output", str(tmp_path / "t")]
+    ties = CliRunner().invoke(build_app(plugins), [*args, "--combine", "ties"])
+    assert ties.exit_code == 2 and "ties needs --density" in ties.output, ties.output
+    unknown = CliRunner().invoke(build_app(plugins), [*args, "--combine", "average"])
+    assert unknown.exit_code == 2 and "'average' is not one of" in unknown.output
 
 
 def test_peak_memory_stays_near_one_shard(tmp_path, tokenizer):

@@ -229,9 +229,7 @@ def test_override_paths_resolve_against_the_current_folder(tmp_path, registry):
     recipe_dir = tmp_path / "recipes"
     recipe_dir.mkdir()
     path = write_recipe(recipe_dir, MINIMAL)
-    recipe = load_recipe(
-        path, ["data.source=other.jsonl", "output.dir=runs/x"], cwd=tmp_path
-    )
+    recipe = load_recipe(path, ["data.source=other.jsonl", "output.dir=runs/x"], cwd=tmp_path)
     assert recipe.data.source == str(tmp_path / "other.jsonl")
     assert recipe.output.dir == str(tmp_path / "runs" / "x")
 

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from adaptool import AdaptoolError, DataError, RecipeError
-from adaptool.progress import Reporter
-from adaptool.recipe import load_recipe
 from adaptool.errors import OutputExists
+from adaptool.recipe import load_recipe
+from adaptool.training.progress import Reporter
 from adaptool.training.run import train
 from tests.conftest import DATA, write_recipe
 
@@ -79,12 +79,10 @@ def test_training_runs_and_the_loss_falls(tmp_path, tiny_bloom_dir, registry, ba
     if backend == "bf16":
         backend, bf16 = "none", "bf16"
     overrides = ["model.dtype='auto'", "training.precision='bf16'"] if bf16 else []
-    result = run(
-        tmp_path, tiny_bloom_dir, backend=backend, steps=16, overrides=overrides
-    )
+    result = run(tmp_path, tiny_bloom_dir, backend=backend, steps=16, overrides=overrides)
     if bf16:
-        assert result.manifest["base_model"]["dtype"] == "bfloat16"
-        assert result.manifest["training"]["precision_used"] == "bf16"
+        assert result.manifest.base_model.dtype == "bfloat16"
+        assert result.manifest.training["precision_used"] == "bf16"
     assert not result.interrupted and result.step == 16
     losses = [r["loss"] for r in records(result.output_dir) if "loss" in r]
     assert len(losses) == 16
@@ -165,9 +163,9 @@ def test_adapter_loads_with_plain_peft_and_matches_adaptool(tmp_path, tiny_bloom
 
 def test_loss_is_taken_on_completion_tokens_only(tokenizer):
     from adaptool.base import Example
-    from adaptool.training.batching import collate
     from adaptool.encoding import encode_examples
     from adaptool.testing import make_tiny_bloom
+    from adaptool.training.batching import collate
     from adaptool.training.fit import loss_sum as _loss_sum
 
     model = make_tiny_bloom(None, tokenizer)
@@ -187,10 +185,10 @@ def test_loss_is_taken_on_completion_tokens_only(tokenizer):
 
 
 def test_padding_to_a_multiple_changes_no_row_s_loss(tokenizer, monkeypatch):
-    from adaptool import batching
     from adaptool.base import Example
     from adaptool.encoding import encode_examples
     from adaptool.testing import make_tiny_bloom
+    from adaptool.training import batching
     from adaptool.training.fit import loss_sum as _loss_sum
 
     model = make_tiny_bloom(None, tokenizer).eval()
@@ -286,13 +284,22 @@ def test_ctrl_c_on_the_cli_leaves_a_resumable_checkpoint(tmp_path, tiny_bloom_di
     assert done.step == step + 2 and (tmp_path / "out" / "adaptool.json").is_file()
 
 
-def test_existing_output_dir_is_refused(tmp_path, tiny_bloom_dir, registry):
+def test_existing_output_dir_is_refused(tmp_path, tiny_bloom_dir, plugins):
+    import re
+
+    from typer.testing import CliRunner
+
+    from adaptool.cli import build_app
+
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
     path = recipe_file(tmp_path, tiny_bloom_dir, steps=2)
     recipe = load_recipe(path)
-    with pytest.raises(OutputExists, match=r"--resume .* --overwrite"):
+    # the library names its parameters, the command line its flags
+    with pytest.raises(OutputExists, match=r"resume=True .* overwrite=True"):
         train(recipe)
+    result = CliRunner().invoke(build_app(plugins), ["train", str(path)])
+    assert result.exit_code == 2 and re.search(r"--resume .* --overwrite", result.output)
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
     with pytest.raises(AdaptoolError, match="no checkpoint to resume"):
         train(recipe, resume=True)

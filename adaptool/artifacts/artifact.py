@@ -53,18 +53,13 @@ class Artifact:
                 f"{folder} is not a directory; give {what} dir (written by `adaptool train`, "
                 f"`adaptool merge` or peft)."
             )
-        kind = classify(top_level(folder) if listing is None else listing, where or str(folder))
+        names = set(top_level(folder) if listing is None else listing)
+        # a config that does not parse says more than what else is missing
+        name = ADAPTER_CONFIG if ADAPTER_CONFIG in names else MODEL_CONFIG
+        config = _read_config(folder / name) if (folder / name).is_file() else {}
+        kind = classify(names, where or str(folder))
         if expect is not None and kind != expect:
             raise AdapterError(f"{folder} is a {kind} model dir, not an {expect} dir.")
-        name = ADAPTER_CONFIG if kind == Kind.ADAPTER else MODEL_CONFIG
-        try:
-            config = json.loads((folder / name).read_text(encoding="utf-8"))
-            if not isinstance(config, dict):
-                raise ValueError("not a JSON object")
-            if kind == Kind.ADAPTER and "peft_type" not in config:
-                raise ValueError("no peft_type")
-        except (OSError, ValueError) as exc:
-            raise AdapterError(f"{folder / name} is not a valid config ({exc}).") from None
         return cls(folder, kind, read_manifest(folder), config)
 
     # -- what later commands ask ------------------------------------------------------------
@@ -114,3 +109,17 @@ class Artifact:
     def describe(self) -> str:
         origin = MANIFEST if self.manifest else "no adaptool manifest"
         return f"{self.path} ({self.kind}, {origin})"
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    adapter = path.name == ADAPTER_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+        if adapter and "peft_type" not in config:
+            raise ValueError("no peft_type")
+    except (OSError, ValueError) as exc:
+        what = "peft adapter config" if adapter else "model config"
+        raise AdapterError(f"{path} is not a valid {what} ({exc}).") from None
+    return config

@@ -156,7 +156,7 @@ def merge(
                 dequantize=dequantize,
             )
         result.seconds = round(time.monotonic() - started, 2)
-        result.manifest = _manifest(artifact, base_dir, peft_config, result)
+        result.manifest = _manifest(artifact, base, base_dir, peft_config, result)
         card = model_card(tmp, repo_id=str(out), manifest=result.manifest)
         (tmp / CARD).write_text(card, encoding="utf-8")
         write_manifest(tmp, result.manifest)
@@ -359,11 +359,13 @@ def _copy_side_files(
             shutil.copy2(source / name, tmp / name)
 
 
-def _manifest(artifact: Artifact, base_dir: Path, config: Any, result: MergeResult) -> Manifest:
+def _manifest(
+    artifact: Artifact, base: str | None, base_dir: Path, config: Any, result: MergeResult
+) -> Manifest:
     adapter_manifest = artifact.manifest
     return new_manifest(
         Kind.MERGED,
-        replace(artifact.base_model(), name=str(base_dir)),
+        replace(artifact.base_model(base), name=str(base_dir)),
         adapter={
             "path": str(artifact.path),
             "peft_type": str(config.peft_type),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from adaptool.check import check
-from adaptool.plugins import load_plugins
+from adaptool.plugins import load_plugins, use_plugins
 from adaptool.recipe import load_recipe
 from tests.conftest import write_recipe
 
@@ -53,6 +53,6 @@ conversations_column = "conversations"
 dir = "out"
 """,
     )
-    registry = load_plugins(strict=True, disabled=[]).registry
+    use_plugins(load_plugins(strict=True, disabled=[]))
     report = check(load_recipe(path))
     assert report.examples[0].segments[-1] == ("Hello!</s>", True)
