@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from adaptool.plugins import load_plugins, reset_plugins, use_plugins
+from adaptool.recipe import load_recipe
 from adaptool.testing import make_tiny_bloom, make_tokenizer
-
-DATA = Path(__file__).parent / "data"
-REPO = Path(__file__).parent.parent
-
-
-def corpus() -> list[str]:
-    texts = []
-    for name in ("quotes.jsonl", "instructions.jsonl", "chat.jsonl"):
-        for line in (DATA / name).read_text(encoding="utf-8").splitlines():
-            texts.append(json.dumps(json.loads(line), ensure_ascii=False))
-    texts.append((DATA / "text.csv").read_text(encoding="utf-8"))
-    return texts * 4
+from adaptool.training.run import train
+from tests.helpers import (
+    DATA,
+    GOOD,
+    OTHER,
+    corpus,
+    recipe_file,
+    recipe_text,
+    trained,
+    write_recipe,
+)
+from tests.hubserver import HubServer
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,42 @@ def _fresh_process_plugins(monkeypatch: pytest.MonkeyPatch, tmp_path_factory):
     reset_plugins()
 
 
-def write_recipe(directory: Path, text: str, name: str = "recipe.toml") -> Path:
-    path = directory / name
-    path.write_text(text, encoding="utf-8")
-    return path
+@pytest.fixture
+def two_adapters(tmp_path, tiny_bloom_dir, registry):
+    a = trained(tmp_path, tiny_bloom_dir, name="a")
+    b = trained(
+        tmp_path,
+        tiny_bloom_dir,
+        name="b",
+        extra=("training.seed=99", "data.train_on_prompt=true"),
+    )
+    return a, b
+
+
+@pytest.fixture
+def hub():
+    with HubServer(tokens={GOOD: "alice", OTHER: "bob"}) as server:
+        yield server
+    assert server.errors == []
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_bloom_dir):
+    """A LoRA adapter trained by adaptool (6 steps) on the tiny local BLOOM."""
+    use_plugins(load_plugins(entry_points=False, strict=False, disabled=[]))
+    return trained(tmp_path_factory.mktemp("trained"), tiny_bloom_dir)
+
+
+@pytest.fixture
+def quotes_recipe(tmp_path, tokenizer_dir):
+    return write_recipe(tmp_path, recipe_text(str(tokenizer_dir), str(DATA / "quotes.jsonl")))
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, tiny_bloom_dir):
+    from adaptool.plugins import load_plugins, use_plugins
+
+    use_plugins(load_plugins(entry_points=False))
+    tmp = tmp_path_factory.mktemp("adapter")
+    path = recipe_file(tmp, tiny_bloom_dir, steps=30)
+    return train(load_recipe(path)).output_dir

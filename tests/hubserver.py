@@ -923,6 +923,9 @@ def _client_patches(endpoint: str, home: str) -> list[tuple[object, str, object]
         (http, "_HUB_ORIGINS", http._HUB_ORIGINS | {origin}),
         (huggingface_hub, "HUGGINGFACE_CO_URL_TEMPLATE", settings["HUGGINGFACE_CO_URL_TEMPLATE"]),
     ]
+    transformers_hub = sys.modules.get("transformers.utils.hub")
+    if transformers_hub is not None:  # its shared HfApi keeps the endpoint it was made with
+        patches.append((transformers_hub, "_hf_api", None))
     datasets_config = sys.modules.get("datasets.config")  # only if imported already: it is slow
     if datasets_config is not None:
         datasets_url = endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"

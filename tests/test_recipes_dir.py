@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adaptool.recipe import load_recipe
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("*.toml"))
 

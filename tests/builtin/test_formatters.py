@@ -8,7 +8,7 @@ from adaptool import DataError, Example, ModelError
 from adaptool.data import check_columns, load_rows
 from adaptool.encoding import IGNORE_INDEX, encode_examples
 from adaptool.recipe import DataSection
-from tests.conftest import DATA
+from tests.helpers import DATA
 
 NOTEBOOK_ROW = {
     "quote": "“Be yourself; everyone else is already taken.”",
@@ -192,3 +192,26 @@ def test_quote_tags_score_reads_tags_rendered_as_text(registry, tokenizer):
     rows = [{"quote": "q", "tags": "['books', 'humor']"}]
     score = fmt.score(rows, [Generation("p", "['books', 'humor']", 6, True, 0.1)], tokenizer)
     assert score["tag_f1"] == 1.0 and score["exact_tag_set"] == 1.0
+
+
+def test_quote_tags_score_counts_tags(registry, tokenizer):
+    from adaptool.generate import Generation
+
+    fmt = registry.get("formatter", "quote-tags")()
+    rows = [
+        {"quote": "q", "tags": ["a", "b"]},
+        {"quote": "q", "tags": ["c"]},
+        {"quote": "q", "tags": ["d"]},
+    ]
+    outs = [
+        Generation("p", "['a', 'x']", 5, True, 0.1),
+        Generation("p", "['c']", 3, True, 0.1),
+        Generation("p", "['d'] and more", 9, False, 0.1),
+    ]
+    score = fmt.score(rows, outs, tokenizer)
+    assert score["tag_precision"] == pytest.approx(2 / 3)
+    assert score["tag_recall"] == pytest.approx(2 / 4)
+    assert score["tag_f1"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert score["parses"] == pytest.approx(2 / 3)
+    assert score["stopped_at_eos"] == pytest.approx(2 / 3)
+    assert score["exact_tag_set"] == pytest.approx(1 / 3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ from typer.testing import CliRunner
 
 from adaptool import __version__
 from adaptool.cli import build_app
-from tests.conftest import REPO, write_recipe
+from tests.helpers import REPO, write_recipe
 
 COMMANDS = ["train", "merge", "generate", "eval", "push", "pull", "check", "plugins", "inspect"]
 
@@ -52,35 +51,6 @@ def test_console_script_is_installed():
     assert exe, "the adaptool console script is not on PATH"
     out = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"adaptool {__version__}"
-
-
-def test_plugins_json_lists_builtins_with_distribution(plugins):
-    result = run(plugins, "plugins", "--json")
-    assert result.exit_code == 0
-    data = json.loads(result.output)
-    by_name = {p["name"]: p for p in data["plugins"]}
-    formatters = by_name["adaptool.builtin.formatters"]
-    assert formatters["distribution"] == "adaptool" and formatters["version"] == __version__
-    assert formatters["registers"] == {"formatter": ["quote-tags", "text", "instruction", "chat"]}
-    assert by_name["adaptool.builtin.commands"]["registers"]["commands"] == [
-        "train",
-        "generate",
-        "eval",
-        "merge",
-        "push",
-        "pull",
-        "inspect",
-        "ls",
-        "check",
-        "plugins",
-    ]
-    assert data["problems"] == [] and data["blocked"] == []
-
-
-def test_plugins_table(plugins):
-    result = run(plugins, "plugins")
-    assert result.exit_code == 0
-    assert "quote-tags" in result.output and "bnb-4bit" in result.output
 
 
 def test_train_validates_the_recipe_first(plugins, tmp_path):

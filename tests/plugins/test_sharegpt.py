@@ -6,7 +6,7 @@ from __future__ import annotations
 from adaptool.check import check
 from adaptool.plugins import load_plugins, use_plugins
 from adaptool.recipe import load_recipe
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 ROW = {
     "conversations": [

@@ -9,7 +9,7 @@ import pytest
 
 from adaptool import RecipeError
 from adaptool.recipe import load_recipe, parse_override, resolve_plugins, validate_recipe
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 MINIMAL = """
 [model]

@@ -1,0 +1,110 @@
+"""train() end to end: the loss falls, interrupted and resumed runs, the output dir's refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adaptool import AdaptoolError, DataError
+from adaptool.errors import OutputExists
+from adaptool.recipe import load_recipe
+from adaptool.training.run import train
+from tests.helpers import (
+    DATA,
+    InterruptAt,
+    recipe_file,
+    records,
+    run,
+)
+
+
+@pytest.mark.parametrize("backend", ["none", "bnb-8bit", "bnb-4bit", "bf16", "bnb-8bit+bf16"])
+def test_training_runs_and_the_loss_falls(tmp_path, tiny_bloom_dir, registry, backend):
+    # "+bf16": bf16 base weights (precision bf16 with model.dtype auto) under fp32 adapters, as
+    # precision "auto" chooses on CPUs with native bf16; a bf16 k-bit base stays bf16
+    backend, _, bf16 = backend.partition("+")
+    if backend == "bf16":
+        backend, bf16 = "none", "bf16"
+    overrides = ["model.dtype='auto'", "training.precision='bf16'"] if bf16 else []
+    result = run(tmp_path, tiny_bloom_dir, backend=backend, steps=16, overrides=overrides)
+    if bf16:
+        assert result.manifest.base_model.dtype == "bfloat16"
+        assert result.manifest.training["precision_used"] == "bf16"
+    assert not result.interrupted and result.step == 16
+    losses = [r["loss"] for r in records(result.output_dir) if "loss" in r]
+    assert len(losses) == 16
+    # a random tiny base starts near uniform (ln 400 = 5.99 nats); the adapter must move it
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.4, losses
+    assert result.eval_loss is not None
+    weights = load_file(str(result.output_dir / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())
+    assert all(v.dtype == torch.float32 for v in weights.values())  # adapters stay fp32
+    if backend != "none":  # the k-bit or bf16 base stays frozen: only LoRA tensors are saved
+        assert all("lora_" in k for k in weights)
+
+
+@pytest.mark.parametrize("backend", ["none", "bnb-4bit"])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_bloom_dir, registry, backend):
+    whole = (
+        run(tmp_path / "a", tiny_bloom_dir, backend=backend, steps=10)
+        if (tmp_path / "a").mkdir() is None
+        else None
+    )
+    path = recipe_file(tmp_path / "a", tiny_bloom_dir, backend=backend, steps=10, name="b.toml")
+    recipe = load_recipe(path, ["output.dir=" + str(tmp_path / "b")])
+    first = train(recipe, reporter=InterruptAt(6))
+    assert first.interrupted and first.step == 6
+    assert (tmp_path / "b" / "checkpoints" / "step-0000006").is_dir()
+    assert not (tmp_path / "b" / "adaptool.json").exists()
+    resumed = train(recipe, resume=True)
+    assert not resumed.interrupted and resumed.step == 10
+    a = load_file(str(whole.output_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.output_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert [r["loss"] for r in records(whole.output_dir)] == pytest.approx(
+        [r["loss"] for r in records(resumed.output_dir)], abs=1e-6
+    )
+
+
+def test_existing_output_dir_is_refused(tmp_path, tiny_bloom_dir, plugins):
+    import re
+
+    from typer.testing import CliRunner
+
+    from adaptool.cli import build_app
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=2)
+    recipe = load_recipe(path)
+    # the library names its parameters, the command line its flags
+    with pytest.raises(OutputExists, match=r"resume=True .* overwrite=True"):
+        train(recipe)
+    result = CliRunner().invoke(build_app(plugins), ["train", str(path)])
+    assert result.exit_code == 2 and re.search(r"--resume .* --overwrite", result.output)
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+    with pytest.raises(AdaptoolError, match="no checkpoint to resume"):
+        train(recipe, resume=True)
+    # --overwrite replaces adaptool's own output only: a foreign folder is left alone
+    with pytest.raises(AdaptoolError, match="does not look like something adaptool wrote"):
+        train(recipe, overwrite=True)
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+    (tmp_path / "out" / "precious.txt").unlink()
+    first = train(recipe)
+    again = train(recipe, overwrite=True)
+    assert first.output_dir == again.output_dir and again.step == 2
+    # and never an input of the run
+    with pytest.raises(AdaptoolError, match="would replace the input"):
+        train(recipe, output_dir=tiny_bloom_dir.parent, overwrite=True)
+
+
+def test_overwrite_keeps_the_old_result_when_the_new_run_fails_early(
+    tmp_path, tiny_bloom_dir, registry
+):
+    first = run(tmp_path, tiny_bloom_dir, steps=2)
+    path = recipe_file(tmp_path, tiny_bloom_dir, source=DATA / "text.csv", name="bad.toml")
+    with pytest.raises(DataError):
+        train(load_recipe(path), overwrite=True)
+    assert (first.output_dir / "adaptool.json").is_file()

@@ -1,0 +1,54 @@
+"""Setting a run up: init from an adapter, bad data refused before anything is written, the
+schedule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from adaptool import DataError, RecipeError
+from adaptool.recipe import load_recipe
+from adaptool.training.run import train
+from tests.helpers import (
+    DATA,
+    recipe_file,
+    records,
+    run,
+)
+
+
+def test_init_adapter_starts_from_an_existing_adapter(tmp_path, tiny_bloom_dir, registry):
+    first = run(tmp_path, tiny_bloom_dir, steps=4)
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=1, name="second.toml")
+    overrides = ["output.dir=" + str(tmp_path / "second"), "training.learning_rate=1e-9"]
+    recipe = load_recipe(path, overrides)
+    second = train(recipe, init_adapter=first.output_dir)
+    a = load_file(str(first.output_dir / "adapter_model.safetensors"))
+    b = load_file(str(second.output_dir / "adapter_model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4  # started from it
+    manifest = json.loads((second.output_dir / "adaptool.json").read_text())
+    assert manifest["peft"]["init_adapter"] == str(first.output_dir)
+
+
+def test_missing_column_empty_data_and_unknown_formatter(tmp_path, tiny_bloom_dir, registry):
+    path = recipe_file(tmp_path, tiny_bloom_dir, source=DATA / "text.csv")
+    with pytest.raises(DataError, match=r"no column 'quote', 'tags'.*'quote-tags'"):
+        train(load_recipe(path))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    path = recipe_file(tmp_path, tiny_bloom_dir, source=empty, name="e.toml")
+    with pytest.raises(DataError, match=r"empty\.jsonl has no rows"):
+        train(load_recipe(path))
+    with pytest.raises(RecipeError, match="unknown formatter 'tagger'"):
+        load_recipe(path, ["data.formatter=tagger"])
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_constant_schedule_keeps_its_warmup(tmp_path, tiny_bloom_dir, registry):
+    overrides = ['training.lr_scheduler="constant"', "training.warmup_steps=4"]
+    result = run(tmp_path, tiny_bloom_dir, steps=6, overrides=overrides)
+    lrs = [r["lr"] for r in records(result.output_dir) if "lr" in r]
+    assert lrs[:4] == pytest.approx([3e-2 * k / 4 for k in (1, 2, 3, 4)])
+    assert lrs[4:] == pytest.approx([3e-2, 3e-2])
