@@ -7,9 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from adaptool import AdapterError
-from adaptool.artifacts.loading import open_target
+from adaptool import AdapterError, PluginError
+from adaptool.artifacts.loading import open_target, recorded_formatter, recorded_quantizer
 from adaptool.cli import build_app
+from adaptool.errors import AdaptoolWarning
 
 
 def test_targets_that_cannot_be_opened(tmp_path, registry, plugins):
@@ -26,3 +27,74 @@ def test_targets_that_cannot_be_opened(tmp_path, registry, plugins):
     (broken / "adapter_config.json").write_text("{not json")
     result = CliRunner().invoke(build_app(plugins), ["generate", str(broken), "hi"])
     assert result.exit_code == 2 and "not a valid peft adapter config" in result.output
+
+
+def _with_manifest(adapter, tmp_path, change):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(adapter, copy)
+    manifest = json.loads((copy / "adaptool.json").read_text())
+    change(manifest)
+    (copy / "adaptool.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_options_the_installed_plugin_no_longer_accepts_are_a_clear_error(
+    adapter, tmp_path, plugins
+):
+    """Never dropped silently, never a pydantic traceback: the plugin, the option and both
+    versions are named."""
+    from adaptool.artifacts.manifest import read_manifest
+
+    def renamed_option(manifest):
+        manifest["formatter"]["options"]["tag_column"] = "labels"  # an option it never had
+        manifest["formatter"]["version"] = "0"
+
+    copy = _with_manifest(adapter, tmp_path, renamed_option)
+    with pytest.raises(PluginError) as err:
+        recorded_formatter(read_manifest(copy), str(copy))
+    message = str(err.value)
+    assert "formatter 'quote-tags'" in message and "tag_column" in message
+    assert "version 0" in message and "version 1 is installed" in message
+
+    def wrong_type(manifest):
+        manifest["quantization"] = {"backend": "bnb-8bit", "options": {"threshold": "high"}}
+
+    copy = _with_manifest(adapter, tmp_path / "q", wrong_type)
+    with pytest.raises(PluginError, match=r"quantizer 'bnb-8bit' does not accept .*threshold"):
+        recorded_quantizer(read_manifest(copy), str(copy))
+    result = CliRunner().invoke(build_app(plugins), ["generate", str(copy), "x"])
+    assert result.exit_code == 2 and "threshold" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_formatter_of_another_version_is_used_with_a_warning(adapter, tmp_path, plugins):
+    from adaptool.artifacts.manifest import read_manifest
+
+    def older(manifest):
+        manifest["formatter"]["version"] = "0"
+
+    copy = _with_manifest(adapter, tmp_path, older)
+    with pytest.warns(AdaptoolWarning, match="version 0 of 'quote-tags'; version 1 is installed"):
+        formatter = recorded_formatter(read_manifest(copy), str(copy))
+    assert formatter.name == "quote-tags"
+    args = ["generate", str(copy), "Be yourself.", "--json", "--max-new-tokens", "2"]
+    result = CliRunner().invoke(build_app(plugins), args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning: ") == 1 and "may differ" in result.output
+
+
+def test_a_recorded_formatter_that_cannot_be_recreated_leaves_raw_prompts(
+    adapter, tmp_path, plugins
+):
+    def gone(manifest):
+        manifest["formatter"] = {"name": "shout", "version": "1", "options": {}}
+
+    copy = _with_manifest(adapter, tmp_path, gone)
+    target = open_target(copy)
+    assert target.formatter is None and "unknown formatter 'shout'" in str(target.formatter_error)
+    refused = CliRunner().invoke(build_app(plugins), ["generate", str(copy), "x"])
+    assert refused.exit_code == 2 and "--raw" in refused.output
+    args = ["generate", str(copy), "x", "--raw", "--max-new-tokens", "2"]
+    assert CliRunner().invoke(build_app(plugins), args).exit_code == 0

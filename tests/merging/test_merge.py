@@ -35,7 +35,9 @@ def test_merged_equals_adapter_plus_base(tmp_path, tiny_bloom_dir, registry, ext
 
 
 def test_a_non_lora_method_merges_exactly(tmp_path, tiny_bloom_dir, registry):
-    """IA3, made with plain peft, folded by adaptool."""
+    """IA3, made with plain peft, folded by adaptool. IA3 scales the output of the layers it
+    adapts outside feedforward_modules, bias included: on a base with non-zero biases (which an
+    all-zero bias would hide) the merged bias must be scaled too."""
     from peft import IA3Config, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -59,6 +61,14 @@ def test_a_non_lora_method_merges_exactly(tmp_path, tiny_bloom_dir, registry):
     )
     expected = adapter_logits(tmp_path / "ia3", tiny_bloom_dir)
     assert (merged_logits(result.output_dir) - expected).abs().max().item() <= 1e-5
+    key = "transformer.h.0.self_attention.query_key_value"
+    base = load_file(str(tiny_bloom_dir / "model.safetensors"))
+    merged = load_file(str(result.output_dir / "model.safetensors"))
+    scale = load_file(str(tmp_path / "ia3" / "adapter_model.safetensors"))[
+        f"base_model.model.{key}.ia3_l"
+    ].flatten()
+    assert base[f"{key}.bias"].abs().min() > 0
+    torch.testing.assert_close(merged[f"{key}.bias"], base[f"{key}.bias"] * scale)
 
 
 def test_qlora_into_dequantized_and_original(tmp_path, tiny_bloom_dir, registry):
@@ -141,3 +151,28 @@ def test_sharded_base_merges_shard_by_shard(tmp_path, tiny_bloom_dir, registry):
     assert set(index["weight_map"]) == set().union(*(load_file(str(s)).keys() for s in shards))
     expected = adapter_logits(adapter, tiny_bloom_dir)
     assert (merged_logits(result.output_dir) - expected).abs().max().item() <= 1e-5
+
+
+def test_base_given_when_the_recorded_base_is_gone(tmp_path, tiny_bloom_dir, plugins):
+    """An adapter trained on another machine (its recorded base does not exist here) merges
+    with base= and verifies against that base — single adapters and combinations alike."""
+    import shutil
+
+    from adaptool.merging.combine import combine
+
+    there = tmp_path / "there"
+    shutil.copytree(tiny_bloom_dir, there)
+    a = trained(tmp_path, there, name="a")
+    b = trained(tmp_path, there, name="b", extra=("training.seed=5",))
+    shutil.rmtree(there)  # the machine it was trained on
+    here = tmp_path / "here"
+    shutil.copytree(tiny_bloom_dir, here)
+
+    result = merge(a, output=tmp_path / "m", dtype="fp32", base=str(here))
+    assert result.verification["reference"]["max_abs_logit_diff"] <= 1e-4
+    expected = adapter_logits(a, here)
+    assert (merged_logits(result.output_dir) - expected).abs().max().item() <= 1e-5
+    assert result.manifest.base_model.name == str(here)
+
+    both = combine([a, b], output=tmp_path / "c", full=True, base=str(here), dtype="fp32")
+    assert both.merged.verification["reference"]["max_abs_logit_diff"] <= 1e-4

@@ -32,3 +32,34 @@ def test_an_adapter_trained_on_a_bf16_base_verifies_in_fp32(tmp_path, tiny_bloom
     adapter = trained(tmp_path, tiny_bloom_dir, extra=('model.dtype="bfloat16"',))
     result = merge(adapter, output=tmp_path / "m", dtype="fp32")
     assert result.verification["reference"]["max_abs_logit_diff"] <= 1e-4
+
+
+def test_verification_runs_the_samples_recorded_at_training(tmp_path, tiny_bloom_dir, plugins):
+    """merge verifies on training examples the manifest recorded, as formatted then; it never
+    reloads the training data (here deleted after training)."""
+    import shutil
+
+    from adaptool.artifacts.artifact import Artifact
+    from adaptool.data import load_file
+    from adaptool.merging.verify import FALLBACK_PROMPTS, recorded_prompts
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import DATA, recipe_file
+
+    data = tmp_path / "quotes.jsonl"
+    shutil.copy(DATA / "quotes.jsonl", data)
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=2, source=data)
+    adapter = train(load_recipe(path, [f"output.dir={tmp_path / 'a'}"])).output_dir
+    quote_tags = plugins.registry.get("formatter", "quote-tags")()
+    expected = []
+    for row in list(load_file(data))[:4]:
+        example = quote_tags.format(row, None)
+        expected.append(example.prompt + example.completion)
+    data.unlink()
+
+    assert recorded_prompts(Artifact.read(adapter)) == expected
+    result = merge(adapter, output=tmp_path / "m", dtype="fp32")
+    assert result.verification["prompts"] == 4
+    plain = Artifact.read(adapter)
+    plain.manifest = None  # a plain peft adapter: fixed sentences
+    assert recorded_prompts(plain) == list(FALLBACK_PROMPTS)

@@ -1,0 +1,177 @@
+"""Datasets: load_rows / load_file on local files (with DataErrors naming the file), the eval
+split, and check_columns against a formatter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adaptool.builtin.formatters import QuoteTags
+from adaptool.data import check_columns, load_file, load_rows, split_eval
+from adaptool.errors import DataError
+from adaptool.recipe.schema import DataSection
+from tests.helpers import DATA
+
+
+def section(source, **kw) -> DataSection:
+    return DataSection(source=str(source), formatter="quote-tags", **kw)
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def rows_of(n: int):
+    import datasets
+
+    return datasets.Dataset.from_dict({"i": list(range(n))})
+
+
+# -- load_rows / load_file -----------------------------------------------------------------------
+
+
+def test_load_rows_reads_a_local_jsonl_file():
+    expected = lines(DATA / "quotes.jsonl")
+    rows = load_rows(section(DATA / "quotes.jsonl"))
+    assert len(rows) == len(expected)
+    assert rows.column_names == ["quote", "author", "tags"]
+    assert rows[0] == expected[0]
+
+
+def test_load_rows_reads_a_local_csv_file():
+    rows = load_rows(section(DATA / "text.csv"))
+    assert rows.column_names == ["text", "source"]
+    assert rows[1] == {"text": "Call me Ishmael.", "source": "melville"}
+
+
+def test_load_rows_honours_a_sliced_train_split():
+    rows = load_rows(section(DATA / "quotes.jsonl", split="train[:2]"))
+    assert len(rows) == 2
+    assert rows[1] == lines(DATA / "quotes.jsonl")[1]
+
+
+def test_a_missing_file_is_a_data_error_naming_it(tmp_path):
+    path = tmp_path / "nope.jsonl"
+    with pytest.raises(DataError) as exc:
+        load_rows(section(path))
+    assert str(path) in str(exc.value)
+    assert "does not exist" in str(exc.value)
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_an_empty_file_is_a_data_error_naming_it(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as exc:
+        load_rows(section(path))
+    assert str(path) in str(exc.value)
+    assert "no rows" in str(exc.value)
+
+
+def test_an_unsupported_suffix_is_a_data_error_naming_the_file(tmp_path):
+    path = tmp_path / "rows.txt"
+    path.write_text('{"quote": "x", "tags": []}\n', encoding="utf-8")
+    with pytest.raises(DataError) as exc:
+        load_rows(section(path))
+    assert str(path) in str(exc.value)
+    assert ".jsonl" in str(exc.value) and ".csv" in str(exc.value)
+
+
+def test_load_file_reads_by_suffix_and_refuses_others(tmp_path):
+    rows = load_file(DATA / "instructions.jsonl")
+    assert len(rows) == len(lines(DATA / "instructions.jsonl"))
+    assert "instruction" in rows.column_names
+    other = tmp_path / "rows.yaml"
+    other.write_text("a: 1\n", encoding="utf-8")
+    with pytest.raises(DataError) as exc:
+        load_file(other)
+    assert str(other) in str(exc.value)
+
+
+def test_load_file_turns_a_parse_failure_into_a_data_error(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"quote": "x", "tags": [\nnot json at all\n', encoding="utf-8")
+    with pytest.raises(DataError) as exc:
+        load_file(path)
+    assert str(path) in str(exc.value)
+    assert "could not read" in str(exc.value)
+
+
+# -- split_eval ------------------------------------------------------------------------------------
+
+
+def test_fraction_zero_keeps_every_row_for_training():
+    rows = rows_of(5)
+    train, held = split_eval(rows, 0.0, seed=1)
+    assert train is rows
+    assert held is None
+
+
+def test_at_least_one_eval_row():
+    train, held = split_eval(rows_of(3), 0.01, seed=1)
+    assert len(held) == 1
+    assert len(train) == 2
+
+
+def test_split_is_disjoint_covers_every_row_and_rounds_the_fraction():
+    train, held = split_eval(rows_of(20), 0.25, seed=3)
+    assert len(held) == 5
+    assert len(train) == 15
+    assert set(train["i"]).isdisjoint(held["i"])
+    assert sorted([*train["i"], *held["i"]]) == list(range(20))
+
+
+def test_split_is_deterministic_for_a_seed():
+    first = list(split_eval(rows_of(30), 0.2, seed=7)[1]["i"])
+    again = list(split_eval(rows_of(30), 0.2, seed=7)[1]["i"])
+    assert first == again
+    others = [list(split_eval(rows_of(30), 0.2, seed=s)[1]["i"]) for s in (8, 9, 10)]
+    assert any(o != first for o in others)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_fewer_than_two_rows_cannot_be_split(n):
+    with pytest.raises(DataError) as exc:
+        split_eval(rows_of(n), 0.5, seed=1)
+    assert "at least 2 rows" in str(exc.value)
+    assert f"has {n}" in str(exc.value)
+
+
+# -- check_columns ---------------------------------------------------------------------------------
+
+
+def test_check_columns_accepts_rows_with_the_formatters_columns():
+    rows = load_rows(section(DATA / "quotes.jsonl"))
+    check_columns(rows, QuoteTags(), "quotes.jsonl")  # no error
+
+
+def test_a_missing_column_names_it_the_formatter_and_the_columns_found():
+    rows = load_rows(section(DATA / "text.csv"))
+    with pytest.raises(DataError) as exc:
+        check_columns(rows, QuoteTags(), "text.csv")
+    message = str(exc.value)
+    assert "'quote', 'tags'" in message
+    assert "formatter 'quote-tags'" in message
+    assert "columns found: text, source" in message
+    assert "text.csv" in message
+
+
+def test_a_renamed_column_option_is_what_is_checked():
+    import datasets
+
+    rows = datasets.Dataset.from_dict({"line": ["x"], "tags": [["a"]]})
+    check_columns(rows, QuoteTags(QuoteTags.Options(quote_column="line")), "mem")
+    with pytest.raises(DataError) as exc:
+        check_columns(rows, QuoteTags(), "mem")
+    assert "no column 'quote'," in str(exc.value)
+
+
+def test_an_empty_dataset_is_refused():
+    import datasets
+
+    rows = datasets.Dataset.from_dict({"quote": [], "tags": []})
+    with pytest.raises(DataError) as exc:
+        check_columns(rows, QuoteTags(), "empty-source")
+    assert "empty-source has no rows" in str(exc.value)
+    assert "quote-tags" in str(exc.value)

@@ -1,0 +1,179 @@
+"""encode_examples: EOS appended once, the prompt masked (unless train_on_prompt), the first
+label never trained, truncation, prompts that carry their own special tokens; and Encoded's
+trained_tokens / ends_with_eos."""
+
+from __future__ import annotations
+
+import pytest
+
+from adaptool.base import Example
+from adaptool.encoding import IGNORE_INDEX, Encoded, encode_examples
+
+PROMPT = "“Knowledge is power.” ->: "
+COMPLETION = "['knowledge', 'power']"
+
+
+class CharTokenizer:
+    """One id per character (ord + 10); BOS (1) in front when special tokens are added; EOS
+    is "</s>" (2). Records the add_special_tokens of every call."""
+
+    eos_token = "</s>"
+    bos_token_id = 1
+
+    def __init__(self, eos: bool = True) -> None:
+        self.eos_token_id = 2 if eos else None
+        self.calls: list[tuple[list[str], bool]] = []
+
+    def ids(self, text: str) -> list[int]:
+        out, rest = [], text
+        while rest:
+            if self.eos_token_id is not None and rest.startswith(self.eos_token):
+                out.append(self.eos_token_id)
+                rest = rest[len(self.eos_token) :]
+            else:
+                out.append(ord(rest[0]) + 10)
+                rest = rest[1:]
+        return out
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict:
+        self.calls.append((list(texts), add_special_tokens))
+        bos = [self.bos_token_id] if add_special_tokens else []
+        return {"input_ids": [bos + self.ids(t) for t in texts]}
+
+
+def test_eos_is_appended_to_the_completion(tokenizer):
+    [enc] = encode_examples([Example(PROMPT, COMPLETION)], tokenizer, max_length=256)
+    prompt_ids = tokenizer(PROMPT)["input_ids"]
+    completion_ids = tokenizer(COMPLETION, add_special_tokens=False)["input_ids"]
+    assert enc.input_ids == prompt_ids + completion_ids + [tokenizer.eos_token_id]
+    assert enc.prompt_tokens == len(prompt_ids)
+    assert enc.completion_tokens == len(completion_ids) + 1
+    assert enc.ends_with_eos(tokenizer.eos_token_id)
+    assert not enc.truncated
+
+
+def test_eos_is_not_doubled_when_the_completion_already_ends_with_it(tokenizer):
+    [plain, with_eos] = encode_examples(
+        [Example(PROMPT, COMPLETION), Example(PROMPT, COMPLETION + tokenizer.eos_token)],
+        tokenizer,
+        max_length=256,
+    )
+    assert with_eos.input_ids == plain.input_ids
+    assert with_eos.labels == plain.labels
+    assert with_eos.input_ids.count(tokenizer.eos_token_id) == 1
+
+
+def test_an_empty_completion_still_trains_eos(tokenizer):
+    [enc] = encode_examples([Example(PROMPT, "")], tokenizer, max_length=256)
+    assert enc.completion_tokens == 1
+    assert enc.input_ids[-1] == tokenizer.eos_token_id
+    assert enc.trained_tokens == 1
+    assert enc.ends_with_eos(tokenizer.eos_token_id)
+
+
+def test_the_prompt_is_masked(tokenizer):
+    [enc] = encode_examples([Example(PROMPT, COMPLETION)], tokenizer, max_length=256)
+    n = enc.prompt_tokens
+    assert n > 1
+    assert enc.labels[:n] == [IGNORE_INDEX] * n
+    assert enc.labels[n:] == enc.input_ids[n:]
+    assert enc.trained_tokens == enc.completion_tokens
+
+
+def test_train_on_prompt_trains_every_token_but_the_first(tokenizer):
+    [enc] = encode_examples(
+        [Example(PROMPT, COMPLETION)], tokenizer, max_length=256, train_on_prompt=True
+    )
+    assert enc.labels[0] == IGNORE_INDEX
+    assert enc.labels[1:] == enc.input_ids[1:]
+    assert enc.trained_tokens == len(enc.input_ids) - 1
+
+
+def test_the_first_label_is_never_trained_even_without_a_prompt():
+    tok = CharTokenizer()
+    for train_on_prompt in (False, True):
+        [enc] = encode_examples(
+            [Example("", "ab")],
+            tok,
+            max_length=16,
+            train_on_prompt=train_on_prompt,
+            prompt_has_special_tokens=True,  # no BOS: the completion's "a" comes first
+        )
+        assert enc.input_ids == [ord("a") + 10, ord("b") + 10, 2]
+        assert enc.labels == [IGNORE_INDEX, ord("b") + 10, 2]
+
+
+def test_truncation_cuts_to_max_length_and_says_so(tokenizer):
+    [full] = encode_examples([Example(PROMPT, COMPLETION)], tokenizer, max_length=256)
+    cut = len(full.input_ids) - 3
+    [enc] = encode_examples([Example(PROMPT, COMPLETION)], tokenizer, max_length=cut)
+    assert enc.truncated
+    assert enc.input_ids == full.input_ids[:cut]
+    assert enc.labels == full.labels[:cut]
+    # the counts say what the example had before truncation
+    assert (enc.prompt_tokens, enc.completion_tokens) == (
+        full.prompt_tokens,
+        full.completion_tokens,
+    )
+    assert not enc.ends_with_eos(tokenizer.eos_token_id)  # EOS was cut off
+
+
+def test_exactly_max_length_is_not_truncated(tokenizer):
+    [full] = encode_examples([Example(PROMPT, COMPLETION)], tokenizer, max_length=256)
+    [enc] = encode_examples(
+        [Example(PROMPT, COMPLETION)], tokenizer, max_length=len(full.input_ids)
+    )
+    assert not enc.truncated
+    assert enc == full
+
+
+def test_a_prompt_with_its_own_special_tokens_is_encoded_without_adding_them():
+    default, own = CharTokenizer(), CharTokenizer()
+    p, c = ord("p") + 10, ord("c") + 10
+    [added] = encode_examples([Example("p", "c")], default, max_length=16)
+    [kept] = encode_examples(
+        [Example("p", "c")], own, max_length=16, prompt_has_special_tokens=True
+    )
+    assert added.input_ids == [default.bos_token_id, p, c, 2]
+    assert kept.input_ids == [p, c, 2]
+    # the completion never gets special tokens, either way
+    assert default.calls == [(["p"], True), (["c"], False)]
+    assert own.calls == [(["p"], False), (["c"], False)]
+
+
+def test_without_an_eos_token_nothing_is_appended():
+    tok = CharTokenizer(eos=False)
+    [enc] = encode_examples([Example("p", "cd")], tok, max_length=16)
+    assert enc.input_ids == [1, ord("p") + 10, ord("c") + 10, ord("d") + 10]
+    assert enc.completion_tokens == 2
+    assert not enc.ends_with_eos(tok.eos_token_id)
+
+
+def test_examples_are_encoded_in_order(tokenizer):
+    examples = [Example(PROMPT, COMPLETION), Example("“Hi” ->: ", "[]")]
+    encoded = encode_examples(examples, tokenizer, max_length=256)
+    assert [e.input_ids for e in encoded] == [
+        encode_examples([ex], tokenizer, max_length=256)[0].input_ids for ex in examples
+    ]
+
+
+@pytest.mark.parametrize(
+    ("labels", "eos", "trained", "ends"),
+    [
+        ([IGNORE_INDEX, IGNORE_INDEX, 7, 2], 2, 2, True),
+        ([IGNORE_INDEX, 7, 2, IGNORE_INDEX], 2, 2, True),  # the last trained one counts
+        ([IGNORE_INDEX, 2, 7], 2, 2, False),
+        ([IGNORE_INDEX, 7, 2], None, 2, False),
+        ([IGNORE_INDEX, IGNORE_INDEX], 2, 0, False),
+    ],
+)
+def test_encoded_trained_tokens_and_ends_with_eos(labels, eos, trained, ends):
+    enc = Encoded(
+        input_ids=[0] * len(labels),
+        labels=labels,
+        prompt_tokens=1,
+        completion_tokens=len(labels) - 1,
+        truncated=False,
+    )
+    assert enc.trained_tokens == trained
+    assert enc.ends_with_eos(eos) is ends
