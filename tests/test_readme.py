@@ -24,3 +24,23 @@ def test_readme_has_exactly_two_commands():
 def test_ci_runs_the_readme_test_command_verbatim():
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert readme_commands()[1] in ci.splitlines()
+
+
+def test_the_layout_section_matches_the_folders():
+    """Every package folder and every module of adaptool is named in the README's Layout block
+    (folders as ``name/``, modules by file name), and everything it names exists."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Layout", 1)[1].split("```", 2)[1].split("\nplugins/", 1)[0]
+    package = REPO / "adaptool"
+    folders = {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    named_folders = set(re.findall(r"^  (\w+)/", block, re.M))
+    assert named_folders == folders
+    named_files = set(re.findall(r"\b(\w+\.py)\b", block))
+    modules = {p.name for p in package.rglob("*.py")}
+    assert named_files <= modules, named_files - modules
+    for folder in ("recipe", "artifacts", "training", "merging", "hub"):
+        for module in (package / folder).glob("*.py"):
+            if module.name != "__init__.py":
+                assert module.name in named_files, f"{folder}/{module.name} is not in Layout"
+    for module in package.glob("*.py"):
+        assert module.name in named_files, f"{module.name} is not in Layout"
