@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from adaptool import hookspecs
+from adaptool import __version__, hookspecs
 from adaptool.errors import PluginError, describe
 from adaptool.registry import KINDS, Claims, Loss, Provider, Registry, check_registration
 
@@ -211,7 +211,7 @@ def load_plugins(
     manager = pluggy.PluginManager("adaptool")
     manager.add_hookspecs(hookspecs)
     plugins = PluginSet(manager, Registry(), {}, [], [], strict)
-    version = _adaptool_version()
+    version = __version__
 
     def add(plugin: object, provider: Provider) -> None:
         try:
@@ -254,12 +254,6 @@ def load_plugins(
 def _stage(kind: str, staged: list[type], cls: Any) -> None:
     """The ``register`` callable a hook receives: check now, commit once the hook returns."""
     staged.append(check_registration(kind, cls))
-
-
-def _adaptool_version() -> str:
-    from adaptool import __version__
-
-    return __version__
 
 
 _default: PluginSet | None = None

@@ -175,3 +175,19 @@ QUOTES = [
     "Brevity.",
     "Well done is better than well said, they say, and so it is.",
 ]
+
+
+def make(registry, kind, name, **options):
+    """An instance of the registered plugin ``name`` of ``kind`` with ``options``."""
+    cls = registry.get(kind, name)
+    return cls(cls.Options(**options))
+
+
+def load(tiny_bloom_dir, quantizer):
+    """The tiny BLOOM loaded in fp32 through ``quantizer``."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(tiny_bloom_dir), dtype=torch.float32, **quantizer.from_pretrained_kwargs()
+    )
+    return quantizer.after_load(model)

@@ -97,7 +97,7 @@ def open_target(
             revision=record.revision,
             dtype=record.dtype if record.dtype in ("float32", "bfloat16", "float16") else None,
         )
-        model = _attach(model, artifact.path, base_name)
+        model = attach(model, artifact.path, base_name)
     else:
         dtype = runtime_dtype(artifact.config.get("dtype") or artifact.config.get("torch_dtype"))
         tokenizer = load_tokenizer(str(artifact.path))
@@ -108,13 +108,17 @@ def open_target(
     return Target(artifact, model, tokenizer, formatter, base_name, quantizer, formatter_error)
 
 
-def _attach(model: Any, folder: Path, base_name: str) -> Any:
+def attach(
+    model: Any, folder: Path, base_name: str, *, trainable: bool = False, hint: str | None = None
+) -> Any:
+    """``model`` with the adapter in ``folder`` attached by peft; an adapter that does not fit
+    is an AdapterError naming both (``hint``: what to do about it)."""
     from peft import PeftModel
 
     try:
-        return PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
     except Exception as exc:
+        hint = hint or f"Pass {param('base')} with the model it was trained on."
         raise AdapterError(
-            f"the adapter {folder} does not fit the base {base_name}: {describe(exc)}. "
-            f"Pass {param('base')} with the model it was trained on."
+            f"the adapter {folder} does not fit the base {base_name}: {describe(exc)}. {hint}"
         ) from None

@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from adaptool import __version__
 from adaptool.artifacts.layout import MANIFEST, Kind
 from adaptool.errors import AdapterError
 
@@ -209,8 +210,6 @@ def new_manifest(kind: Kind, base_model: BaseModelRecord, **sections: Any) -> Ma
 
 
 def library_versions() -> dict[str, str]:
-    from adaptool import __version__
-
     found = {"adaptool": __version__, "python": platform.python_version()}
     for name in LIBRARIES:
         try:

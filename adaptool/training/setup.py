@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
 from adaptool.data import check_columns, load_rows, split_eval
 from adaptool.encoding import Encoded, encode_rows
-from adaptool.errors import AdapterError, DataError, describe, param
+from adaptool.errors import DataError, param
 from adaptool.modeling import load_base, load_tokenizer, resolve_precision, weights_dtype
 from adaptool.training.batching import BatchPlan
 
@@ -239,14 +240,9 @@ def _prepare_for_training(model: Any, *, quantized: bool, checkpointing: bool) -
 
 
 def _wrap(model: Any, method: Any, recipe: Recipe, init_adapter: Path | None) -> Any:
-    from peft import PeftModel, get_peft_model
+    from peft import get_peft_model
 
     if init_adapter is None:
         return get_peft_model(model, method.peft_config(recipe.peft))
-    try:
-        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-    except Exception as exc:
-        raise AdapterError(
-            f"{param('init_adapter', 'DIR')} {init_adapter} does not fit the base "
-            f"{recipe.model.name}: {describe(exc)}"
-        ) from None
+    hint = f"Give {param('init_adapter', 'DIR')} an adapter trained on model.name."
+    return attach(model, init_adapter, recipe.model.name, trainable=True, hint=hint)

@@ -3,21 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-
-def make(registry, kind, name, **options):
-    cls = registry.get(kind, name)
-    return cls(cls.Options(**options))
-
-
-def load(tiny_bloom_dir, quantizer):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        str(tiny_bloom_dir), dtype=torch.float32, **quantizer.from_pretrained_kwargs()
-    )
-    return quantizer.after_load(model)
+from tests.helpers import load, make
 
 
 @pytest.mark.parametrize(

@@ -77,14 +77,14 @@ def test_recipe_problems_see_the_other_resolved_plugins(registry):
     seen: list[RecipePlugins] = []
 
     class TextOnly(PeftMethod):
-        """A method that only works with a formatter whose prompt is empty."""
+        """A method that only works with the text formatter."""
 
         name = "text-only"
 
         def recipe_problems(self, recipe, plugins):
             seen.append(plugins)
             if not isinstance(plugins.formatter, Text):
-                return [RecipeProblem("peft.method", f"needs the text formatter, not {recipe}")]
+                return [RecipeProblem("peft.method", "needs the text formatter")]
             return []
 
     registry.add("peft-method", TextOnly, Provider("tests", "tests", "0"))
@@ -94,9 +94,9 @@ def test_recipe_problems_see_the_other_resolved_plugins(registry):
     assert plugins.formatter.options.column == "body"
     assert recipe.peft.method == "text-only"
 
+    quotes = raw(peft={"method": "text-only"})
+    quotes["data"] = {"source": "/data/quotes.jsonl", "formatter": "quote-tags"}
     with pytest.raises(RecipeError) as exc:
-        validate_recipe(
-            raw(peft={"method": "text-only"}, data={"formatter": "quote-tags", "column": None})
-            | {"data": {"source": "/d.jsonl", "formatter": "quote-tags"}}
-        )
-    assert [p.key for p in exc.value.problems] == ["peft.method"]
+        validate_recipe(quotes)
+    assert [str(p) for p in exc.value.problems] == ["peft.method: needs the text formatter"]
+    assert type(seen[-1].formatter).__name__ == "QuoteTags"
