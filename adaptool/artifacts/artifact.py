@@ -78,10 +78,13 @@ class Artifact:
         return str(name)
 
     def base_model(self, override: str | None = None) -> BaseModelRecord:
-        """The base to load: as recorded (name, revision, dtype), or ``override`` with the
-        recorded dtype dropped (another copy of the base may be saved in another dtype)."""
-        if override is not None or self.manifest is None:
+        """The base to load, as it was trained: as recorded (name, revision, the dtype its
+        weights were loaded in), or ``override`` (where another copy lives) loaded in the
+        recorded dtype still; its revision and hashes are the recorded copy's, so they go."""
+        if self.manifest is None:
             return BaseModelRecord(name=self.base_name(override))
+        if override is not None:
+            return BaseModelRecord(name=override, dtype=self.manifest.base_model.dtype)
         return self.manifest.base_model
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from adaptool.artifacts.layout import CHECKPOINT_OPTIMIZER as OPTIMIZER
 from adaptool.artifacts.layout import CHECKPOINT_STATE as STATE
 
 KEEP = 2
+STEP = re.compile(r"step-\d+")
 
 
 def checkpoint_dir(output: Path, step: int) -> Path:
@@ -26,8 +28,14 @@ def latest_checkpoint(output: Path) -> Path | None:
     root = output / CHECKPOINTS
     if not root.is_dir():
         return None
-    done = sorted(p for p in root.glob("step-*") if (p / STATE).is_file())
+    done = sorted(p for p in _steps(root) if (p / STATE).is_file())
     return done[-1] if done else None
+
+
+def _steps(root: Path) -> list[Path]:
+    """The checkpoint folders under ``root``: ``step-NNNNNNN``, never a ``.tmp`` one (a save
+    that did not finish)."""
+    return sorted(p for p in root.glob("step-*") if STEP.fullmatch(p.name) and p.is_dir())
 
 
 def save_checkpoint(
@@ -72,7 +80,7 @@ def save_checkpoint(
     (tmp / STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for old in sorted((output / CHECKPOINTS).glob("step-*"))[:-KEEP]:
+    for old in _steps(output / CHECKPOINTS)[:-KEEP]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
