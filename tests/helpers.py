@@ -142,7 +142,12 @@ def cli(plugins, *args):
 
 
 def local_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    """The files of ``folder`` and their bytes (adaptool's hidden marker aside)."""
+    return {
+        p.name: p.read_bytes()
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def generated(plugins, target) -> str:

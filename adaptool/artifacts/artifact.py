@@ -22,6 +22,7 @@ from adaptool.artifacts.layout import (
     top_level,
 )
 from adaptool.artifacts.manifest import BaseModelRecord, Manifest, read_manifest
+from adaptool.artifacts.outputs import unfinished_run
 from adaptool.errors import AdapterError, param
 
 
@@ -54,6 +55,12 @@ class Artifact:
                 f"`adaptool merge` or peft)."
             )
         names = set(top_level(folder) if listing is None else listing)
+        if listing is None and unfinished_run(folder):
+            raise AdapterError(
+                f"{folder} is an output adaptool has not finished writing (it has no "
+                f"{MANIFEST}): its training is still running, was interrupted (continue it with "
+                f"`adaptool train RECIPE --resume`), or failed while saving."
+            )
         # a config that does not parse says more than what else is missing
         name = ADAPTER_CONFIG if ADAPTER_CONFIG in names else MODEL_CONFIG
         config = _read_config(folder / name) if (folder / name).is_file() else {}

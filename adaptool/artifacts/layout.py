@@ -67,8 +67,9 @@ OWNED = (
 )
 #: what an adapter or merged model shares: weights, configs, tokenizer, provenance
 SHARED = ("*.safetensors", "*.json", "*.jinja", *TOKENIZER_FILES, RECIPE, METRICS, LOSS_PLOT)
-#: files whose presence says a folder is something adaptool wrote (or a training run)
-MARKERS = (MANIFEST, METRICS, CHECKPOINTS, ADAPTER_CONFIG, MODEL_WEIGHTS, MODEL_INDEX)
+#: the marker adaptool writes into every output folder it makes (train, merge, combine,
+#: pull --output): with the manifest, the only proof that a folder is adaptool's to replace
+MARKER = ".adaptool"
 
 
 class Kind(StrEnum):

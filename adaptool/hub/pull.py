@@ -12,7 +12,7 @@ from adaptool.artifacts import index
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.fit import check_fits
 from adaptool.artifacts.layout import CARD, SHARED, Kind, classify, matches
-from adaptool.artifacts.outputs import check_output
+from adaptool.artifacts.outputs import check_output, mark
 from adaptool.hub.client import check_repo_id, hub_errors, progress_on_terminals_only
 
 
@@ -82,6 +82,7 @@ def pull(
         _check_pulled(result, base)
         if out is not None:
             shutil.rmtree(local / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
+            mark(local, "pull")
             if out.exists():
                 shutil.rmtree(out)
             os.replace(local, out)

@@ -25,7 +25,7 @@ from adaptool.artifacts.manifest import (
     read_manifest,
     write_manifest,
 )
-from adaptool.artifacts.outputs import check_output
+from adaptool.artifacts.outputs import check_output, mark
 from adaptool.errors import AdapterError, AdaptoolError, param
 from adaptool.merging.merge import MergeResult, base_folder, merge
 from adaptool.merging.options import Combination, choice
@@ -136,6 +136,7 @@ def combine(
             if out.exists():
                 shutil.rmtree(out)
             out.parent.mkdir(parents=True, exist_ok=True)
+            mark(adapter_dir, "merge")
             os.replace(adapter_dir, out)
             index.record_output(out, read_manifest(out) or manifest, "combined")
     finally:

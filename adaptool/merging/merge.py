@@ -37,7 +37,7 @@ from adaptool.artifacts.layout import (
 )
 from adaptool.artifacts.loading import recorded_quantizer
 from adaptool.artifacts.manifest import Manifest, new_manifest, write_json, write_manifest
-from adaptool.artifacts.outputs import check_output
+from adaptool.artifacts.outputs import check_output, mark
 from adaptool.errors import AdapterError, ModelError, param
 from adaptool.merging.fold import base_key, fold, group_by_module
 from adaptool.merging.options import Dtype, Into, choice
@@ -160,6 +160,7 @@ def merge(
         card = model_card(tmp, repo_id=str(out), manifest=result.manifest)
         (tmp / CARD).write_text(card, encoding="utf-8")
         write_manifest(tmp, result.manifest)
+        mark(tmp, "merge")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.layout import MANIFEST, Kind
-from adaptool.artifacts.outputs import check_output
+from adaptool.artifacts.outputs import check_output, mark
 from adaptool.errors import AdaptoolError, OutputExists, param
 from adaptool.modeling import release_memory
 from adaptool.recipe.resolve import resolve_plugins
@@ -142,6 +142,7 @@ def _claim_output(out: Path, *, checkpoint: Path | None, overwrite: bool) -> Non
     manifest goes until the end); with overwrite the old contents go."""
     if checkpoint is not None:
         (out / MANIFEST).unlink(missing_ok=True)
+        mark(out, "train")
         return
     if overwrite and out.exists():
         if out.is_dir():
@@ -149,3 +150,4 @@ def _claim_output(out: Path, *, checkpoint: Path | None, overwrite: bool) -> Non
         else:
             out.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    mark(out, "train")

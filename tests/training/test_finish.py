@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from adaptool.recipe import load_recipe
 from tests.helpers import (
     DATA,
+    recipe_file,
     records,
     run,
 )
@@ -77,3 +79,35 @@ def test_adapter_loads_with_plain_peft_and_matches_adaptool(tmp_path, tiny_bloom
             base_logits = plain(ids).logits
     assert torch.equal(a, b)
     assert not torch.allclose(a, base_logits)  # the adapter does something
+
+
+def test_a_half_saved_output_is_refused_by_every_command(
+    tmp_path, tiny_bloom_dir, plugins, monkeypatch
+):
+    """The final save dies after the adapter files moved in, before adaptool.json: generate,
+    merge and push must not take the folder for a finished adapter."""
+    from typer.testing import CliRunner
+
+    import adaptool.training.finish as finish
+    from adaptool import AdapterError
+    from adaptool.cli import build_app
+    from adaptool.hub.push import push
+    from adaptool.merging.merge import merge
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+
+    def full_disk(folder, manifest):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(finish, "write_manifest", full_disk)
+    recipe = load_recipe(recipe_file(tmp_path, tiny_bloom_dir, steps=2))
+    with pytest.raises(OSError):
+        train(recipe)
+    out = tmp_path / "out"
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "adaptool.json").exists()
+    result = CliRunner().invoke(build_app(plugins), ["generate", str(out), "Be yourself."])
+    assert result.exit_code == 2 and "has not finished writing" in result.output
+    with pytest.raises(AdapterError, match="has not finished writing"):
+        merge(out, output=tmp_path / "m")
+    with pytest.raises(AdapterError, match="has not finished writing"):
+        push(out, "alice/never")
