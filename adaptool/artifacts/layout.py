@@ -52,12 +52,16 @@ CHECKPOINT_OPTIMIZER = "optimizer.safetensors"
 #: weights serialized with pickle: loading them can run arbitrary code, adaptool never does
 PICKLE = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
 
-#: the files an adapter or merged model owns (top level): what push uploads and replaces
+#: the files an adapter or merged model owns, by name (shards by their pattern): what push
+#: uploads, what pull downloads, and what a push replaces; nothing else in a folder (a stray
+#: credentials.json) ever leaves it
 OWNED = (
-    "*.safetensors",
-    MODEL_INDEX,
     ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
     MODEL_CONFIG,
+    MODEL_WEIGHTS,
+    "model-*-of-*.safetensors",
+    MODEL_INDEX,
     GENERATION_CONFIG,
     *TOKENIZER_FILES,
     MANIFEST,
@@ -65,8 +69,6 @@ OWNED = (
     METRICS,
     LOSS_PLOT,
 )
-#: what an adapter or merged model shares: weights, configs, tokenizer, provenance
-SHARED = ("*.safetensors", "*.json", "*.jinja", *TOKENIZER_FILES, RECIPE, METRICS, LOSS_PLOT)
 #: the marker adaptool writes into every output folder it makes (train, merge, combine,
 #: pull --output): with the manifest, the only proof that a folder is adaptool's to replace
 MARKER = ".adaptool"

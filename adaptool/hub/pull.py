@@ -11,7 +11,7 @@ from pathlib import Path
 from adaptool.artifacts import index
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.fit import check_fits
-from adaptool.artifacts.layout import CARD, SHARED, Kind, classify, matches
+from adaptool.artifacts.layout import CARD, OWNED, Kind, classify, matches
 from adaptool.artifacts.outputs import check_output, mark
 from adaptool.hub.client import check_repo_id, hub_errors, progress_on_terminals_only
 
@@ -53,7 +53,7 @@ def pull(
         info = api.model_info(repo_id, revision=revision)
     names = [s.rfilename for s in info.siblings or []]
     kind = classify([n for n in names if "/" not in n], repo_id)
-    wanted = [n for n in names if "/" not in n and matches(n, (*SHARED, CARD))]
+    wanted = [n for n in names if "/" not in n and matches(n, (*OWNED, CARD))]
     out = Path(output).expanduser().resolve() if output is not None else None
     if out is not None:
         check_output(

@@ -9,7 +9,7 @@ from typing import Any
 
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.card import model_card, read_recipe
-from adaptool.artifacts.layout import CARD, OWNED, SHARED, matches, pickled, top_level
+from adaptool.artifacts.layout import CARD, OWNED, matches, pickled, top_level
 from adaptool.errors import AdapterError, HubError, param
 from adaptool.hub.client import check_repo_id, hub_errors, progress_on_terminals_only
 
@@ -63,7 +63,7 @@ def push(
     progress_on_terminals_only()
     private = hub.get("private", True) if private is None else private
     revision = revision or hub.get("revision")
-    files = [n for n in top_level(path) if not n.startswith(".") and matches(n, SHARED)]
+    files = [n for n in top_level(path) if not n.startswith(".") and matches(n, OWNED)]
     card = model_card(path, repo_id=repo_id).encode("utf-8")
     api = HfApi()
     with hub_errors(repo_id, revision):

@@ -5,18 +5,27 @@ into place, so an interrupted save never leaves a half-written checkpoint."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from adaptool.artifacts.layout import ADAPTER_WEIGHTS, CHECKPOINTS
+from adaptool.artifacts.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHECKPOINTS
 from adaptool.artifacts.layout import CHECKPOINT_OPTIMIZER as OPTIMIZER
 from adaptool.artifacts.layout import CHECKPOINT_STATE as STATE
+from adaptool.errors import AdaptoolError, AdaptoolWarning, describe, param
+
+if TYPE_CHECKING:
+    from adaptool.recipe.schema import Recipe
 
 KEEP = 2
 STEP = re.compile(r"step-\d+")
+#: names the newest finished checkpoint; moved into place last, after the checkpoint's files
+#: are on disk
+LATEST = "latest"
 
 
 def checkpoint_dir(output: Path, step: int) -> Path:
@@ -24,12 +33,38 @@ def checkpoint_dir(output: Path, step: int) -> Path:
 
 
 def latest_checkpoint(output: Path) -> Path | None:
-    """The newest complete checkpoint under ``output``, if any."""
+    """The newest complete checkpoint under ``output``, if any: the one ``latest`` names, else
+    the newest ``step-*`` folder whose state reads (a torn one is passed over with a warning;
+    a ``.tmp`` folder never counts)."""
     root = output / CHECKPOINTS
     if not root.is_dir():
         return None
-    done = sorted(p for p in _steps(root) if (p / STATE).is_file())
-    return done[-1] if done else None
+    try:
+        named = root / (root / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        named = None
+    if named is not None and STEP.fullmatch(named.name) and read_state(named) is not None:
+        return named
+    for candidate in reversed(_steps(root)):
+        if read_state(candidate) is not None:
+            return candidate
+        if (candidate / STATE).exists():
+            warnings.warn(
+                f"the checkpoint {candidate} is torn (its {STATE} does not read); resuming "
+                f"from an earlier one",
+                AdaptoolWarning,
+                stacklevel=2,
+            )
+    return None
+
+
+def read_state(directory: Path) -> dict[str, Any] | None:
+    """A checkpoint's state, or None when it is missing, torn or not an object."""
+    try:
+        state = json.loads((directory / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("step"), int) else None
 
 
 def _steps(root: Path) -> list[Path]:
@@ -48,7 +83,9 @@ def save_checkpoint(
     rng_state: dict[str, Any],
     extra: dict[str, Any],
 ) -> Path:
-    """Write the checkpoint for ``step`` and keep only the newest ``KEEP``."""
+    """Write the checkpoint for ``step`` and keep only the newest ``KEEP``. Written to a
+    ``.tmp`` folder, synced to disk, renamed, then named in ``latest``: a crash at any point
+    leaves the previous checkpoint the newest complete one."""
     from safetensors.torch import save_file
 
     final = checkpoint_dir(output, step)
@@ -78,22 +115,58 @@ def save_checkpoint(
         **extra,
     }
     (tmp / STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+    _sync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    _sync(final.parent)
+    pointer = final.parent / f".{LATEST}.tmp"
+    pointer.write_text(final.name + "\n", encoding="utf-8")
+    _sync(pointer)
+    os.replace(pointer, final.parent / LATEST)
+    _sync(final.parent)
     for old in _steps(output / CHECKPOINTS)[:-KEEP]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _sync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            _sync(path)
+    _sync(folder)
+
+
+def _sync(path: Path) -> None:
+    """fsync a file or a folder (its entries), so a rename after it is never ahead of the data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def load_checkpoint(directory: Path, *, model: Any, optimizer: Any, scheduler: Any) -> dict:
     """Restore adapter weights, optimizer, scheduler and RNG from ``directory``; return its
     state (``step`` and the extras saved with it)."""
+    state = read_state(directory)
+    if state is None:
+        raise AdaptoolError(f"the checkpoint {directory} is torn: its {STATE} does not read.")
+    try:
+        _restore(directory, state, model, optimizer, scheduler)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise AdaptoolError(
+            f"the checkpoint {directory} cannot be restored into this run ({describe(exc)}); "
+            f"it is damaged or was written for other settings."
+        ) from None
+    return state
+
+
+def _restore(directory: Path, state: dict, model: Any, optimizer: Any, scheduler: Any) -> None:
     import torch
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = json.loads((directory / STATE).read_text(encoding="utf-8"))
     adapter = load_file(str(directory / ADAPTER_WEIGHTS))
     set_peft_model_state_dict(model, adapter)
     tensors = load_file(str(directory / OPTIMIZER))
@@ -110,7 +183,63 @@ def load_checkpoint(directory: Path, *, model: Any, optimizer: Any, scheduler: A
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     random.setstate(_tupled(state["python_random"]))
-    return state
+
+
+def resume_key(recipe: Recipe) -> dict[str, Any]:
+    """What a run must keep to resume a checkpoint: the base, its quantization and the PEFT
+    method with its settings (saved in every checkpoint)."""
+    return {
+        "model": recipe.model.name,
+        "quantization": {
+            "backend": recipe.quantization.backend,
+            "options": dict(recipe.quantization.options),
+        },
+        "peft": recipe.peft.model_dump(mode="json"),
+    }
+
+
+def check_resumable(directory: Path, recipe: Recipe) -> None:
+    """Refuse (touching nothing) to resume ``directory`` with a recipe whose base,
+    quantization or PEFT settings differ from the run that wrote it."""
+    state = read_state(directory)
+    if state is None:
+        raise AdaptoolError(f"the checkpoint {directory} is torn: its {STATE} does not read.")
+    now = resume_key(recipe)
+    saved = state.get("recipe")
+    if saved is None:  # a checkpoint of an earlier version: its adapter config says enough
+        saved, now = _from_adapter_config(directory), _comparable(now)
+    changed = [
+        f"{key} was {saved_value!r}, the recipe now says {now_value!r}"
+        for key, saved_value, now_value in _differences(saved, now)
+    ]
+    if changed:
+        raise AdaptoolError(
+            f"resume: the recipe no longer matches the run of {directory} ("
+            + "; ".join(changed)
+            + "). Resume with the recipe it was started with, or start a new run "
+            f"({param('output', 'DIR')} elsewhere, or {param('overwrite', 'True')})."
+        )
+
+
+def _from_adapter_config(directory: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {"peft": {"r": config.get("r")}}
+
+
+def _comparable(key: dict[str, Any]) -> dict[str, Any]:
+    return {"peft": {"r": key["peft"]["r"]}}
+
+
+def _differences(saved: Any, now: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(saved, dict) and isinstance(now, dict):
+        found = []
+        for key in sorted(set(saved) | set(now)):
+            found += _differences(saved.get(key), now.get(key), f"{prefix}{key}.")
+        return found
+    return [] if saved == now else [(prefix.rstrip("."), saved, now)]
 
 
 def capture_rng() -> dict[str, Any]:

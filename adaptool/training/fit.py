@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from adaptool.encoding import IGNORE_INDEX, Encoded
 from adaptool.modeling import device
 from adaptool.training.batching import collate
-from adaptool.training.checkpoint import capture_rng, save_checkpoint
+from adaptool.training.checkpoint import capture_rng, resume_key, save_checkpoint
 from adaptool.training.metrics import append_metrics
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def fit(
                     optimizer=optimizer,
                     scheduler=scheduler,
                     rng_state=capture_rng(),
-                    extra=state.to_checkpoint(total_steps),
+                    extra=state.to_checkpoint(total_steps) | {"recipe": resume_key(session.recipe)},
                 )
         interrupted = stop.requested and state.step < total_steps
     reporter.finish()

@@ -21,7 +21,7 @@ from adaptool.artifacts.outputs import check_output, mark
 from adaptool.errors import AdaptoolError, OutputExists, param
 from adaptool.modeling import release_memory
 from adaptool.recipe.resolve import resolve_plugins
-from adaptool.training.checkpoint import latest_checkpoint, load_checkpoint
+from adaptool.training.checkpoint import check_resumable, latest_checkpoint, load_checkpoint
 from adaptool.training.finish import TrainResult, build_manifest, write_output
 from adaptool.training.fit import LoopState, fit
 from adaptool.training.metrics import last, read_metrics, write_metrics
@@ -68,10 +68,9 @@ def train(
     checkpoint = _check_output(
         out, resume=resume, overwrite=overwrite, inputs=[p for p in local_inputs if p]
     )
+    if checkpoint is not None:
+        check_resumable(checkpoint, recipe)
     session = setup(recipe, resolve_plugins(recipe), init_adapter=init_adapter, reporter=reporter)
-
-    # everything loaded and checked: only now is the output dir touched
-    _claim_output(out, checkpoint=checkpoint, overwrite=overwrite)
     state, records = LoopState(), []
     if checkpoint is not None:
         saved = load_checkpoint(
@@ -91,6 +90,9 @@ def train(
         if state.last_eval is None:
             state.last_eval = last(records, "eval_loss")
         reporter.info(f"resuming from {checkpoint} (step {state.step}/{session.total_steps})")
+
+    # everything loaded and checked: only now is the output dir touched
+    _claim_output(out, checkpoint=checkpoint, overwrite=overwrite)
     write_metrics(out, records)
 
     outcome = fit(session, out, state, records, reporter)

@@ -95,3 +95,22 @@ def test_create_pr_opens_a_pull_request_on_someone_elses_repo(hub, plugins, adap
         assert direct.exit_code == 2 and "may not do this on alice/tagger" in direct.output
     assert hub.commit_sha("alice/tagger") == main_before  # main untouched
     assert hub.files("alice/tagger", "refs/pr/1")["metrics.jsonl"] == b'{"step": 1}\n'
+
+
+def test_push_uploads_only_the_files_the_artifact_owns(hub, plugins, adapter, tmp_path):
+    """A stray credentials.json (or notes, or a data dump) beside the adapter never leaves the
+    machine: push uploads the artifact's own files by name."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(adapter, copy)
+    (copy / "credentials.json").write_text('{"aws_secret_access_key": "hunter2"}')
+    (copy / "notes.txt").write_text("private")
+    (copy / "data.json").write_text("[1, 2]")
+    with hub_env(hub, GOOD, tmp_path / "home"):
+        pushed = cli(plugins, "push", copy, "alice/owned")
+        assert pushed.exit_code == 0, pushed.output
+    files = set(hub.files("alice/owned"))
+    assert not files & {"credentials.json", "notes.txt", "data.json", ".adaptool"}
+    assert {"adapter_config.json", "adapter_model.safetensors", "adaptool.json"} <= files
+    assert {"tokenizer.json", "recipe.toml", "metrics.jsonl", "loss.png", "README.md"} <= files

@@ -138,7 +138,8 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path, tokenizer):
         assert folder == checkpoint_dir(tmp_path, step)
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert KEEP == 2
-    assert kept == ["step-0000003", "step-0000004"]
+    assert kept == ["latest", "step-0000003", "step-0000004"]  # latest names the newest
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-0000004"
     assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 4)
 
 
@@ -147,7 +148,10 @@ def test_saving_a_step_again_replaces_it(tmp_path, tokenizer):
     run.step()
     run.save(tmp_path, 1, tokens=1)
     run.save(tmp_path, 1, tokens=2)
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest",
+        "step-0000001",
+    ]
     state = json.loads((checkpoint_dir(tmp_path, 1) / "trainer_state.json").read_text())
     assert state["tokens"] == 2
 

@@ -108,3 +108,48 @@ def test_overwrite_keeps_the_old_result_when_the_new_run_fails_early(
     with pytest.raises(DataError):
         train(load_recipe(path), overwrite=True)
     assert (first.output_dir / "adaptool.json").is_file()
+
+
+def test_resume_with_a_changed_recipe_is_refused_before_anything_is_touched(
+    tmp_path, tiny_bloom_dir, plugins
+):
+    """A changed rank, target modules or quantization cannot continue the run: refused with
+    the differences named, and the finished run's manifest is still there."""
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=10)  # checkpoints at steps 4 and 8
+    done = train(load_recipe(path))
+    manifest = (done.output_dir / "adaptool.json").read_bytes()
+    changes = {
+        "peft.r=4": "peft.r was 8, the recipe now says 4",
+        'peft.target_modules=["query_key_value"]': "peft.target_modules",
+        'quantization.backend="bnb-8bit"': "quantization.backend was 'none'",
+    }
+    for change, said in changes.items():
+        with pytest.raises(AdaptoolError, match="no longer matches") as err:
+            train(load_recipe(path, [change]), resume=True)
+        assert said in str(err.value)
+        assert (done.output_dir / "adaptool.json").read_bytes() == manifest
+    resumed = train(load_recipe(path), resume=True)  # the same recipe resumes
+    assert resumed.step == 10
+
+
+def test_a_torn_checkpoint_and_a_cut_log_line_still_resume(tmp_path, tiny_bloom_dir, plugins):
+    """A crash before the newest checkpoint's state reached disk, and a full disk that cut the
+    last metrics line: the run resumes from the checkpoint before, with warnings."""
+    from adaptool.errors import AdaptoolWarning
+    from adaptool.training.checkpoint import latest_checkpoint
+
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=10)
+    out = train(load_recipe(path)).output_dir
+    newest = latest_checkpoint(out)
+    assert newest.name == "step-0000008"
+    (newest / "trainer_state.json").write_text("")  # torn
+    (out / "checkpoints" / "latest").unlink()
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 11, "lo')
+    with pytest.warns(AdaptoolWarning) as caught:
+        resumed = train(load_recipe(path), resume=True)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "is torn" in messages and "cut short" in messages
+    assert resumed.step == 10
+    steps = [r["step"] for r in records(out)]
+    assert steps == sorted(steps) and steps[-1] == 10
