@@ -4,15 +4,19 @@ message on stderr and exit code 2. Nothing here imports torch or transformers.""
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from typer.core import TyperGroup
 
 from adaptool.cli.output import error_console, print_error
-from adaptool.errors import AdaptoolError, AdaptoolWarning
+from adaptool.errors import AdaptoolError, AdaptoolWarning, describe
 
 HELP = (
     "Train, merge, share and run parameter-efficient adapters (LoRA, QLoRA, ...) for "
@@ -21,8 +25,10 @@ HELP = (
 
 
 class AdaptoolGroup(TyperGroup):
-    """The error boundary: adaptool's own errors become a clear message naming the command's
-    flags, and exit code 2, never a traceback; adaptool's warnings become one line each."""
+    """The error boundary. adaptool's own errors become a clear message naming the command's
+    flags, and exit code 2; so do the system's (a full disk, a read-only or missing folder).
+    Anything else is a bug: one line, exit code 1, and the traceback in a file, never on the
+    terminal. adaptool's warnings become one line each."""
 
     def invoke(self, ctx: Any) -> Any:
         with warnings.catch_warnings():
@@ -33,6 +39,14 @@ class AdaptoolGroup(TyperGroup):
             except AdaptoolError as exc:
                 print_error(exc.render(self._flags(ctx)))
                 raise typer.Exit(exc.exit_code) from None
+            except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+                raise
+            except OSError as exc:
+                print_error(system_error(exc))
+                raise typer.Exit(2) from None
+            except Exception as exc:
+                print_error(unexpected_error(exc, ctx.invoked_subcommand))
+                raise typer.Exit(1) from None
 
     def _flags(self, ctx: Any) -> dict[str, str]:
         """The running command's parameters by name -> their flag (``base`` -> ``--base``)."""
@@ -42,6 +56,53 @@ class AdaptoolGroup(TyperGroup):
             opts = [o for o in p.opts if o.startswith("--")]
             flags[p.name] = opts[0] if opts else str(p.name).upper()
         return flags
+
+
+#: what the system's errors mean for the user, by errno
+SYSTEM_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted",
+    errno.ENOENT: "no such file or folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is not a folder",
+}
+
+
+def system_error(exc: OSError) -> str:
+    """One paragraph for an error of the system: what happened, where, what to do."""
+    what = SYSTEM_ERRORS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    where = f" writing or reading {exc.filename}" if exc.filename else ""
+    advice = (
+        " Free some space (or choose another --output) and run the command again; an "
+        "interrupted training run continues with --resume."
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        else ""
+    )
+    return f"{what}{where} ({describe(exc)}).{advice}"
+
+
+def unexpected_error(exc: BaseException, command: str | None) -> str:
+    """A bug's one line, with the full traceback written to a file it names."""
+    import tempfile
+    import time
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        folder = Path(tempfile.gettempdir()) / "adaptool"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"traceback-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(text, encoding="utf-8")
+        where = f"the full traceback is in {path}"
+    except OSError:
+        where = "the traceback could not be saved"
+    return (
+        f"adaptool {command or ''} failed unexpectedly: {describe(exc)}. This is a bug in "
+        f"adaptool or one of its plugins; {where} (please include it in a report)."
+    )
 
 
 def _one_line_for_ours(default: Any) -> Any:

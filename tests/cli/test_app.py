@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -83,3 +85,62 @@ def test_strict_mode_with_a_broken_plugin_is_a_clean_exit_2(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "warning: plugin 'fake_broken_cli' from fake-broken: failed to import" in out.stderr
     assert "skipped: plugin 'fake_broken_cli'" in out.stdout
+
+
+def _full_disk(path):
+    def write(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    return write
+
+
+def test_a_full_disk_is_one_paragraph_and_exit_2_in_train_checkpoint_and_merge(
+    tmp_path, tiny_bloom_dir, plugins, monkeypatch
+):
+    """Disk full at the final save, at a checkpoint, and at a merge's write: no traceback."""
+    import adaptool.merging.merge as merging
+    import adaptool.training.checkpoint as checkpoint
+    import adaptool.training.finish as finish
+    from tests.helpers import recipe_file
+
+    app = build_app(plugins)
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=5)
+    out = tmp_path / "out"
+    cases = [
+        (finish, "write_manifest", ["train", path, "--overwrite"]),
+        (checkpoint, "_sync_tree", ["train", path, "--overwrite"]),
+    ]
+    for module, name, args in cases:
+        with monkeypatch.context() as patch:
+            patch.setattr(module, name, _full_disk(out / "adaptool.json"))
+            result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2, result.output
+        assert "the disk is full" in result.output and "--resume" in result.output
+        assert "Traceback" not in result.output
+    trained = CliRunner().invoke(app, ["train", str(path), "--overwrite"])
+    assert trained.exit_code == 0, trained.output
+    with monkeypatch.context() as patch:
+        patch.setattr(merging, "write_streamed", _full_disk(tmp_path / "m" / "model.safetensors"))
+        merged = CliRunner().invoke(app, ["merge", str(out), "--output", str(tmp_path / "m")])
+    assert merged.exit_code == 2 and "the disk is full" in merged.output, merged.output
+    assert not (tmp_path / "m").exists() and not (tmp_path / ".m.tmp").exists()
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(plugins):
+    import re
+
+    import typer
+
+    app = build_app(plugins)
+
+    @app.command("boom")
+    def boom() -> None:
+        raise ZeroDivisionError("the plugin divided by zero")
+
+    result = CliRunner().invoke(app, ["boom"])
+    assert result.exit_code == 1
+    assert "failed unexpectedly: ZeroDivisionError: the plugin divided by zero" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    saved = re.search(r"the full traceback is in (\S+\.txt)", result.output)
+    assert "Traceback (most recent call last)" in Path(saved[1]).read_text()
+    assert isinstance(app, typer.Typer)
