@@ -91,7 +91,7 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
     check_columns(rows, formatter, recipe.data.source)
     train_rows, eval_rows = split_eval(rows, recipe.data.eval_fraction, recipe.training.seed)
 
-    encoded = encode_rows(rows, formatter, tokenizer, recipe.data)
+    encoded, bad = encode_rows(rows, formatter, tokenizer, recipe.data)
     eos = tokenizer.eos_token_id
     report = CheckReport(
         recipe=recipe,
@@ -107,6 +107,11 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
         without_eos=sum(not e.ends_with_eos(eos) for e in encoded),
         fully_masked=sum(e.trained_tokens == 0 for e in encoded),
     )
+    if bad:
+        report.warnings.append(
+            f"{len(bad)} of {report.rows} rows are refused by the formatter and skipped "
+            f'(data.on_bad_row = "skip"); the first, row {bad[0].row}: {bad[0].message}'
+        )
     if report.over_max_length:
         report.warnings.append(
             f"{report.over_max_length} of {report.rows} examples exceed max_length = "

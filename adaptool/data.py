@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,12 +83,33 @@ def split_eval(
     rows: datasets.Dataset, fraction: float, seed: int
 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """Hold out ``fraction`` of the rows (at least one) for evaluation."""
+    split = split_rows(rows, fraction, seed)
+    return split.train, split.eval
+
+
+@dataclass
+class Split:
+    """Training and held-out rows, with each row's position in the source (0-based)."""
+
+    train: datasets.Dataset
+    eval: datasets.Dataset | None
+    train_positions: list[int]
+    eval_positions: list[int]
+
+
+def split_rows(rows: datasets.Dataset, fraction: float, seed: int) -> Split:
+    """Hold out ``fraction`` of the rows (at least one), shuffled by ``seed`` exactly as
+    ``datasets``' ``train_test_split`` shuffles (numpy's default generator), keeping where each
+    row came from."""
     if fraction <= 0:
-        return rows, None
+        return Split(rows, None, list(range(len(rows))), [])
     if len(rows) < 2:
         raise DataError(
             f"eval_fraction = {fraction} needs at least 2 rows; the dataset has {len(rows)}."
         )
+    import numpy as np
+
     n_eval = max(1, round(len(rows) * fraction))
-    parts = rows.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
-    return parts["train"], parts["test"]
+    order = np.random.default_rng(seed).permutation(len(rows)).tolist()
+    held, kept = order[:n_eval], order[n_eval:]
+    return Split(rows.select(kept), rows.select(held), kept, held)

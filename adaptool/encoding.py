@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adaptool.base import Example
+from adaptool.errors import DataError, describe
 
 if TYPE_CHECKING:
     from adaptool.base import Formatter
@@ -71,14 +72,48 @@ def encode_examples(
     return out
 
 
+@dataclass(frozen=True)
+class BadRow:
+    """A row the formatter refused (a null or wrongly typed field): where, and why."""
+
+    row: int  # 1-based, in the source
+    message: str
+
+
 def encode_rows(
-    rows: Iterable[Mapping[str, Any]], formatter: Formatter, tokenizer: Any, data: DataSection
-) -> list[Encoded]:
-    """Format dataset rows with ``formatter`` and encode them as the recipe's [data] says."""
-    return encode_examples(
-        [formatter.format(row, tokenizer) for row in rows],
+    rows: Iterable[Mapping[str, Any]],
+    formatter: Formatter,
+    tokenizer: Any,
+    data: DataSection,
+    *,
+    positions: Sequence[int] | None = None,
+) -> tuple[list[Encoded], list[BadRow]]:
+    """Format dataset rows with ``formatter`` and encode them as the recipe's [data] says.
+    A row the formatter refuses is a DataError naming its row (``positions``: each row's
+    place in the source) and the source — or, with ``data.on_bad_row = "skip"``, skipped and
+    returned among the bad rows."""
+    examples, bad = [], []
+    for i, row in enumerate(rows):
+        number = (positions[i] if positions is not None else i) + 1
+        try:
+            example = formatter.format(row, tokenizer)
+            if not (isinstance(example.prompt, str) and isinstance(example.completion, str)):
+                raise DataError(f"formatter '{formatter.name}' made a non-text example")
+        except (DataError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            message = str(exc) if isinstance(exc, DataError) else describe(exc)
+            if data.on_bad_row == "skip":
+                bad.append(BadRow(number, message))
+                continue
+            raise DataError(
+                f"row {number} of {data.source}: {message} Fix the row, or set "
+                f'data.on_bad_row = "skip" to leave such rows out (they are counted).'
+            ) from None
+        examples.append(example)
+    encoded = encode_examples(
+        examples,
         tokenizer,
         max_length=data.max_length,
         train_on_prompt=data.train_on_prompt,
         prompt_has_special_tokens=formatter.prompt_has_special_tokens,
     )
+    return encoded, bad

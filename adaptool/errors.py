@@ -92,6 +92,10 @@ class OutputExists(OutputError):
     """The output directory already holds something and neither resume nor overwrite was asked."""
 
 
+class TrainingError(AdaptoolError):
+    """Training that cannot go on: the loss or the gradients stopped being finite."""
+
+
 class MergeVerificationError(AdaptoolError):
     """The merged model does not behave like the adapter it came from."""
 

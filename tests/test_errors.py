@@ -28,6 +28,7 @@ ERROR_CLASSES = [
     errors.OutputError,
     errors.OutputExists,
     errors.MergeVerificationError,
+    errors.TrainingError,
 ]
 
 

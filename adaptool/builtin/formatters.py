@@ -13,16 +13,31 @@ from adaptool.hookspecs import hookimpl
 OPEN_QUOTES = ('"', "“", "'", "‘", "«")
 
 
-def _field(row: Mapping[str, Any] | str, column: str, formatter: str) -> Any:
+def _field(row: Mapping[str, Any] | str, column: str, formatter: str, *, null: bool = False) -> Any:
     if isinstance(row, str):
         return row
     try:
-        return row[column]
+        value = row[column]
     except KeyError:
         raise DataError(
             f"formatter '{formatter}' needs the column '{column}', which this row lacks "
             f"(it has: {', '.join(map(str, row)) or 'nothing'})."
         ) from None
+    if value is None and not null:
+        raise DataError(f"column '{column}' is empty (null); formatter '{formatter}' needs it.")
+    return value
+
+
+def _text(row: Mapping[str, Any] | str, column: str, formatter: str) -> str:
+    """A column that must hold text (a number is taken as its text); anything else — a list,
+    an object — is refused rather than trained on as its Python repr."""
+    value = _field(row, column, formatter)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise DataError(
+            f"column '{column}' holds {type(value).__name__} {str(value)[:40]!r}; formatter "
+            f"'{formatter}' needs text there."
+        )
+    return str(value)
 
 
 class QuoteTags(Formatter):
@@ -41,12 +56,19 @@ class QuoteTags(Formatter):
 
     def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
         tags = _field(row, self.options.tags_column, self.name)
+        if not isinstance(tags, str) and not (
+            isinstance(tags, list | tuple) and all(isinstance(t, str) for t in tags)
+        ):
+            raise DataError(
+                f"column '{self.options.tags_column}' holds {str(tags)[:40]!r}; formatter "
+                f"'{self.name}' needs a list of tags (strings) or text there."
+            )
         # a list is rendered as the notebook does: str(list), e.g. ['books', 'humor']
-        completion = tags if isinstance(tags, str) else str([str(t) for t in tags])
+        completion = tags if isinstance(tags, str) else str(list(tags))
         return Example(self.generation_prompt(row, tokenizer), completion)
 
     def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
-        quote = str(_field(raw, self.options.quote_column, self.name)).strip()
+        quote = _text(raw, self.options.quote_column, self.name).strip()
         if not quote.startswith(OPEN_QUOTES):
             quote = f"“{quote}”"
         return quote + self.options.separator
@@ -110,10 +132,10 @@ class Text(Formatter):
         return [self.options.column]
 
     def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
-        return Example("", str(_field(row, self.options.column, self.name)))
+        return Example("", _text(row, self.options.column, self.name))
 
     def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
-        return str(_field(raw, self.options.column, self.name))
+        return _text(raw, self.options.column, self.name)
 
 
 ALPACA_PREAMBLE = (
@@ -138,11 +160,11 @@ class Instruction(Formatter):
         return [self.options.instruction_column, self.options.response_column]
 
     def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
-        response = _field(row, self.options.response_column, self.name)
-        return Example(self.generation_prompt(row, tokenizer), str(response))
+        response = _text(row, self.options.response_column, self.name)
+        return Example(self.generation_prompt(row, tokenizer), response)
 
     def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
-        instruction = str(_field(raw, self.options.instruction_column, self.name)).strip()
+        instruction = _text(raw, self.options.instruction_column, self.name).strip()
         extra = "" if isinstance(raw, str) else str(raw.get(self.options.input_column) or "")
         extra = extra.strip()
         parts = []
@@ -175,16 +197,20 @@ class Chat(Formatter):
         messages = (
             [{"role": "user", "content": raw}]
             if isinstance(raw, str)
-            else _field(raw, self.options.messages_column, self.name)
+            else _field(raw, self.options.messages_column, self.name, null=True)
         )
         if not isinstance(messages, list | tuple) or not all(
-            isinstance(m, Mapping) and "role" in m and "content" in m for m in messages
+            isinstance(m, Mapping)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in messages
         ):
             raise DataError(
                 f"formatter 'chat' expects the column '{self.options.messages_column}' to hold "
-                f"a list of {{role, content}} messages, found {str(messages)[:80]!r}."
+                f"a list of {{role, content}} messages with text in both, found "
+                f"{str(messages)[:80]!r}."
             )
-        out = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+        out = [{"role": m["role"], "content": m["content"]} for m in messages]
         if self.options.system_prompt and (not out or out[0]["role"] != "system"):
             out.insert(0, {"role": "system", "content": self.options.system_prompt})
         return out

@@ -11,9 +11,9 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from adaptool.cli.output import error_console, print_error
 from adaptool.errors import AdaptoolError, AdaptoolWarning, describe
@@ -39,7 +39,7 @@ class AdaptoolGroup(TyperGroup):
             except AdaptoolError as exc:
                 print_error(exc.render(self._flags(ctx)))
                 raise typer.Exit(exc.exit_code) from None
-            except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            except (typer.Exit, typer.Abort, TyperException):  # Typer's own way out
                 raise
             except OSError as exc:
                 print_error(system_error(exc))

@@ -10,6 +10,15 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: bounds on what a recipe may ask for: beyond them a value is a typo, not a setting (a rank
+#: of a million allocates terabytes; a learning rate of 1e6 trains to NaN)
+MAX_RANK = 65_536
+MAX_LENGTH = 1_048_576
+MAX_BATCH = 65_536
+MAX_STEPS = 10**9
+MAX_EPOCHS = 100_000
+MAX_LEARNING_RATE = 10.0
+
 
 class Section(BaseModel):
     """A recipe section: typed as TOML is typed, unknown keys refused."""
@@ -45,8 +54,8 @@ class QuantizationSection(Section):
 class PeftSection(Section):
     plugin_key: ClassVar[tuple[str, str] | None] = ("method", "peft-method")
     method: str = "lora"
-    r: int = Field(default=8, gt=0)
-    alpha: float = Field(default=16.0, gt=0)
+    r: int = Field(default=8, gt=0, le=MAX_RANK)
+    alpha: float = Field(default=16.0, gt=0, allow_inf_nan=False)
     dropout: float = Field(default=0.05, ge=0, lt=1)
     bias: Literal["none", "all", "lora_only"] = "none"
     target_modules: Literal["auto", "all-linear"] | list[str] = "auto"
@@ -59,8 +68,11 @@ class DataSection(Section):
     split: str = "train"
     formatter: str
     eval_fraction: float = Field(default=0.0, ge=0, lt=1)
-    max_length: int = Field(default=512, gt=0)
+    max_length: int = Field(default=512, gt=0, le=MAX_LENGTH)
     train_on_prompt: bool = False
+    on_bad_row: Literal["error", "skip"] = Field(
+        default="error", description="a null or wrongly typed field: stop, or skip the row"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -69,23 +81,27 @@ class DataSection(Section):
 
 
 class TrainingSection(Section):
-    batch_size: int = Field(default=4, gt=0)
-    gradient_accumulation_steps: int = Field(default=1, gt=0)
-    learning_rate: float = Field(default=2e-4, gt=0)
+    batch_size: int = Field(default=4, gt=0, le=MAX_BATCH)
+    gradient_accumulation_steps: int = Field(default=1, gt=0, le=MAX_BATCH)
+    learning_rate: float = Field(default=2e-4, gt=0, le=MAX_LEARNING_RATE, allow_inf_nan=False)
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_steps: int = Field(default=0, ge=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: float = Field(default=1.0, ge=0)
-    max_steps: int | None = Field(default=None, gt=0)
-    epochs: float | None = Field(default=None, gt=0)
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    max_grad_norm: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    max_steps: int | None = Field(default=None, gt=0, le=MAX_STEPS)
+    epochs: float | None = Field(default=None, gt=0, le=MAX_EPOCHS, allow_inf_nan=False)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 where the hardware computes it natively"
     )
     gradient_checkpointing: bool | Literal["auto"] = "auto"
-    seed: int = 42
-    logging_steps: int = Field(default=10, gt=0)
-    save_steps: int = Field(default=100, ge=0, description="0: no intermediate checkpoints")
-    eval_steps: int = Field(default=0, ge=0, description="0: at every save and at the end")
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    logging_steps: int = Field(default=10, gt=0, le=MAX_STEPS)
+    save_steps: int = Field(
+        default=100, ge=0, le=MAX_STEPS, description="0: no intermediate checkpoints"
+    )
+    eval_steps: int = Field(
+        default=0, ge=0, le=MAX_STEPS, description="0: at every save and at the end"
+    )
     group_by_length: bool = True
 
     @classmethod

@@ -73,6 +73,7 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             "eval_rows": len(data.eval_set),
             "truncated": data.truncated,
             "skipped": data.dropped,
+            "bad_rows_skipped": len(data.bad_rows),
             "eval_fraction": recipe.data.eval_fraction,
             "max_length": recipe.data.max_length,
             "train_on_prompt": recipe.data.train_on_prompt,

@@ -5,15 +5,22 @@ is what a checkpoint saves, so a resumed run continues exactly."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptool.encoding import IGNORE_INDEX, Encoded
+from adaptool.errors import TrainingError
 from adaptool.modeling import device
 from adaptool.training.batching import collate
-from adaptool.training.checkpoint import capture_rng, resume_key, save_checkpoint
+from adaptool.training.checkpoint import (
+    capture_rng,
+    latest_checkpoint,
+    resume_key,
+    save_checkpoint,
+)
 from adaptool.training.metrics import append_metrics
 
 if TYPE_CHECKING:
@@ -105,13 +112,18 @@ def fit(
                     summed = loss_sum(model, batch)
                 scaled = summed / n_trained
                 (scaler.scale(scaled) if scaler else scaled).backward()
-                window.loss += summed.item()
+                value = summed.item()
+                if not math.isfinite(value):
+                    raise _diverged(f"the loss became {value}", state.step + 1, out, t)
+                window.loss += value
                 window.real_tokens += int(batch["attention_mask"].sum())
             window.trained_tokens += n_trained
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if t.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(session.params, t.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(session.params, t.max_grad_norm)
+                if scaler is None and not math.isfinite(norm.item()):
+                    raise _diverged(f"the gradients became {norm.item()}", state.step + 1, out, t)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -155,6 +167,17 @@ def fit(
         interrupted = stop.requested and state.step < total_steps
     reporter.finish()
     return FitOutcome(state, records, interrupted)
+
+
+def _diverged(what: str, step: int, out: Path, t: Any) -> TrainingError:
+    """Training stops before a non-finite step is applied or saved."""
+    last = latest_checkpoint(out)
+    kept = f"the last good checkpoint, {last.name}, is kept" if last else "no checkpoint was made"
+    return TrainingError(
+        f"{what} at step {step}: training diverged (training.learning_rate = "
+        f"{t.learning_rate:g}) and stopped before applying it; {kept}. Lower the learning rate "
+        f"(or raise training.warmup_steps) and start again."
+    )
 
 
 class StopOnInterrupt:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
-from adaptool.data import check_columns, load_rows, split_eval
-from adaptool.encoding import Encoded, encode_rows
+from adaptool.data import check_columns, load_rows, split_rows
+from adaptool.encoding import BadRow, Encoded, encode_rows
 from adaptool.errors import DataError, param
 from adaptool.modeling import load_base, load_tokenizer, resolve_precision, weights_dtype
 from adaptool.training.batching import BatchPlan
@@ -42,6 +42,8 @@ class Data:
     dropped: int
     #: the first rows as the formatter renders them: {"prompt", "completion"}
     samples: list[dict[str, str]]
+    #: rows refused by the formatter and skipped (``data.on_bad_row = "skip"``)
+    bad_rows: list[BadRow]
 
 
 @dataclass
@@ -70,12 +72,19 @@ def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter
     """Load, check, split and encode the recipe's data (DataError on bad data)."""
     rows = load_rows(recipe.data)
     check_columns(rows, formatter, recipe.data.source)
-    train_rows, eval_rows = split_eval(rows, recipe.data.eval_fraction, recipe.training.seed)
-    train_set, dropped, truncated = _encode(train_rows, formatter, tokenizer, recipe)
-    eval_set = _encode(eval_rows, formatter, tokenizer, recipe)[0] if eval_rows is not None else []
+    split = split_rows(rows, recipe.data.eval_fraction, recipe.training.seed)
+    train_set, dropped, truncated, bad = _encode(
+        split.train, split.train_positions, formatter, tokenizer, recipe
+    )
+    eval_set: list[Encoded] = []
+    if split.eval is not None:
+        eval_set, _, _, bad_eval = _encode(
+            split.eval, split.eval_positions, formatter, tokenizer, recipe
+        )
+        bad += bad_eval
     if not train_set:
         raise DataError(
-            f"none of the {len(train_rows)} training rows of {recipe.data.source} leaves a "
+            f"none of the {len(split.train)} training rows of {recipe.data.source} leaves a "
             f"completion token to train on (formatter '{formatter.name}', max_length = "
             f"{recipe.data.max_length}): `adaptool check` shows the examples."
         )
@@ -83,12 +92,32 @@ def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter
         f"data: {len(rows)} rows from {recipe.data.source} -> {len(train_set)} train, "
         f"{len(eval_set)} eval; {truncated} truncated to max_length = {recipe.data.max_length}"
         + (f"; {dropped} skipped (nothing left to train on)" if dropped else "")
+        + (f"; {len(bad)} bad rows skipped (first: row {bad[0].row})" if bad else "")
     )
-    samples = []
-    for i in range(min(SAMPLES, len(rows))):
-        example = formatter.format(rows[i], tokenizer)
+    return Data(
+        rows,
+        train_set,
+        eval_set,
+        split.eval,
+        truncated,
+        dropped,
+        _samples(rows, formatter, tokenizer),
+        bad,
+    )
+
+
+def _samples(rows: Any, formatter: Any, tokenizer: Any) -> list[dict[str, str]]:
+    """The first rows that format, as formatted: what later commands run without the data."""
+    samples: list[dict[str, str]] = []
+    for row in rows:
+        if len(samples) == SAMPLES:
+            break
+        try:
+            example = formatter.format(row, tokenizer)
+        except (DataError, TypeError, ValueError, KeyError, AttributeError):
+            continue  # a bad row, skipped in training as well
         samples.append({"prompt": example.prompt, "completion": example.completion})
-    return Data(rows, train_set, eval_set, eval_rows, truncated, dropped, samples)
+    return samples
 
 
 def setup(
@@ -172,10 +201,12 @@ def setup(
     )
 
 
-def _encode(rows: Any, formatter: Any, tokenizer: Any, recipe: Recipe) -> tuple[list, int, int]:
-    encoded = encode_rows(rows, formatter, tokenizer, recipe.data)
+def _encode(
+    rows: Any, positions: list[int], formatter: Any, tokenizer: Any, recipe: Recipe
+) -> tuple[list[Encoded], int, int, list[BadRow]]:
+    encoded, bad = encode_rows(rows, formatter, tokenizer, recipe.data, positions=positions)
     kept = [e for e in encoded if e.trained_tokens > 0]
-    return kept, len(encoded) - len(kept), sum(e.truncated for e in encoded)
+    return kept, len(encoded) - len(kept), sum(e.truncated for e in encoded), bad
 
 
 def _base_record(recipe: Recipe, model: Any, precision: str) -> BaseModelRecord:

@@ -274,3 +274,26 @@ def test_validate_recipe_from_a_dict(registry):
     assert recipe.data.source == "org/ds" and not recipe.data.is_local
     assert recipe.path is None
     assert Path(recipe.output.dir) == Path("/tmp/out")
+
+
+def test_values_are_checked_for_range_not_just_type(tmp_path, registry):
+    """A learning rate of inf trained to a NaN adapter once; a rank of 10**9 tries to allocate
+    a terabyte. Both are typos, reported with the key."""
+    path = write_recipe(tmp_path, MINIMAL)
+    cases = {
+        "training.learning_rate=inf": "training.learning_rate",
+        "training.learning_rate=nan": "training.learning_rate",
+        "training.learning_rate=1e6": "training.learning_rate",
+        "training.epochs=inf": "training.epochs",
+        "training.max_steps=10000000000": "training.max_steps",
+        "training.seed=-1": "training.seed",
+        "training.seed=18446744073709551616": "training.seed",
+        "peft.r=1000000000": "peft.r",
+        "peft.alpha=inf": "peft.alpha",
+        "data.max_length=100000000": "data.max_length",
+    }
+    for override, key in cases.items():
+        with pytest.raises(RecipeError) as err:
+            load_recipe(path, [override])
+        assert key in problems(err), (override, str(err.value))
+    assert load_recipe(path, ["training.learning_rate=5e-4"]).training.learning_rate == 5e-4

@@ -27,3 +27,45 @@ def test_loss_is_taken_on_completion_tokens_only(tokenizer):
             log_probs = torch.log_softmax(logits[row, pos - 1], dim=-1)
             expected -= log_probs[e.input_ids[pos]].item()
     assert total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_loss_that_stops_being_finite_stops_training_and_keeps_the_good_checkpoint(
+    tmp_path, tiny_bloom_dir, plugins, monkeypatch
+):
+    """No NaN adapter called "done": the run stops with a clear error before the bad step is
+    applied; the checkpoint before it stays, and no final output claims to be complete."""
+    import pytest
+    import torch
+
+    import adaptool.training.fit as fit
+    from adaptool.errors import TrainingError
+    from adaptool.recipe import load_recipe
+    from adaptool.training.checkpoint import latest_checkpoint
+    from adaptool.training.run import train
+    from tests.helpers import recipe_file
+
+    real = fit.loss_sum
+    calls = {"n": 0}
+
+    def poisoned(model, batch):
+        loss = real(model, batch)
+        if not model.training:  # evaluation
+            return loss
+        calls["n"] += 1
+        # step 6 (accumulation 2: its first micro-batch is the 11th) goes to NaN
+        return loss * torch.tensor(float("nan")) if calls["n"] == 11 else loss
+
+    monkeypatch.setattr(fit, "loss_sum", poisoned)
+    recipe = load_recipe(recipe_file(tmp_path, tiny_bloom_dir, steps=10))
+    with pytest.raises(TrainingError, match=r"the loss became nan at step 6: training diverged"):
+        train(recipe)
+    out = tmp_path / "out"
+    assert latest_checkpoint(out).name == "step-0000004"
+    assert not (out / "adaptool.json").exists()
+    assert all(torch.isfinite(t).all() for t in _adapter_tensors(latest_checkpoint(out)))
+
+
+def _adapter_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors")).values()

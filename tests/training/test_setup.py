@@ -52,3 +52,35 @@ def test_constant_schedule_keeps_its_warmup(tmp_path, tiny_bloom_dir, registry):
     lrs = [r["lr"] for r in records(result.output_dir) if "lr" in r]
     assert lrs[:4] == pytest.approx([3e-2 * k / 4 for k in (1, 2, 3, 4)])
     assert lrs[4:] == pytest.approx([3e-2, 3e-2])
+
+
+def test_a_null_or_wrongly_typed_field_names_row_column_and_file_or_is_skipped(
+    tmp_path, tiny_bloom_dir, plugins
+):
+    """Never trained as the text "None" or a Python repr: an error naming the row (as in the
+    file), the column and the file — or, with data.on_bad_row = "skip", a counted skip."""
+    import json
+
+    from adaptool import DataError
+    from adaptool.artifacts.manifest import read_manifest
+
+    rows = [json.loads(line) for line in (DATA / "quotes.jsonl").read_text().splitlines()]
+    rows[2]["tags"] = None
+    rows[5]["quote"] = {"text": "a dict where text belongs"}
+    source = tmp_path / "bad.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=2, source=source)
+    with pytest.raises(DataError) as err:
+        train(load_recipe(path))
+    message = str(err.value)
+    assert f"of {source}" in message and "on_bad_row" in message
+    assert ("row 3" in message and "'tags' is empty (null)" in message) or (
+        "row 6" in message and "'quote' holds dict" in message
+    )
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+    done = train(load_recipe(path, ['data.on_bad_row="skip"']))
+    manifest = read_manifest(done.output_dir)
+    assert manifest.data["bad_rows_skipped"] == 2
+    assert manifest.data["train_rows"] + manifest.data["eval_rows"] == len(rows) - 2
+    assert all("None" not in s["completion"] for s in manifest.samples)
