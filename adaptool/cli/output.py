@@ -7,6 +7,8 @@ import functools
 from rich.console import Console
 from rich.text import Text
 
+from adaptool.hub.client import redact
+
 
 @functools.cache
 def console() -> Console:
@@ -21,5 +23,5 @@ def error_console() -> Console:
 def print_error(message: BaseException | str) -> None:
     """One paragraph, no traceback; the text is printed as is (no markup, no hard wraps)."""
     text = Text("error: ", style="bold red")
-    text.append(str(message))
+    text.append(redact(str(message)))
     error_console().print(text, soft_wrap=True)

@@ -6,16 +6,96 @@ huggingface_hub finds it; it is never printed."""
 from __future__ import annotations
 
 import os
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from adaptool.errors import HubError, describe
 
+#: seconds a Hub request may wait for an answer (ADAPTOOL_HUB_TIMEOUT), and how many times a
+#: request that only reads is tried again after a timeout or a dropped connection
+TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+RETRIES = 2
+BACKOFF = 1.0
+
 
 def endpoint() -> str:
+    """The Hub's address, as shown to users: credentials in it are never echoed."""
+    from urllib.parse import urlsplit, urlunsplit
+
     from huggingface_hub import constants
 
+    parts = urlsplit(constants.ENDPOINT)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
     return constants.ENDPOINT
+
+
+_CREDENTIALS = re.compile(r"(?<=//)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of any URL in it replaced by ``***``."""
+    return _CREDENTIALS.sub("***@", text)
+
+
+def bounded_requests() -> None:
+    """Give every Hub request a timeout, and read-only ones bounded retries with backoff
+    (huggingface_hub's own client waits forever on an endpoint that never answers). Safe to
+    call again: the factory is installed once."""
+    from huggingface_hub.utils import _http, close_session, set_client_factory
+
+    if _http._GLOBAL_CLIENT_FACTORY is _client:
+        return
+    set_client_factory(_client)
+    close_session()
+
+
+def _client() -> Any:
+    import httpx2
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    timeout = float(os.environ.get("ADAPTOOL_HUB_TIMEOUT") or TIMEOUT)
+    limits = httpx2.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
+    return httpx2.Client(
+        event_hooks={"request": [hf_request_event_hook]},
+        follow_redirects=True,
+        timeout=limits,
+        transport=_retrying_transport(limits.as_dict()),
+    )
+
+
+def _retrying_transport(limits: dict[str, float]) -> Any:
+    import httpx2
+
+    class RetryingTransport(httpx2.HTTPTransport):
+        """Every request gets a time limit (huggingface_hub passes ``timeout=None`` on many
+        calls, which means none); a GET or HEAD is tried again after a timeout or a dropped
+        connection, with backoff."""
+
+        def handle_request(self, request: Any) -> Any:
+            asked = request.extensions.get("timeout") or {}
+            request.extensions["timeout"] = {
+                key: asked.get(key) if asked.get(key) is not None else limit
+                for key, limit in limits.items()
+            }
+            for attempt in range(RETRIES + 1):
+                try:
+                    return super().handle_request(request)
+                except (httpx2.TimeoutException, httpx2.ReadError, httpx2.RemoteProtocolError):
+                    # a refused connection or an unknown host is not retried: it is not
+                    # transient, and offline it must fail at once
+                    if request.method not in ("GET", "HEAD") or attempt == RETRIES:
+                        raise
+                    time.sleep(BACKOFF * 2**attempt)
+            raise AssertionError("unreachable")
+
+    return RetryingTransport()
 
 
 def _token_source() -> str:
@@ -28,7 +108,17 @@ def _token_source() -> str:
 
 @contextmanager
 def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
-    """Turn huggingface_hub's and the network's errors into one-paragraph HubErrors."""
+    """Turn huggingface_hub's and the network's errors into one-paragraph HubErrors (with no
+    credentials of the endpoint in them)."""
+    try:
+        with _hub_errors(repo_id, revision):
+            yield
+    except HubError as exc:
+        raise HubError(redact(str(exc))) from None
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     from huggingface_hub import errors
 
     where = endpoint()
@@ -98,9 +188,11 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 
 def progress_on_terminals_only() -> None:
-    """huggingface_hub's transfer bars help on a terminal; in logs and pipes they are noise."""
+    """huggingface_hub's transfer bars help on a terminal; in logs and pipes they are noise.
+    (Called before every transfer: it also bounds the requests' time.)"""
     import sys
 
+    bounded_requests()
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     if sys.stderr.isatty():

@@ -39,6 +39,7 @@ from adaptool.artifacts.loading import recorded_quantizer
 from adaptool.artifacts.manifest import Manifest, new_manifest, write_json, write_manifest
 from adaptool.artifacts.outputs import check_output, mark
 from adaptool.errors import AdapterError, ModelError, param
+from adaptool.hub.client import bounded_requests
 from adaptool.merging.fold import base_key, fold, group_by_module
 from adaptool.merging.options import Dtype, Into, choice
 from adaptool.merging.streaming import ByteRange, read_layout, tag_of, write_streamed
@@ -273,6 +274,7 @@ def base_folder(artifact: Artifact, override: str | None) -> Path:
             f"the base model folder {path} does not exist; pass {param('base', 'PATH')}."
         )
     revision = None if override else artifact.base_model().commit
+    bounded_requests()
     try:
         from huggingface_hub import snapshot_download
 

@@ -36,3 +36,54 @@ def test_missing_repo_private_repo_and_missing_revision(hub, plugins, adapter, t
         denied = cli(plugins, "push", adapter, "alice/secret")
         assert denied.exit_code == 2 and "Traceback" not in denied.output
         assert "the token in HF_TOKEN may not do this on alice/secret" in denied.output
+
+
+def test_an_endpoint_that_never_answers_times_out_and_its_credentials_are_not_echoed(
+    plugins, tmp_path, monkeypatch
+):
+    """A Hub that accepts the connection and then says nothing: bounded retries, a clear
+    error, and the user:password in HF_ENDPOINT never printed."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held = []
+
+    def accept_and_hold():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    monkeypatch.setenv("ADAPTOOL_HUB_TIMEOUT", "0.5")
+    monkeypatch.setattr("adaptool.hub.client.BACKOFF", 0.05)
+    port = listener.getsockname()[1]
+    endpoint = f"http://carol:s3cret-pass@127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        with hub_env(endpoint, GOOD, tmp_path / "home"):
+            result = cli(plugins, "pull", "alice/tagger")
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 2, result.output
+    assert "could not reach the Hub" in result.output and "Timeout" in result.output
+    assert "s3cret-pass" not in result.output and "***@127.0.0.1" in result.output
+    assert len(held) == 3  # the first try and two retries
+
+
+def test_redact_hides_credentials_in_any_url():
+    from adaptool.hub.client import redact
+
+    assert (
+        redact("for url: https://u:p@hub.example/api x") == "for url: https://***@hub.example/api x"
+    )
+    assert redact("no url here") == "no url here"
