@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from adaptool.errors import AdaptoolError
+
 
 @dataclass
 class Generation:
@@ -56,6 +58,12 @@ def generate(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
     dev = next(model.parameters()).device
     encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise AdaptoolError(
+            f"prompt {empty[0] + 1} encodes to no tokens at all, so there is nothing to continue "
+            f"from; give some text."
+        )
     results: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
         chunk = encoded[start : start + batch_size]

@@ -94,7 +94,7 @@ class PluginSet:
         for info, impl in self._in_load_order("register_commands"):
             try:
                 _call(impl, app=app)
-            except Exception as exc:  # a broken plugin must not break the CLI
+            except (Exception, SystemExit) as exc:  # a broken plugin must not break the CLI
                 self._fail(info.provider, f"register_commands raised {describe(exc)}")
                 continue
             finally:
@@ -118,7 +118,7 @@ class PluginSet:
                 staged: list[type] = []
                 try:
                     _call(impl, register=functools.partial(_stage, kind, staged))
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:
                     self._fail(info.provider, f"{hook_name} raised {describe(exc)}")
                     continue
                 for cls in staged:
@@ -237,7 +237,7 @@ def load_plugins(
                 continue
             try:
                 module = ep.load()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # even one that calls sys.exit() at import
                 plugins._fail(provider, f"failed to import ({describe(exc)})")
                 continue
             add(module, provider)

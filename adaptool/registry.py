@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adaptool.base import Formatter, PeftMethod, Plugin, Quantizer
+from adaptool.base import Formatter, Options, PeftMethod, Plugin, Quantizer
 from adaptool.errors import AdaptoolWarning, PluginError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
@@ -118,6 +118,12 @@ def check_registration(kind: str, cls: Any) -> type[Plugin]:
         raise PluginError(
             f"{hook} was given {cls.__name__} with name {name!r}; a {kind} name must be "
             f"lowercase letters, digits and dashes, starting with a letter or digit."
+        )
+    options = getattr(cls, "Options", None)
+    if not (isinstance(options, type) and issubclass(options, Options)):
+        raise PluginError(
+            f"{hook} was given {cls.__name__}, whose Options is {options!r}: it must be a "
+            f"subclass of adaptool.Options (the schema of the recipe keys it accepts)."
         )
     return cls
 

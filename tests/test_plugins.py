@@ -444,3 +444,16 @@ def test_two_plugins_adding_one_command_add_neither(site):
         assert "fake-one 1.0" in problem.message and "fake-two 1.0" in problem.message
     assert "commands" not in plugins.plugins["fake_one"].registers
     assert CliRunner().invoke(app, ["plugins"]).exit_code == 0
+
+
+def test_a_plugin_that_exits_at_import_or_has_no_options_schema_is_skipped(site):
+    """sys.exit() at import is reported and skipped like any other broken plugin; a class whose
+    Options is not an adaptool.Options schema is refused at registration."""
+    install(site, "fake-exit", "fake_exit", "import sys\nsys.exit(3)\n")
+    no_schema = GOOD.replace("class Options(Options):", "class Options:")
+    install(site, "fake-noschema", "fake_noschema", no_schema)
+    plugins = load_plugins(strict=False, disabled=[])
+    problems = {p.distribution: p.message for p in plugins.problems}
+    assert "failed to import (SystemExit: 3)" in problems["fake-exit"]
+    assert "must be a subclass of adaptool.Options" in problems["fake-noschema"]
+    assert plugins.registry.get("formatter", "text").name == "text"

@@ -30,8 +30,13 @@ def eval_cli(
     ] = None,
 ) -> None:
     """Generate on every row of --data (greedy) and let the adapter's formatter score it."""
+    from adaptool.errors import AdaptoolError
     from adaptool.evaluate import evaluate
     from adaptool.hub.locate import locate
+
+    if outputs is not None and (outputs.is_dir() or not outputs.parent.is_dir()):
+        why = "is a folder" if outputs.is_dir() else "is in a folder that does not exist"
+        raise AdaptoolError(f"--outputs {outputs} {why}; give a .jsonl file to write.")
 
     located = locate(target)
     result = evaluate(

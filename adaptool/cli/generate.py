@@ -16,14 +16,30 @@ def read_prompts_file(path: Path) -> list[Any]:
     """One prompt per line; in a .jsonl file each line is a row (an object) or a string."""
     try:
         lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as exc:
+        raise AdaptoolError(
+            f"--prompts-file {path}: not UTF-8 text (byte {exc.start} is "
+            f"{exc.object[exc.start]:#04x})."
+        ) from None
     except OSError as exc:
         raise AdaptoolError(f"--prompts-file {path}: cannot read it ({exc}).") from None
     if path.suffix.lower() != ".jsonl":
         return lines
-    try:
-        return [json.loads(line) for line in lines]
-    except ValueError as exc:
-        raise AdaptoolError(f"--prompts-file {path}: not valid JSON Lines ({exc}).") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise AdaptoolError(
+                f"--prompts-file {path}, line {number}: not valid JSON ({exc})."
+            ) from None
+        if not isinstance(row, str | dict):
+            raise AdaptoolError(
+                f"--prompts-file {path}, line {number}: a row (a JSON object) or a prompt (a "
+                f"JSON string) is expected, found {line.strip()[:40]}."
+            )
+        rows.append(row)
+    return rows
 
 
 def generate_cli(
@@ -39,7 +55,9 @@ def generate_cli(
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed for sampling.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per prompt.")] = False,
     compare_base: Annotated[
         bool, typer.Option("--compare-base", help="Also show the base without the adapter.")
@@ -63,6 +81,11 @@ def generate_cli(
         inputs += read_prompts_file(prompts_file)
     if not inputs:
         raise AdaptoolError("give at least one PROMPT or --prompts-file FILE.")
+    if raw and any(not str(i) for i in inputs):
+        raise AdaptoolError(
+            "an empty PROMPT with --raw gives the model nothing to continue from; give some "
+            "text (or leave out --raw to let the adapter's formatter build the prompt)."
+        )
     located = locate(target)
     opened = open_target(located.path, base=located.base_or(base), quantization=quantization)
     if opened.formatter_error is not None and not raw:

@@ -32,12 +32,18 @@ def load_recipe(
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError(str(path), [RecipeProblem("", "recipe file not found")]) from None
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})"
+        raise RecipeError(str(path), [RecipeProblem("", problem)]) from None
     except OSError as exc:
         raise RecipeError(str(path), [RecipeProblem("", f"cannot read the file: {exc}")]) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(str(path), [RecipeProblem("", f"not valid TOML: {exc}")]) from None
+    except RecursionError:
+        problem = "not a recipe: its tables or arrays are nested too deeply to read"
+        raise RecipeError(str(path), [RecipeProblem("", problem)]) from None
     return validate_recipe(raw, path=path, overrides=overrides, cwd=cwd)
 
 

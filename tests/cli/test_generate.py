@@ -46,3 +46,29 @@ def test_cli_generate_prompts_file(adapter_dir, plugins, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "“Knowledge is power.” ->: " in result.output
+
+
+def test_small_bad_inputs_are_clear_errors_before_any_work(adapter_dir, plugins, tmp_path):
+    """An empty raw prompt, a seed beyond 64 bits, JSON numbers as rows, a non-UTF-8 prompts
+    file, and eval --outputs pointing at a folder: exit 2, no traceback."""
+    app = build_app(plugins)
+
+    def run(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    assert "nothing to continue from" in run("generate", adapter_dir, "", "--raw")
+    assert "--seed" in run("generate", adapter_dir, "x", "--seed", str(2**64))
+    numbers = tmp_path / "rows.jsonl"
+    numbers.write_text('{"quote": "Be yourself."}\n42\n')
+    assert "line 2: a row (a JSON object) or a prompt" in run(
+        "generate", adapter_dir, "--prompts-file", numbers
+    )
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    assert "not UTF-8 text (byte 3 is 0xe9)" in run(
+        "generate", adapter_dir, "--prompts-file", latin
+    )
+    assert "is a folder" in run("eval", adapter_dir, "--outputs", tmp_path)

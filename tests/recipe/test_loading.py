@@ -297,3 +297,14 @@ def test_values_are_checked_for_range_not_just_type(tmp_path, registry):
             load_recipe(path, [override])
         assert key in problems(err), (override, str(err.value))
     assert load_recipe(path, ["training.learning_rate=5e-4"]).training.learning_rate == 5e-4
+
+
+def test_unreadable_recipe_files_are_recipe_errors(tmp_path, registry):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(MINIMAL.replace("out", "\xe9t\xe9").encode("latin-1"))
+    with pytest.raises(RecipeError, match=r"not UTF-8 text \(byte \d+ is 0xe9\)"):
+        load_recipe(latin)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(RecipeError, match=r"nested too deeply|not valid TOML"):
+        load_recipe(deep)
