@@ -25,8 +25,13 @@ def is_hub_id(name: str | None, *, relative_to: Path | None = None) -> bool:
     (relative to ``relative_to``, default the current folder), and fits the Hub's id grammar."""
     if not name or name.startswith((".", "/", "~")) or name.lower().endswith(LOCAL_SUFFIXES):
         return False
-    if ((relative_to or Path.cwd()) / Path(name).expanduser()).exists():
+    if not name.isprintable():  # no path or repo id holds a control character
         return False
+    try:
+        if ((relative_to or Path.cwd()) / Path(name).expanduser()).exists():
+            return False
+    except (OSError, ValueError):  # a name too long for a path
+        pass
     return bool(REPO_ID.match(name))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adaptool.errors import PluginError, RecipeError, RecipeProblem
+from adaptool.errors import PluginError, RecipeError, RecipeProblem, describe
 from adaptool.hub.locate import is_hub_id
 from adaptool.plugins import registry
 from adaptool.recipe.resolve import resolve_plugins
@@ -54,7 +54,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p.strip() for p in key.split(".")]
     if not sep or len(parts) < 2 or not all(parts):
         raise RecipeError(
-            "--set", [RecipeProblem(text, "expected section.key=value, e.g. training.max_steps=10")]
+            "--set",
+            [
+                RecipeProblem(
+                    text.strip() or repr(text),
+                    "expected section.key=value, e.g. training.max_steps=10",
+                )
+            ],
         )
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
@@ -77,7 +83,8 @@ def validate_recipe(
     cwd = cwd or Path.cwd()
 
     data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
-    _resolve_paths(data, base_dir)
+    problems: list[RecipeProblem] = []
+    _resolve_paths(data, base_dir, problems)
     from_cli: dict[str, Any] = {}
     for text in overrides:
         keys, value = parse_override(text)
@@ -91,14 +98,15 @@ def validate_recipe(
             from_cli.setdefault(keys[0], {})[keys[1]] = value
     for section_name, values in from_cli.items():
         if isinstance(data.get(section_name), dict):
-            _resolve_paths({section_name: values}, cwd)
+            _resolve_paths({section_name: values}, cwd, problems)
             data[section_name].update(values)
 
-    problems: list[RecipeProblem] = []
     sections: dict[str, Section] = {}
     for key in data:
         if key not in SECTIONS:
-            problems.append(RecipeProblem(key, "unknown section" + _did_you_mean(key, SECTIONS)))
+            problems.append(
+                RecipeProblem(_key(key), "unknown section" + _did_you_mean(str(key), SECTIONS))
+            )
     for name, cls in SECTIONS.items():
         if name not in data:
             if name in REQUIRED_SECTIONS:
@@ -191,24 +199,34 @@ def _validate_section(
     return section.model_copy(update={"options": options.model_dump()})
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    """Make local paths absolute against ``base`` (in place). Hub ids are left alone."""
-    model = data.get("model")
-    if isinstance(model, dict) and isinstance(model.get("name"), str):
-        model["name"] = _maybe_local(model["name"], base)
-    source = data.get("data")
-    if isinstance(source, dict) and isinstance(source.get("source"), str):
-        source["source"] = _maybe_local(source["source"], base)
-    output = data.get("output")
-    if isinstance(output, dict) and isinstance(output.get("dir"), str) and output["dir"]:
-        output["dir"] = str((base / Path(output["dir"]).expanduser()).resolve())
+#: the keys that hold a path (or a Hub id), by section; ``always``: a path, never a Hub id
+PATH_KEYS = (("model", "name", False), ("data", "source", False), ("output", "dir", True))
 
 
-def _maybe_local(value: str, base: Path) -> str:
-    """A local path made absolute against ``base``; a Hub id left as it is."""
-    if not value or is_hub_id(value, relative_to=base):
-        return value
-    return str((base / Path(value).expanduser()).resolve())
+def _resolve_paths(data: dict[str, Any], base: Path, problems: list[RecipeProblem]) -> None:
+    """Make local paths absolute against ``base`` (in place); Hub ids are left alone. A value
+    that cannot be a path here (``~nosuchuser/x``, a name too long) is a problem."""
+    for section, key, always in PATH_KEYS:
+        values = data.get(section)
+        if not isinstance(values, dict) or not isinstance(values.get(key), str):
+            continue
+        value = values[key]
+        if not value or not value.isprintable():
+            continue  # left for validation to report
+        if not always and is_hub_id(value, relative_to=base):
+            continue
+        try:
+            values[key] = str((base / Path(value).expanduser()).resolve())
+        except (OSError, RuntimeError, ValueError) as exc:
+            problems.append(
+                RecipeProblem(f"{section}.{key}", f"cannot be a path here ({describe(exc)})")
+            )
+
+
+def _key(name: object) -> str:
+    """A key as a problem names it: as written, or quoted when it would not show."""
+    text = str(name)
+    return text if text.strip() and text.isprintable() else repr(text)
 
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 #: bounds on what a recipe may ask for: beyond them a value is a typo, not a setting (a rank
 #: of a million allocates terabytes; a learning rate of 1e6 trains to NaN)
@@ -18,6 +18,16 @@ MAX_BATCH = 65_536
 MAX_STEPS = 10**9
 MAX_EPOCHS = 100_000
 MAX_LEARNING_RATE = 10.0
+
+
+def _printable_path(value: str) -> str:
+    """A path or Hub id: no NUL or other control character (no file system or Hub has one)."""
+    if any(not ch.isprintable() for ch in value):
+        raise ValueError(f"a path or Hub id without control characters, found {value!r}")
+    return value
+
+
+PathText = Annotated[str, AfterValidator(_printable_path)]
 
 
 class Section(BaseModel):
@@ -35,7 +45,7 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    name: str = Field(min_length=1, description="Hub model id or local path")
+    name: PathText = Field(min_length=1, description="Hub model id or local path")
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
@@ -64,7 +74,7 @@ class PeftSection(Section):
 
 class DataSection(Section):
     plugin_key: ClassVar[tuple[str, str] | None] = ("formatter", "formatter")
-    source: str = Field(min_length=1, description="Hub dataset id or local file")
+    source: PathText = Field(min_length=1, description="Hub dataset id or local file")
     split: str = "train"
     formatter: str
     eval_fraction: float = Field(default=0.0, ge=0, lt=1)
@@ -123,7 +133,7 @@ class TrainingSection(Section):
 
 
 class OutputSection(Section):
-    dir: str = Field(min_length=1)
+    dir: PathText = Field(min_length=1)
 
 
 class HubSection(Section):
