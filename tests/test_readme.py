@@ -44,3 +44,15 @@ def test_the_layout_section_matches_the_folders():
                 assert module.name in named_files, f"{folder}/{module.name} is not in Layout"
     for module in package.glob("*.py"):
         assert module.name in named_files, f"{module.name} is not in Layout"
+
+
+def test_every_test_the_reliability_doc_names_exists():
+    """docs/reliability.md promises only what a test shows: each test it names is there."""
+    text = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?", text)
+    assert len(named) > 20
+    for path, name in named:
+        source = REPO / path
+        assert source.is_file(), path
+        if name:
+            assert f"def {name}(" in source.read_text(encoding="utf-8"), f"{path}::{name}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -94,3 +95,19 @@ def check_fits(artifact: Artifact, *, base: str | None = None) -> Fit:
         )
     method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
     return Fit(base=str(name), method=method, tensors=len(saved))
+
+
+def trainable_parameters(base_config: Any, peft_config: Any) -> int:
+    """How many parameters ``peft_config`` adds to a model of ``base_config``, counted on the
+    meta device (nothing allocated): what a recipe will cost before any memory is spent."""
+    import copy
+
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(base_config)
+        wrapped = get_peft_model(model, copy.deepcopy(peft_config))
+    return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptool.artifacts.artifact import Artifact
+from adaptool.artifacts.fit import check_fits
 from adaptool.artifacts.layout import Kind
 from adaptool.artifacts.manifest import Manifest
 from adaptool.errors import AdapterError, PluginError, describe, param
@@ -87,6 +88,7 @@ def open_target(
     if artifact.kind == Kind.ADAPTER:
         record = artifact.base_model(base)
         base_name = record.name
+        check_fits(artifact, base=base_name)  # on the meta device, before memory is spent
         source = str(artifact.path) if artifact.has_tokenizer else base_name
         tokenizer = load_tokenizer(
             source, revision=None if artifact.has_tokenizer else record.revision

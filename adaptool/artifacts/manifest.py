@@ -22,7 +22,7 @@ from typing import Any
 
 from adaptool import __version__
 from adaptool.artifacts.layout import MANIFEST, Kind
-from adaptool.errors import AdapterError
+from adaptool.errors import AdapterError, describe
 
 FORMAT_VERSION = 2
 LIBRARIES = (
@@ -175,6 +175,9 @@ class Manifest:
             "kind": Kind(data.pop("kind", "adapter")),
             "base_model": _record(BaseModelRecord, base),
         }
+        for key in ("quantization", "formatter", "peft"):
+            if data.get(key) is not None and not isinstance(data[key], dict):
+                raise TypeError(f"{key} must be a JSON object, found {type(data[key]).__name__}")
         quantization = data.pop("quantization", None)
         if isinstance(quantization, dict):
             q = dict(quantization)
@@ -196,6 +199,8 @@ class Manifest:
 
 
 def _record(cls: type, data: dict[str, Any]) -> Any:
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} must be a JSON object, found {type(data).__name__}")
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -290,5 +295,7 @@ def read_manifest(folder: Path) -> Manifest | None:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         return Manifest.from_dict(data)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise AdapterError(f"{path} is not a readable adaptool manifest: {exc}.") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AdapterError(
+            f"{path} is not a readable adaptool manifest: {describe(exc)}."
+        ) from None

@@ -25,6 +25,7 @@ from typing import Any
 from adaptool.artifacts import index
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.card import model_card
+from adaptool.artifacts.fit import check_fits
 from adaptool.artifacts.layout import (
     ADAPTER_WEIGHTS,
     CARD,
@@ -84,6 +85,7 @@ def merge(
     check_output(out, overwrite=overwrite, inputs=[folder, *([base] if base else [])])
     peft_config = _peft_config(folder)
     base_dir = base_folder(artifact, base)
+    check_fits(artifact, base=str(base_dir))  # on the meta device, before memory is spent
     base_config = json.loads((base_dir / MODEL_CONFIG).read_text(encoding="utf-8"))
     manifest = artifact.manifest
     trained_dtype = manifest.base_model.dtype if manifest else None

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptool.artifacts.fit import trainable_parameters
 from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
 from adaptool.data import check_columns, load_rows, split_rows
 from adaptool.encoding import BadRow, Encoded, encode_rows
-from adaptool.errors import DataError, param
+from adaptool.errors import DataError, ModelError, param
 from adaptool.modeling import load_base, load_tokenizer, resolve_precision, weights_dtype
 from adaptool.training.batching import BatchPlan
 
@@ -274,6 +275,39 @@ def _wrap(model: Any, method: Any, recipe: Recipe, init_adapter: Path | None) ->
     from peft import get_peft_model
 
     if init_adapter is None:
-        return get_peft_model(model, method.peft_config(recipe.peft))
+        config = method.peft_config(recipe.peft)
+        _check_adapter_fits_in_memory(model.config, config)
+        return get_peft_model(model, config)
     hint = f"Give {param('init_adapter', 'DIR')} an adapter trained on model.name."
     return attach(model, init_adapter, recipe.model.name, trainable=True, hint=hint)
+
+
+#: bytes per trainable parameter: fp32 weight, gradient and AdamW's two moments
+BYTES_PER_TRAINABLE = 16
+
+
+def _check_adapter_fits_in_memory(base_config: Any, peft_config: Any) -> None:
+    """Count the adapter's parameters on the meta device and refuse one whose weights,
+    gradients and optimizer state could not fit in the memory free now (``r = 10**5`` on a
+    7B model asks for terabytes) — before any of it is allocated."""
+    import copy
+
+    import torch
+
+    config = copy.deepcopy(base_config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    params = trainable_parameters(config, peft_config)
+    need = params * BYTES_PER_TRAINABLE
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    if need > free:
+        raise ModelError(
+            f"the adapter the recipe asks for has {params:,} trainable parameters: "
+            f"{need / 2**30:.1f} GiB with their gradients and optimizer state, more than the "
+            f"{free / 2**30:.1f} GiB free. Lower peft.r or target fewer modules."
+        )

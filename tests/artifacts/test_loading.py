@@ -98,3 +98,56 @@ def test_a_recorded_formatter_that_cannot_be_recreated_leaves_raw_prompts(
     assert refused.exit_code == 2 and "--raw" in refused.output
     args = ["generate", str(copy), "x", "--raw", "--max-new-tokens", "2"]
     assert CliRunner().invoke(build_app(plugins), args).exit_code == 0
+
+
+def test_an_absurd_adapter_config_is_refused_before_memory_is_spent(adapter, tmp_path):
+    """An adapter config claiming r = 200000 (its tensors are r = 8) would allocate about a
+    gigabyte before failing; it is checked on the meta device first."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "absurd"
+    shutil.copytree(adapter, copy)
+    config = json.loads((copy / "adapter_config.json").read_text())
+    config["r"] = 200_000
+    (copy / "adapter_config.json").write_text(json.dumps(config))
+    code = f"""
+import json
+from adaptool.artifacts.loading import open_target
+from adaptool.errors import AdapterError
+from adaptool.testing import peak_rss_mb, rss_mb
+import torch, peft, transformers
+from adaptool.plugins import load_plugins, use_plugins
+use_plugins(load_plugins(entry_points=False))
+baseline = rss_mb()
+try:
+    open_target({str(copy)!r})
+    said = "opened"
+except AdapterError as exc:
+    said = str(exc)
+print(json.dumps({{"said": said, "growth": peak_rss_mb() - baseline}}))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "does not fit the base" in result["said"]
+    assert result["growth"] < 300, result  # r = 200000 would take ~1 GB
+
+
+def test_a_recipe_whose_adapter_cannot_fit_in_memory_is_refused_before_allocating(
+    tmp_path, tiny_bloom_dir, plugins, monkeypatch
+):
+    from types import SimpleNamespace
+
+    import psutil
+
+    from adaptool.errors import ModelError
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import recipe_file
+
+    recipe = load_recipe(recipe_file(tmp_path, tiny_bloom_dir, steps=1), ["peft.r=4096"])
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=64 << 20))
+    with pytest.raises(ModelError, match=r"trainable parameters: .* GiB .* Lower peft.r"):
+        train(recipe)
+    assert not (tmp_path / "out").exists()

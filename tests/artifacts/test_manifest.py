@@ -190,3 +190,21 @@ def test_file_sha256(tmp_path):
     assert file_sha256(path) == file_sha256(path)
     path.write_bytes(b"abd")
     assert file_sha256(path) == hashlib.sha256(b"abd").hexdigest()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"a string"',
+        "[1, 2]",
+        '{"kind": "adapter", "base_model": "bloom"}',
+        '{"kind": "adapter", "base_model": {"name": "b"}, "formatter": ["text"]}',
+        '{"kind": "adapter", "base_model": {"name": "b"}, "peft": "lora"}',
+        '{"kind": "spaceship", "base_model": {"name": "b"}}',
+    ],
+    ids=["string", "list", "base-a-string", "formatter-a-list", "peft-a-string", "bad-kind"],
+)
+def test_a_manifest_of_the_wrong_json_type_is_an_adapter_error(tmp_path, text):
+    (tmp_path / "adaptool.json").write_text(text)
+    with pytest.raises(AdapterError, match="is not a readable adaptool manifest"):
+        read_manifest(tmp_path)

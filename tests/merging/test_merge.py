@@ -106,7 +106,7 @@ def test_merge_refusals(tmp_path, tiny_bloom_dir, registry):
 
     other = tmp_path / "other-base"
     make_tiny_bloom(other, AutoTokenizer.from_pretrained(str(tiny_bloom_dir)), hidden_size=32)
-    with pytest.raises(AdapterError, match="does not fit the base layer"):
+    with pytest.raises(AdapterError, match="does not fit the base"):
         merge(adapter, output=tmp_path / "m", base=str(other))
     # prompt tuning has no weights to fold
     (tmp_path / "pt").mkdir()

@@ -127,3 +127,16 @@ def test_a_recipe_built_directly_has_default_sections():
     assert recipe.quantization.backend == "none"
     assert recipe.peft.method == "lora"
     assert "hub" not in recipe.to_dict()
+
+
+def test_remote_code_is_off_unless_a_recipe_asks(tmp_path):
+    """trust_remote_code defaults to false, and the loaders pass what the recipe says."""
+    import inspect
+
+    from adaptool.modeling import load_base, load_tokenizer
+    from adaptool.recipe.schema import ModelSection
+
+    assert ModelSection(name="org/model").trust_remote_code is False
+    for loader in (load_base, load_tokenizer):
+        default = inspect.signature(loader).parameters["trust_remote_code"].default
+        assert default is False, loader.__name__
