@@ -174,6 +174,12 @@ def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
         raise HubError(
             f"a local file problem while transferring {repo_id}: {describe(exc)}."
         ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # HTML where JSON belongs
+        raise HubError(
+            f"{where} answered something that is not the Hub's API for {repo_id} "
+            f"({describe(exc)}); check HF_ENDPOINT (a proxy's login page or a web server, "
+            f"not a Hub, may be answering)."
+        ) from None
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

@@ -13,6 +13,7 @@ from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.fit import check_fits
 from adaptool.artifacts.layout import CARD, OWNED, Kind, classify, matches
 from adaptool.artifacts.outputs import check_output, mark
+from adaptool.errors import HubError
 from adaptool.hub.client import check_repo_id, hub_errors, progress_on_terminals_only
 
 
@@ -52,6 +53,12 @@ def pull(
     with hub_errors(repo_id, revision):
         info = api.model_info(repo_id, revision=revision)
     names = [s.rfilename for s in info.siblings or []]
+    unsafe = [n for n in names if n.startswith(("/", "~")) or "\\" in n or ".." in n.split("/")]
+    if unsafe:
+        raise HubError(
+            f"{repo_id} lists a file whose name could escape its folder ({unsafe[0]!r}); "
+            f"nothing was downloaded. The repo is damaged or hostile."
+        )
     kind = classify([n for n in names if "/" not in n], repo_id)
     wanted = [n for n in names if "/" not in n and matches(n, (*OWNED, CARD))]
     out = Path(output).expanduser().resolve() if output is not None else None

@@ -1,6 +1,9 @@
-"""Hub errors as one paragraph: wrong token, missing or private repo, missing revision."""
+"""Hub errors as one paragraph: wrong token, missing or private repo, missing revision, an
+endpoint that never answers, a web page where the Hub should be, a hostile listing."""
 
 from __future__ import annotations
+
+import pytest
 
 from tests.helpers import (
     GOOD,
@@ -87,3 +90,52 @@ def test_redact_hides_credentials_in_any_url():
         redact("for url: https://u:p@hub.example/api x") == "for url: https://***@hub.example/api x"
     )
     assert redact("no url here") == "no url here"
+
+
+@pytest.fixture
+def odd_hub():
+    """A server that answers like a web page (HTML, 200) or like a hostile Hub (a listing
+    with names that climb out of their folder)."""
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if "/api/models/alice/escape" in self.path:
+                body = _json.dumps(
+                    {
+                        "id": "alice/escape",
+                        "sha": "0" * 40,
+                        "siblings": [
+                            {"rfilename": "adapter_config.json"},
+                            {"rfilename": "../../.bashrc"},
+                        ],
+                    }
+                ).encode()
+                kind = "application/json"
+            else:
+                body, kind = b"<html><body>Please log in to the proxy</body></html>", "text/html"
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_web_page_where_the_hub_should_be_and_a_hostile_listing(odd_hub, plugins, tmp_path):
+    with hub_env(odd_hub, GOOD, tmp_path / "home"):
+        page = cli(plugins, "pull", "alice/tagger")
+        hostile = cli(plugins, "pull", "alice/escape", "--output", tmp_path / "p")
+    assert page.exit_code == 2 and "not the Hub's API" in page.output, page.output
+    assert hostile.exit_code == 2 and "could escape its folder" in hostile.output
+    assert "Traceback" not in page.output + hostile.output
+    assert not (tmp_path / "p").exists() and not (tmp_path.parent / ".bashrc").exists()
