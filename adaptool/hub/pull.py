@@ -13,8 +13,9 @@ from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.fit import check_fits
 from adaptool.artifacts.layout import CARD, OWNED, Kind, classify, matches
 from adaptool.artifacts.outputs import check_output, mark
-from adaptool.errors import HubError
+from adaptool.errors import AdapterError, HubError
 from adaptool.hub.client import check_repo_id, hub_errors, progress_on_terminals_only
+from adaptool.merging.streaming import read_layout
 
 
 @dataclass
@@ -116,6 +117,13 @@ def pull(
 def _check_pulled(result: PullResult, base: str | None) -> None:
     artifact = Artifact.read(result.path)
     if artifact.kind == Kind.MERGED:
+        for shard in sorted(result.path.glob("*.safetensors")):  # headers only, as for adapters
+            try:
+                read_layout(shard)
+            except (OSError, ValueError) as exc:
+                raise AdapterError(
+                    f"{result.repo_id}: {shard.name} is unreadable: {exc}."
+                ) from None
         result.base = artifact.manifest.base_model.name if artifact.manifest else None
         return
     fit = check_fits(artifact, base=base)

@@ -144,3 +144,24 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(plugins):
     saved = re.search(r"the full traceback is in (\S+\.txt)", result.output)
     assert "Traceback (most recent call last)" in Path(saved[1]).read_text()
     assert isinstance(app, typer.Typer)
+
+
+def test_a_read_only_output_is_one_paragraph_and_exit_2(
+    tmp_path, tiny_bloom_dir, plugins, monkeypatch
+):
+    """A read-only file system where the output goes (injected at adaptool's first write into
+    it, as running as root defeats permissions): exit 2, the folder named, no traceback."""
+    import adaptool.training.run as run
+    from tests.helpers import recipe_file
+
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=1)
+    out = tmp_path / "out"
+
+    def read_only(folder, command):
+        raise OSError(errno.EROFS, "Read-only file system", str(folder / ".adaptool"))
+
+    monkeypatch.setattr(run, "mark", read_only)
+    result = CliRunner().invoke(build_app(plugins), ["train", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "the file system is read-only" in result.output and str(out) in result.output
+    assert "Traceback" not in result.output

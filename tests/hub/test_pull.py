@@ -165,3 +165,35 @@ def test_pull_never_overwrites_its_base_and_records_an_absolute_base(
         pulled = cli(plugins, "pull", "alice/tagger", "--base", "base")
         assert pulled.exit_code == 0, pulled.output
     assert store.pulled("alice/tagger").base_override == str(base)
+
+
+def test_a_merged_repo_with_garbage_weights_is_refused(hub, plugins, tmp_path):
+    config = b'{"model_type": "bloom", "architectures": ["BloomForCausalLM"]}'
+    hub.put_files(
+        "alice/garbage-merged",
+        {"config.json": config, "model.safetensors": b"\xff" * 64},
+    )
+    with hub_env(hub, GOOD, tmp_path / "home"):
+        result = cli(plugins, "pull", "alice/garbage-merged", "--output", tmp_path / "m")
+    assert result.exit_code == 2, result.output
+    assert "model.safetensors is unreadable" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_base_that_needs_remote_code_is_refused_at_merge(adapter, plugins, tmp_path):
+    """merge --base with a base whose config needs remote code: refused (adaptool never runs
+    it unasked), one paragraph."""
+    import shutil
+
+    base = tmp_path / "remote-base"
+    base.mkdir()
+    (base / "config.json").write_text(
+        '{"model_type": "custom-thing", "auto_map": {"AutoConfig": "configuration_x.XConfig",'
+        ' "AutoModelForCausalLM": "modeling_x.XModel"}}'
+    )
+    (base / "configuration_x.py").write_text("raise SystemExit('remote code ran')\n")
+    shutil.copy(adapter / "adapter_model.safetensors", base / "model.safetensors")
+    result = cli(plugins, "merge", adapter, "--output", tmp_path / "m", "--base", base)
+    assert result.exit_code == 2, result.output
+    assert "cannot be resolved" in result.output and "Traceback" not in result.output
+    assert "remote code ran" not in result.output
