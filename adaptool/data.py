@@ -58,12 +58,44 @@ def load_file(path: Path, *, split: str = "train") -> datasets.Dataset:
     builder = BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise DataError(f"{path} is not a file type adaptool reads ({', '.join(BUILDERS)}).")
+    # the JSON reader takes bytes that are not UTF-8 into its strings unchecked, and they
+    # fail later, row by row: text files are checked first (one streamed read)
+    bad = first_non_utf8_byte(path) if builder != "parquet" else None
+    if bad is not None:
+        raise DataError(
+            f"data.source: {path} is not UTF-8 text: byte {bad[0]} is {bad[1]:#04x} (re-save "
+            f"it as UTF-8)."
+        )
     try:
         return ds.load_dataset(builder, data_files={"train": str(path)}, split=split)
     except Exception as exc:
         raise DataError(
             f"data.source: could not read {path} as {builder}: {describe(exc)}"
         ) from None
+
+
+def first_non_utf8_byte(path: Path) -> tuple[int, int] | None:
+    """(offset, value) of the first byte of ``path`` that is not UTF-8, or None; read in
+    blocks, so a large file costs no memory."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                start = offset + exc.start - len(decoder.getstate()[0])
+                with path.open("rb") as again:
+                    again.seek(start)
+                    return start, again.read(1)[0]
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return offset - len(decoder.getstate()[0]), 0
+    return None
 
 
 def check_columns(rows: datasets.Dataset, formatter: Formatter, source: str) -> None:

@@ -175,3 +175,12 @@ def test_an_empty_dataset_is_refused():
         check_columns(rows, QuoteTags(), "empty-source")
     assert "empty-source has no rows" in str(exc.value)
     assert "quote-tags" in str(exc.value)
+
+
+def test_a_non_utf8_data_file_names_the_file_and_the_byte(tmp_path):
+    from adaptool.data import load_file
+
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin.jsonl is not UTF-8 text: byte 28 is 0xe9"):
+        load_file(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -45,6 +46,10 @@ class AdaptoolGroup(TyperGroup):
                 print_error(system_error(exc))
                 raise typer.Exit(2) from None
             except Exception as exc:
+                system = from_native_library(exc)
+                if system is not None:  # safetensors and tokenizers report the OS in text
+                    print_error(system_error(system))
+                    raise typer.Exit(2) from None
                 print_error(unexpected_error(exc, ctx.invoked_subcommand))
                 raise typer.Exit(1) from None
 
@@ -82,6 +87,15 @@ def system_error(exc: OSError) -> str:
         else ""
     )
     return f"{what}{where} ({describe(exc)}).{advice}"
+
+
+def from_native_library(exc: BaseException) -> OSError | None:
+    """The system error inside a Rust library's exception (``... (os error 28)``), if any."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found is None:
+        return None
+    number = int(found[1])
+    return OSError(number, os.strerror(number))
 
 
 def unexpected_error(exc: BaseException, command: str | None) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from adaptool import __version__
@@ -165,3 +167,35 @@ def test_a_read_only_output_is_one_paragraph_and_exit_2(
     assert result.exit_code == 2, result.output
     assert "the file system is read-only" in result.output and str(out) in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB file system (tmpfs), where the machine lets the tests mount one (as
+    root); elsewhere the injected ENOSPC tests above stand in."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_real_full_disk_mid_training_is_one_paragraph_and_exit_2(
+    small_disk, tmp_path, tiny_bloom_dir, plugins
+):
+    from tests.helpers import recipe_file
+
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=12)
+    out = small_disk / "run"
+    result = CliRunner().invoke(build_app(plugins), ["train", str(path), "--output", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "the disk is full" in result.output and "Traceback" not in result.output
+    assert not (out / "adaptool.json").exists()
