@@ -93,31 +93,17 @@ def test_redact_hides_credentials_in_any_url():
 
 
 @pytest.fixture
-def odd_hub():
-    """A server that answers like a web page (HTML, 200) or like a hostile Hub (a listing
-    with names that climb out of their folder)."""
-    import json as _json
+def web_page():
+    """A web server where the Hub should be: every answer is an HTML page with status 200 (a
+    proxy's login page, say). No Hub server can stand in for this one."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            if "/api/models/alice/escape" in self.path:
-                body = _json.dumps(
-                    {
-                        "id": "alice/escape",
-                        "sha": "0" * 40,
-                        "siblings": [
-                            {"rfilename": "adapter_config.json"},
-                            {"rfilename": "../../.bashrc"},
-                        ],
-                    }
-                ).encode()
-                kind = "application/json"
-            else:
-                body, kind = b"<html><body>Please log in to the proxy</body></html>", "text/html"
+            body = b"<html><body>Please log in to the proxy</body></html>"
             self.send_response(200)
-            self.send_header("Content-Type", kind)
+            self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -131,11 +117,20 @@ def odd_hub():
     server.shutdown()
 
 
-def test_a_web_page_where_the_hub_should_be_and_a_hostile_listing(odd_hub, plugins, tmp_path):
-    with hub_env(odd_hub, GOOD, tmp_path / "home"):
+def test_a_web_page_where_the_hub_should_be(web_page, plugins, tmp_path):
+    with hub_env(web_page, GOOD, tmp_path / "home"):
         page = cli(plugins, "pull", "alice/tagger")
-        hostile = cli(plugins, "pull", "alice/escape", "--output", tmp_path / "p")
     assert page.exit_code == 2 and "not the Hub's API" in page.output, page.output
-    assert hostile.exit_code == 2 and "could escape its folder" in hostile.output
-    assert "Traceback" not in page.output + hostile.output
-    assert not (tmp_path / "p").exists() and not (tmp_path.parent / ".bashrc").exists()
+    assert "Traceback" not in page.output
+
+
+def test_a_listing_whose_names_climb_out_of_the_folder_is_refused(hub, plugins, tmp_path):
+    """A hostile repo on the test Hub: names with '..' and backslashes; nothing downloaded."""
+    for i, name in enumerate(("../../.bashrc", "..\\..\\evil.json")):
+        config = b'{"peft_type": "LORA"}'
+        hub.put_files(f"alice/escape{i}", {"adapter_config.json": config, name: b"x"})
+        with hub_env(hub, GOOD, tmp_path / "home"):
+            hostile = cli(plugins, "pull", f"alice/escape{i}", "--output", tmp_path / "p")
+        assert hostile.exit_code == 2 and "could escape its folder" in hostile.output, name
+        assert "Traceback" not in hostile.output
+        assert not (tmp_path / "p").exists() and not (tmp_path.parent / ".bashrc").exists()
