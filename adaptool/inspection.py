@@ -8,12 +8,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from adaptool.artifacts import index
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.layout import MANIFEST, METRICS, Kind
 from adaptool.errors import AdapterError
 from adaptool.hub.client import hub_errors, progress_on_terminals_only
-from adaptool.hub.locate import hub_target
+from adaptool.hub.locate import hub_target, locate
 from adaptool.merging.streaming import read_layout
 
 #: adapter_config.json keys shown as the method's options (those present)
@@ -170,15 +169,13 @@ def inspect_target(target: str) -> dict[str, Any]:
     """Inspect a local folder, a pulled Hub id (its local copy), or a Hub id not pulled yet
     (its small files are fetched; weights are not: their sizes and parameter counts come
     from the Hub's file metadata and safetensors headers)."""
-    hub_id = hub_target(target)
-    if hub_id is None:
-        return inspect_folder(Path(target).expanduser().resolve())
-    repo_id, revision = hub_id
-    entry = index.pulled(repo_id, revision)
-    if entry is not None:
-        source = {"repo_id": repo_id, "revision": entry.revision, "sha": entry.sha}
-        return inspect_folder(Path(entry.path), source=source)
-    return _inspect_remote(repo_id, revision)
+    located = locate(target, pull_missing=False)
+    if located is None:
+        return _inspect_remote(*hub_target(target))
+    source = None
+    if located.repo_id is not None:
+        source = {"repo_id": located.repo_id, "revision": located.revision, "sha": located.sha}
+    return inspect_folder(located.path, source=source)
 
 
 def _inspect_remote(repo_id: str, revision: str | None) -> dict[str, Any]:

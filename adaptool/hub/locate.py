@@ -54,24 +54,28 @@ class Located:
     base: str | None = None
     repo_id: str | None = None
     sha: str | None = None
+    revision: str | None = None
 
     def base_or(self, override: str | None) -> str | None:
         """``override`` (the command's own --base) if given, else the base recorded at pull."""
         return override or self.base
 
 
-def locate(target: str | Path) -> Located:
+def locate(target: str | Path, *, pull_missing: bool = True) -> Located | None:
     """A local folder as is; a Hub id (``org/name`` or ``org/name@revision``) that is not a
-    local folder resolves to its pulled copy, pulling it (with the checks) on first use."""
+    local folder resolves to its pulled copy, pulling it (with the checks) on first use —
+    or, with ``pull_missing=False``, None when it has not been pulled."""
     hub_id = hub_target(target)
     if hub_id is None:
         return Located(Path(target).expanduser().resolve())
     repo_id, revision = hub_id
     entry = index.pulled(repo_id, revision)
     if entry is not None:
-        return Located(Path(entry.path), entry.base_override, repo_id, entry.sha)
+        return Located(Path(entry.path), entry.base_override, repo_id, entry.sha, entry.revision)
+    if not pull_missing:
+        return None
     try:
         result = pull(repo_id, revision=revision)
     except HubError as exc:
         raise HubError(f"{target} is not a local folder; as a Hub id: {exc}") from None
-    return Located(result.path, None, repo_id, result.sha)
+    return Located(result.path, None, repo_id, result.sha, result.revision)
