@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptool.errors import DataError, describe
+from adaptool.hub.client import bounded_requests
 
 if TYPE_CHECKING:
     import datasets
@@ -20,6 +21,7 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parqu
 def _quiet_datasets() -> Any:
     import datasets
 
+    bounded_requests()  # a Hub dataset's requests get a time limit
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     return datasets

@@ -102,9 +102,15 @@ def heldout_rows(artifact: Artifact) -> datasets.Dataset:
         )
         raise AdaptoolError(f"{artifact.path} {why}: pass {param('data', 'FILE')}.")
     path = artifact.path / recorded.get("file", HELDOUT)
-    if not path.is_file() or file_sha256(path) != recorded.get("sha256"):
+    if not path.is_file():
+        raise AdaptoolError(
+            f"{artifact.path} does not hold the rows held out at training ({HELDOUT} stays on "
+            f"the machine that trained it; push does not share data): pass "
+            f"{param('data', 'FILE')}."
+        )
+    if file_sha256(path) != recorded.get("sha256"):
         raise AdapterError(
-            f"{path}, the rows held out at training, is missing or has changed since; pass "
+            f"{path}, the rows held out at training, has changed since; pass "
             f"{param('data', 'FILE')} to evaluate on other rows."
         )
     return load_file(path)

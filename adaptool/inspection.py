@@ -61,7 +61,7 @@ def inspect_folder(
     config = artifact.config
     if artifact.kind == Kind.ADAPTER:
         info |= {
-            "base_model": artifact.base_name(),
+            "base_model": _base_name(artifact),
             "options": {k: config[k] for k in OPTION_KEYS if config.get(k) is not None},
             "target_modules": config.get("target_modules"),
             "trainable_params": params,
@@ -206,3 +206,11 @@ def _inspect_remote(repo_id: str, revision: str | None) -> dict[str, Any]:
     found["files"] = sorted(s.rfilename for s in info.siblings or [])
     found["trainable_params" if found["kind"] == Kind.ADAPTER else "params"] = params
     return found
+
+
+def _base_name(artifact: Artifact) -> str | None:
+    """The base an adapter names, None when it names none (inspect shows what is there)."""
+    try:
+        return artifact.base_name()
+    except AdapterError:
+        return None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptool.errors import ModelError, describe
+from adaptool.hub.client import bounded_requests
 
 
 def quiet_libraries() -> None:
@@ -18,6 +19,7 @@ def quiet_libraries() -> None:
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
 
+    bounded_requests()  # every Hub request transformers makes gets a time limit too
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     disable_progress_bars()

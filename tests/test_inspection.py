@@ -36,3 +36,18 @@ def test_inspect_a_local_adapter_and_a_hub_id_not_pulled(hub, plugins, adapter, 
         assert not list((tmp_path / "home").rglob("adapter_model.safetensors"))
         listed = json.loads(cli(plugins, "ls", "--json").output)
         assert not any(e["source"] == "pulled" for e in listed)
+
+
+def test_inspect_a_plain_adapter_that_names_no_base(tmp_path):
+    import json as _json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from adaptool.inspection import inspect_folder
+
+    (tmp_path / "adapter_config.json").write_text(_json.dumps({"peft_type": "LORA", "r": 4}))
+    save_file({"x.lora_A.weight": torch.zeros(4, 8)}, str(tmp_path / "adapter_model.safetensors"))
+    info = inspect_folder(tmp_path)
+    assert info["base_model"] is None and info["method"] == "lora"
+    assert info["trainable_params"] == 32

@@ -38,8 +38,12 @@ TOKENIZER_FILES = (
     "tokenizer.json",
     TOKENIZER_CONFIG,
     "special_tokens_map.json",
+    "added_tokens.json",
     "chat_template.jinja",
+    "chat_template.json",
     "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
     "vocab.json",
     "vocab.txt",
     "merges.txt",
@@ -57,10 +61,8 @@ PICKLE = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
 #: credentials.json) ever leaves it
 OWNED = (
     ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
+    "*.safetensors",  # weights only: a merged model keeps its base's shard names
     MODEL_CONFIG,
-    MODEL_WEIGHTS,
-    "model-*-of-*.safetensors",
     MODEL_INDEX,
     GENERATION_CONFIG,
     *TOKENIZER_FILES,

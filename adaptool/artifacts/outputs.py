@@ -5,6 +5,7 @@ folder of someone else's (a ``checkpoints/`` or a ``model.safetensors`` proves n
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -65,3 +66,20 @@ def check_output(out: Path, *, overwrite: bool, inputs: Iterable[Path | str] = (
             f"(no {MANIFEST} or {MARKER} marker), so it is left alone; remove it yourself or "
             f"choose another {param('output', 'DIR')}."
         )
+
+
+def sync_tree(folder: Path) -> None:
+    """fsync every file directly in ``folder``, then the folder itself."""
+    for path in folder.iterdir():
+        if path.is_file():
+            sync(path)
+    sync(folder)
+
+
+def sync(path: Path) -> None:
+    """fsync a file or a folder (its entries), so a rename after it is never ahead of the data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -9,7 +9,6 @@ import os
 import re
 import sys
 import warnings
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +17,7 @@ from typer.exceptions import TyperException
 
 from adaptool.cli.output import error_console, print_error
 from adaptool.errors import AdaptoolError, AdaptoolWarning, describe
+from adaptool.hub.client import redact
 
 HELP = (
     "Train, merge, share and run parameter-efficient adapters (LoRA, QLoRA, ...) for "
@@ -45,7 +45,13 @@ class AdaptoolGroup(TyperGroup):
             except OSError as exc:
                 print_error(system_error(exc))
                 raise typer.Exit(2) from None
+            except MemoryError:
+                print_error(OUT_OF_MEMORY)
+                raise typer.Exit(2) from None
             except Exception as exc:
+                if type(exc).__name__ == "OutOfMemoryError":  # torch's, on the GPU
+                    print_error(f"{describe(exc)}. {OUT_OF_MEMORY}")
+                    raise typer.Exit(2) from None
                 system = from_native_library(exc)
                 if system is not None:  # safetensors and tokenizers report the OS in text
                     print_error(system_error(system))
@@ -62,6 +68,12 @@ class AdaptoolGroup(TyperGroup):
             flags[p.name] = opts[0] if opts else str(p.name).upper()
         return flags
 
+
+OUT_OF_MEMORY = (
+    "the model or its batch does not fit in memory: lower training.batch_size (raise "
+    "gradient_accumulation_steps to keep the step), set training.gradient_checkpointing = "
+    "true, quantize the base (bnb-4bit), or shorten data.max_length."
+)
 
 #: what the system's errors mean for the user, by errno
 SYSTEM_ERRORS = {
@@ -104,12 +116,13 @@ def unexpected_error(exc: BaseException, command: str | None) -> str:
     import time
     import traceback
 
-    text = "".join(traceback.format_exception(exc))
-    try:
-        folder = Path(tempfile.gettempdir()) / "adaptool"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"traceback-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-        path.write_text(text, encoding="utf-8")
+    text = redact("".join(traceback.format_exception(exc)))
+    try:  # a new file only this user can read (no name to guess, no link to follow)
+        fd, path = tempfile.mkstemp(
+            prefix=f"adaptool-traceback-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt"
+        )
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         where = f"the full traceback is in {path}"
     except OSError:
         where = "the traceback could not be saved"

@@ -5,6 +5,7 @@ huggingface_hub finds it; it is never printed."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -60,7 +61,7 @@ def _client() -> Any:
     import httpx2
     from huggingface_hub.utils._http import hf_request_event_hook
 
-    timeout = float(os.environ.get("ADAPTOOL_HUB_TIMEOUT") or TIMEOUT)
+    timeout = hub_timeout()
     limits = httpx2.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
     return httpx2.Client(
         event_hooks={"request": [hf_request_event_hook]},
@@ -68,6 +69,18 @@ def _client() -> Any:
         timeout=limits,
         transport=_retrying_transport(limits.as_dict()),
     )
+
+
+def hub_timeout() -> float:
+    """``ADAPTOOL_HUB_TIMEOUT`` in seconds (default 60), checked."""
+    text = os.environ.get("ADAPTOOL_HUB_TIMEOUT") or str(TIMEOUT)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise HubError(f"ADAPTOOL_HUB_TIMEOUT must be a positive number of seconds, not {text!r}.")
+    return value
 
 
 def _retrying_transport(limits: dict[str, float]) -> Any:
@@ -80,8 +93,10 @@ def _retrying_transport(limits: dict[str, float]) -> Any:
 
         def handle_request(self, request: Any) -> Any:
             asked = request.extensions.get("timeout") or {}
+            # an upload's answer can take long (the server hashes what it got): ten times more
+            scale = 1 if request.method in ("GET", "HEAD") else 10
             request.extensions["timeout"] = {
-                key: asked.get(key) if asked.get(key) is not None else limit
+                key: asked.get(key) if asked.get(key) is not None else limit * scale
                 for key, limit in limits.items()
             }
             for attempt in range(RETRIES + 1):
@@ -174,7 +189,7 @@ def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
         raise HubError(
             f"a local file problem while transferring {repo_id}: {describe(exc)}."
         ) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # HTML where JSON belongs
+    except json.JSONDecodeError as exc:  # HTML where the API's JSON belongs
         raise HubError(
             f"{where} answered something that is not the Hub's API for {repo_id} "
             f"({describe(exc)}); check HF_ENDPOINT (a proxy's login page or a web server, "

@@ -129,7 +129,13 @@ def validate_recipe(
     recipe = Recipe(**sections, path=Path(path).resolve() if path is not None else None)
     plugins = resolve_plugins(recipe)
     for plugin in plugins:
-        problems.extend(plugin.recipe_problems(recipe, plugins))
+        try:
+            problems.extend(plugin.recipe_problems(recipe, plugins))
+        except Exception as exc:  # a plugin written for another version, or broken
+            raise PluginError(
+                f"the {plugin.kind} '{plugin.name}' failed while checking the recipe "
+                f"({describe(exc)}); it may be written for another version of adaptool."
+            ) from None
     if problems:
         raise RecipeError(label, problems)
     return recipe

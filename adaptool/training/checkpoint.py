@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from adaptool.artifacts.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHECKPOINTS
 from adaptool.artifacts.layout import CHECKPOINT_OPTIMIZER as OPTIMIZER
 from adaptool.artifacts.layout import CHECKPOINT_STATE as STATE
+from adaptool.artifacts.outputs import sync as _sync
+from adaptool.artifacts.outputs import sync_tree as _sync_tree
 from adaptool.errors import AdaptoolError, AdaptoolWarning, describe, param
 
 if TYPE_CHECKING:
@@ -128,22 +130,6 @@ def save_checkpoint(
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _sync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            _sync(path)
-    _sync(folder)
-
-
-def _sync(path: Path) -> None:
-    """fsync a file or a folder (its entries), so a rename after it is never ahead of the data."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(directory: Path, *, model: Any, optimizer: Any, scheduler: Any) -> dict:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from adaptool.artifacts import index
 from adaptool.artifacts.card import model_card
-from adaptool.artifacts.layout import CARD, FINAL_TMP, HELDOUT, LOSS_PLOT, RECIPE, Kind
+from adaptool.artifacts.layout import CARD, FINAL_TMP, HELDOUT, LOSS_PLOT, MANIFEST, RECIPE, Kind
 from adaptool.artifacts.manifest import (
     Manifest,
     PeftRecord,
@@ -22,6 +22,7 @@ from adaptool.artifacts.manifest import (
     new_manifest,
     write_manifest,
 )
+from adaptool.artifacts.outputs import sync, sync_tree
 from adaptool.modeling import device
 from adaptool.training.plot import plot_losses
 
@@ -132,8 +133,11 @@ def write_output(
     # our card in place of peft's empty template; `adaptool push` writes it anew for the repo
     name = (recipe.hub.repo_id if recipe.hub else None) or str(out)
     (tmp / CARD).write_text(model_card(tmp, repo_id=name, manifest=manifest), encoding="utf-8")
+    sync_tree(tmp)  # on disk before it counts: the manifest below says "complete"
     for path in sorted(tmp.iterdir()):
         os.replace(path, out / path.name)
     tmp.rmdir()
+    sync(out)
     write_manifest(out, manifest)
+    sync(out / MANIFEST)
     index.record_output(out, manifest, "trained")

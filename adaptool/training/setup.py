@@ -78,11 +78,16 @@ def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter
         split.train, split.train_positions, formatter, tokenizer, recipe
     )
     eval_set: list[Encoded] = []
-    if split.eval is not None:
+    eval_rows = split.eval
+    if eval_rows is not None:
         eval_set, _, _, bad_eval = _encode(
-            split.eval, split.eval_positions, formatter, tokenizer, recipe
+            eval_rows, split.eval_positions, formatter, tokenizer, recipe
         )
         bad += bad_eval
+        if bad_eval:  # the held-out rows eval will score: the ones the formatter takes
+            refused = {b.row - 1 for b in bad_eval}
+            keep = [i for i, pos in enumerate(split.eval_positions) if pos not in refused]
+            eval_rows = eval_rows.select(keep)
     if not train_set:
         raise DataError(
             f"none of the {len(split.train)} training rows of {recipe.data.source} leaves a "
@@ -99,7 +104,7 @@ def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter
         rows,
         train_set,
         eval_set,
-        split.eval,
+        eval_rows,
         truncated,
         dropped,
         _samples(rows, formatter, tokenizer),

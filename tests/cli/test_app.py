@@ -147,6 +147,27 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(plugins):
     assert "Traceback (most recent call last)" in Path(saved[1]).read_text()
     assert isinstance(app, typer.Typer)
 
+    @app.command("leak")
+    def leak() -> None:
+        raise ValueError("GET https://carol:s3cret@mirror.example/api failed")
+
+    leaked = CliRunner().invoke(app, ["leak"])
+    saved = Path(re.search(r"the full traceback is in (\S+\.txt)", leaked.output)[1])
+    assert "s3cret" not in leaked.output and "s3cret" not in saved.read_text()
+    assert saved.stat().st_mode & 0o077 == 0  # only its owner can read it
+
+
+def test_running_out_of_memory_is_advice_not_a_bug(plugins):
+    app = build_app(plugins)
+
+    @app.command("hungry")
+    def hungry() -> None:
+        raise MemoryError()
+
+    result = CliRunner().invoke(app, ["hungry"])
+    assert result.exit_code == 2 and "does not fit in memory" in result.output
+    assert "batch_size" in result.output and "bug" not in result.output
+
 
 def test_a_read_only_output_is_one_paragraph_and_exit_2(
     tmp_path, tiny_bloom_dir, plugins, monkeypatch

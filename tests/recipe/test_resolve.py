@@ -100,3 +100,27 @@ def test_recipe_problems_see_the_other_resolved_plugins(registry):
         validate_recipe(quotes)
     assert [str(p) for p in exc.value.problems] == ["peft.method: needs the text formatter"]
     assert type(seen[-1].formatter).__name__ == "QuoteTags"
+
+
+def test_a_plugin_whose_recipe_check_fails_is_named(plugins):
+    """A third-party plugin written for another version (its recipe_problems raises) is a
+    PluginError naming it, not a traceback."""
+    import pytest
+
+    from adaptool import Formatter, PluginError
+    from adaptool.recipe import validate_recipe
+
+    class Old(Formatter):
+        name = "old"
+
+        def recipe_problems(self, recipe, registry):
+            return recipe.quantizer(registry).problems  # the removed Recipe.quantizer()
+
+    plugins.registry.add("formatter", Old, plugins.plugins["adaptool.builtin.formatters"].provider)
+    document = {
+        "model": {"name": "org/m"},
+        "data": {"source": "d.jsonl", "formatter": "old"},
+        "output": {"dir": "out"},
+    }
+    with pytest.raises(PluginError, match=r"formatter 'old' failed while checking the recipe"):
+        validate_recipe(document)

@@ -84,3 +84,37 @@ def test_a_null_or_wrongly_typed_field_names_row_column_and_file_or_is_skipped(
     assert manifest.data["bad_rows_skipped"] == 2
     assert manifest.data["train_rows"] + manifest.data["eval_rows"] == len(rows) - 2
     assert all("None" not in s["completion"] for s in manifest.samples)
+
+
+def test_a_skipped_bad_row_is_not_among_the_held_out_rows(tmp_path, tiny_bloom_dir, plugins):
+    """With on_bad_row = "skip", heldout.jsonl holds the held-out rows the formatter takes, so
+    `eval` without --data scores them instead of failing on the skipped one."""
+    import json
+
+    from adaptool.data import split_rows
+    from adaptool.evaluate import evaluate
+
+    rows = [json.loads(line) for line in (DATA / "quotes.jsonl").read_text().splitlines()]
+    split = split_rows(_FakeRows(len(rows)), 0.25, 7)  # the recipe's eval_fraction and seed
+    rows[split.eval_positions[0]]["tags"] = None
+    source = tmp_path / "bad.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=1, source=source)
+    done = train(load_recipe(path, ['data.on_bad_row="skip"']))
+    held = (done.output_dir / "heldout.jsonl").read_text().splitlines()
+    assert len(held) == len(split.eval_positions) - 1
+    assert all(json.loads(line)["tags"] is not None for line in held)
+    assert evaluate(done.output_dir, max_new_tokens=2).metrics["rows"] == len(held)
+
+
+class _FakeRows:
+    """Stands in for a dataset where only the count and select() matter."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def select(self, indices):
+        return list(indices)
