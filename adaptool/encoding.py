@@ -72,6 +72,10 @@ def encode_examples(
     return out
 
 
+#: what a formatter raises for a row it cannot render (a null or wrongly typed field)
+ROW_ERRORS = (DataError, TypeError, ValueError, KeyError, AttributeError)
+
+
 @dataclass(frozen=True)
 class BadRow:
     """A row the formatter refused (a null or wrongly typed field): where, and why."""
@@ -99,7 +103,7 @@ def encode_rows(
             example = formatter.format(row, tokenizer)
             if not (isinstance(example.prompt, str) and isinstance(example.completion, str)):
                 raise DataError(f"formatter '{formatter.name}' made a non-text example")
-        except (DataError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        except ROW_ERRORS as exc:
             message = str(exc) if isinstance(exc, DataError) else describe(exc)
             if data.on_bad_row == "skip":
                 bad.append(BadRow(number, message))

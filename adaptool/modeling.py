@@ -70,6 +70,18 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def free_memory() -> int:
+    """Bytes free for training now: on the GPU when there is one, else in RAM."""
+    import torch
+
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return free
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def resolve_precision(precision: str) -> str:
     """``auto`` becomes what this machine computes fastest without losing the run: bf16 on a
     GPU that has it (else fp16) and on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32.

@@ -14,9 +14,15 @@ from adaptool.artifacts.fit import trainable_parameters
 from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
 from adaptool.data import check_columns, load_rows, split_rows
-from adaptool.encoding import BadRow, Encoded, encode_rows
+from adaptool.encoding import ROW_ERRORS, BadRow, Encoded, encode_rows
 from adaptool.errors import DataError, ModelError, param
-from adaptool.modeling import load_base, load_tokenizer, resolve_precision, weights_dtype
+from adaptool.modeling import (
+    free_memory,
+    load_base,
+    load_tokenizer,
+    resolve_precision,
+    weights_dtype,
+)
 from adaptool.training.batching import BatchPlan
 
 if TYPE_CHECKING:
@@ -120,7 +126,7 @@ def _samples(rows: Any, formatter: Any, tokenizer: Any) -> list[dict[str, str]]:
             break
         try:
             example = formatter.format(row, tokenizer)
-        except (DataError, TypeError, ValueError, KeyError, AttributeError):
+        except ROW_ERRORS:
             continue  # a bad row, skipped in training as well
         samples.append({"prompt": example.prompt, "completion": example.completion})
     return samples
@@ -234,7 +240,6 @@ def _use_gradient_checkpointing(
     the memory left after loading the model."""
     if isinstance(setting, bool):
         return setting
-    import torch
 
     config = model.config
     hidden = getattr(config, "hidden_size", 1024)
@@ -243,13 +248,7 @@ def _use_gradient_checkpointing(
     tokens = t.batch_size * longest
     element = 2 if str(model.dtype) in ("torch.bfloat16", "torch.float16") else 4
     need = tokens * (hidden * layers * 34 * element + getattr(config, "vocab_size", 0) * 4 * 2)
-    if torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
-    else:
-        import psutil
-
-        free = psutil.virtual_memory().available
-    return need > 0.5 * free
+    return need > 0.5 * free_memory()
 
 
 def _prepare_for_training(model: Any, *, quantized: bool, checkpointing: bool) -> Any:
@@ -297,19 +296,12 @@ def _check_adapter_fits_in_memory(base_config: Any, peft_config: Any) -> None:
     7B model asks for terabytes) — before any of it is allocated."""
     import copy
 
-    import torch
-
     config = copy.deepcopy(base_config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     params = trainable_parameters(config, peft_config)
     need = params * BYTES_PER_TRAINABLE
-    if torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
-    else:
-        import psutil
-
-        free = psutil.virtual_memory().available
+    free = free_memory()
     if need > free:
         raise ModelError(
             f"the adapter the recipe asks for has {params:,} trainable parameters: "
