@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -150,27 +151,189 @@ class Quantizer(Plugin):
         return set()
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What a PEFT method may need to know about the run it is configured for."""
+
+    #: optimizer steps the run will take (None where unknown, e.g. ``adaptool check`` on a
+    #: recipe whose data was not counted)
+    total_steps: int | None = None
+    #: whether the base is loaded quantized (k-bit layers)
+    quantized: bool = False
+    learning_rate: float = 2e-4
+    #: where the run's tokenizer is loaded from (a Hub id or a folder)
+    tokenizer: str | None = None
+
+
+@dataclass
+class LayerToFold:
+    """One adapted layer of a base checkpoint, as the streamed merge hands it to
+    :meth:`PeftMethod.fold`: the base layer's weight (out, in) and bias (None when it has
+    none), in float32; the adapter's tensors for this layer, keyed by what follows the module
+    name in the adapter file (``lora_A.weight``); the adapter's tensors that belong to no layer
+    (VeRA's shared projections); and the adapter's peft config."""
+
+    module: str
+    weight: Any
+    bias: Any
+    tensors: dict[str, Any]
+    shared: dict[str, Any]
+    config: Any
+
+
 class PeftMethod(Plugin):
-    """Builds the ``peft`` config of one parameter-efficient method.
+    """One parameter-efficient method: its ``peft`` config, and everything about it that is
+    method-specific — how its saved weights are recognised and folded into a base (or why they
+    cannot be), how it is described, per-step work and optimizer parameter groups.
 
     Example::
 
         class IA3(PeftMethod):
             name = "ia3"
-            def peft_config(self, settings):
+            display_name = "IA³"
+            peft_type = "IA3"
+            uses = frozenset({"target_modules"})
+            weight_parts = ("ia3_",)
+            def peft_config(self, settings, run):
                 from peft import IA3Config
                 return IA3Config(task_type="CAUSAL_LM")
     """
 
     kind: ClassVar[str] = "peft-method"
-    #: False for methods whose weights cannot be folded into the base (prompt tuning...).
+    #: how the method is written in prose ("LoRA"); default: the name in capitals
+    display_name: ClassVar[str] = ""
+    #: peft's ``PeftType`` of the configs this method builds ("LORA"): how an adapter made
+    #: without adaptool is matched to its method plugin
+    peft_type: ClassVar[str | None] = None
+    #: the common ``[peft]`` keys this method reads; setting another is a recipe problem
+    uses: ClassVar[frozenset[str]] = frozenset({"r", "alpha", "dropout", "bias", "target_modules"})
+    #: values of common keys where the recipe does not set them (peft's defaults)
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    #: how the names of the method's saved tensors start, after the module name ("lora_"):
+    #: what the streamed merge groups an adapter file by
+    weight_parts: ClassVar[tuple[str, ...]] = ()
+    #: saved tensors that belong to no layer (VeRA's shared projections)
+    shared_weights: ClassVar[tuple[str, ...]] = ()
+    #: False for methods whose weights cannot be folded into the base (prompt tuning...)
     mergeable: ClassVar[bool] = True
+    #: why not, when ``mergeable`` is False (shown by ``merge`` and ``check``)
+    not_mergeable_because: ClassVar[str] = ""
+    #: quantization backends peft cannot train this method on: backend -> why
+    unsupported_backends: ClassVar[Mapping[str, str]] = {}
 
-    def peft_config(self, settings: PeftSection) -> Any:
-        """Return a ``peft.PeftConfig`` for the recipe's ``[peft]`` section (common keys:
-        r, alpha, dropout, bias, target_modules; this method's own options are in
-        ``self.options``)."""
+    @classmethod
+    def title(cls) -> str:
+        """The display name (the plugin name in capitals by default)."""
+        return cls.display_name or cls.name.upper()
+
+    def peft_config(self, settings: PeftSection, run: RunInfo) -> Any:
+        """Return a ``peft.PeftConfig`` for the recipe's ``[peft]`` section (``settings``;
+        the effective common keys are in :meth:`common`) and this method's own options
+        (``self.options``), for the run described by ``run``."""
         raise NotImplementedError
+
+    def common(self, settings: PeftSection) -> dict[str, Any]:
+        """The common ``[peft]`` keys this method ``uses``: the recipe's value where it sets
+        one, else this method's ``defaults``, else adaptool's."""
+        given = settings.model_fields_set
+        return {
+            key: getattr(settings, key)
+            if key in given
+            else self.defaults.get(key, getattr(settings, key))
+            for key in sorted(self.uses)
+        }
+
+    def describe(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The hyperparameters that matter, from an adapter's peft config (the contents of
+        ``adapter_config.json``): shown by ``check``, ``inspect`` and the model card.
+        Default: the target modules."""
+        targets = config.get("target_modules")
+        return {"targets": _targets(targets)} if targets else {}
+
+    def after_wrap(self, model: Any, run: RunInfo) -> None:
+        """Called once the base is wrapped by peft (before training): fix-ups to the model or
+        its config. Default: none."""
+
+    def param_groups(self, model: Any, learning_rate: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (``params`` and, where it differs, ``lr``).
+        Default: every trainable parameter at ``learning_rate``."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def loss_term(self, model: Any) -> Any | None:
+        """A term added to the training loss (AdaLoRA's orthogonality regulariser), or None."""
+        return None
+
+    def after_optimizer_step(self, model: Any, step: int) -> None:
+        """Per-step work after each optimizer step, before gradients are cleared (AdaLoRA's
+        rank allocation); ``step`` counts from 0. Default: none."""
+
+    def needs_initial_state(self) -> bool:
+        """True when saving needs the adapter as it was initialised (PiSSA/OLoRA, converted to
+        plain LoRA at save). Default: False."""
+        return False
+
+    def save(self, model: Any, folder: Path, *, initial: Path | None = None) -> None:
+        """Save the trained adapter to ``folder`` (``initial``: where the adapter as
+        initialised was saved, when :meth:`needs_initial_state`). Default: peft's own
+        ``save_pretrained``."""
+        model.save_pretrained(str(folder))
+
+    def saved_shapes(self, model: Any) -> dict[str, tuple[int, ...]]:
+        """The names and shapes of the tensors an adapter of this method saves for ``model``
+        (wrapped by peft, on the meta device): what ``adaptool`` checks an adapter's file
+        against before loading it. Default: peft's own state dict of the adapter."""
+        from peft.utils import get_peft_model_state_dict
+
+        return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+
+    def save_checkpoint(self, model: Any, folder: Path) -> None:
+        """Save what a checkpoint needs to resume the method exactly (written into
+        ``folder``, beside the optimizer state). Default: the adapter, as peft saves it."""
+        model.save_pretrained(str(folder))
+
+    def load_checkpoint(self, model: Any, folder: Path) -> None:
+        """Restore what :meth:`save_checkpoint` saved into the freshly wrapped ``model``."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+
+    def fold(self, layer: LayerToFold) -> tuple[Any, Any]:
+        """The layer's (weight, bias) with the adapter folded in, in float32. Default: peft's
+        own layer code merges it, exactly as ``merge_and_unload`` would."""
+        from adaptool.merging.fold import fold_with_peft
+
+        return fold_with_peft(layer)
+
+    def recipe_problems(self, recipe: Recipe, plugins: RecipePlugins) -> list[RecipeProblem]:
+        from adaptool.errors import RecipeProblem
+
+        problems = []
+        for key in sorted(recipe.peft.model_fields_set - self.uses - {"method", "options"}):
+            problems.append(
+                RecipeProblem(
+                    f"peft.{key}",
+                    f"the {self.title()} method ('{self.name}') does not use {key}; remove it "
+                    f"(it uses: {', '.join(sorted(self.uses)) or 'none of the common keys'})",
+                )
+            )
+        backend = recipe.quantization.backend
+        if backend in self.unsupported_backends:
+            problems.append(
+                RecipeProblem(
+                    "quantization.backend",
+                    f"{self.title()} cannot be trained on a {backend} base: "
+                    f"{self.unsupported_backends[backend]}; use another backend or method",
+                )
+            )
+        return problems
+
+
+def _targets(value: Any) -> Any:
+    if isinstance(value, (list, tuple, set)):
+        short = sorted({str(v).rsplit(".", 1)[-1] for v in value})
+        return short
+    return value
 
 
 def _strip_eos(text: str, tokenizer: Any) -> str:

@@ -6,10 +6,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from adaptool.base import RunInfo
 from adaptool.data import check_columns, load_rows, split_eval
 from adaptool.encoding import IGNORE_INDEX, Encoded, encode_rows
 from adaptool.modeling import load_tokenizer
-from adaptool.recipe.resolve import resolve_plugins
+from adaptool.recipe.resolve import RecipePlugins, resolve_plugins
 
 if TYPE_CHECKING:
     from adaptool.recipe.schema import Recipe
@@ -32,6 +33,10 @@ class CheckReport:
     recipe: Recipe
     formatter: str
     formatter_version: str
+    #: the PEFT method: plugin name, display name, the hyperparameters that matter
+    method: str
+    method_title: str
+    hyperparameters: dict[str, Any]
     tokenizer: str
     rows: int
     train_rows: int
@@ -49,6 +54,9 @@ class CheckReport:
             "recipe": str(self.recipe.path),
             "formatter": self.formatter,
             "formatter_version": self.formatter_version,
+            "method": self.method,
+            "method_title": self.method_title,
+            "hyperparameters": self.hyperparameters,
             "tokenizer": self.tokenizer,
             "rows": self.rows,
             "train_rows": self.train_rows,
@@ -82,7 +90,8 @@ class CheckReport:
 def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
     """Resolve the recipe's plugins, load its tokenizer and dataset, format and tokenize every
     row, and report what training would see. Raises AdaptoolError subclasses on bad input."""
-    formatter = resolve_plugins(recipe).formatter
+    plugins = resolve_plugins(recipe)
+    formatter, method = plugins.formatter, plugins.method
     model = recipe.model
     tokenizer = load_tokenizer(
         model.name, revision=model.revision, trust_remote_code=model.trust_remote_code
@@ -97,6 +106,9 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
         recipe=recipe,
         formatter=formatter.name,
         formatter_version=formatter.version,
+        method=method.name,
+        method_title=method.title(),
+        hyperparameters=_hyperparameters(recipe, plugins),
         tokenizer=str(getattr(tokenizer, "name_or_path", "")),
         rows=len(rows),
         train_rows=len(train_rows),
@@ -107,6 +119,11 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
         without_eos=sum(not e.ends_with_eos(eos) for e in encoded),
         fully_masked=sum(e.trained_tokens == 0 for e in encoded),
     )
+    if not method.mergeable:
+        report.warnings.append(
+            f"a {method.title()} adapter cannot be merged into the base "
+            f"({method.not_mergeable_because})."
+        )
     if bad:
         report.warnings.append(
             f"{len(bad)} of {report.rows} rows are refused by the formatter and skipped "
@@ -133,6 +150,20 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
             f"completion, or the prompt alone fills max_length): they add nothing to training."
         )
     return report
+
+
+def _hyperparameters(recipe: Recipe, plugins: RecipePlugins) -> dict[str, Any]:
+    """What the method's plugin says matters in the config it builds for this recipe."""
+    method = plugins.method
+    t = recipe.training
+    run = RunInfo(
+        total_steps=t.max_steps,
+        quantized=plugins.quantizer.quantized,
+        learning_rate=t.learning_rate,
+        tokenizer=recipe.model.name,
+    )
+    config = method.peft_config(recipe.peft, run).to_dict()
+    return {k: v for k, v in method.describe(config).items() if v is not None}
 
 
 def _view(row: int, encoded: Encoded, tokenizer: Any) -> ExampleView:

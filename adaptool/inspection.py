@@ -10,6 +10,7 @@ from typing import Any
 
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.layout import MANIFEST, METRICS, Kind
+from adaptool.artifacts.method import describe_method, format_hyperparameters
 from adaptool.errors import AdapterError
 from adaptool.hub.client import hub_errors, progress_on_terminals_only
 from adaptool.hub.locate import hub_target, locate
@@ -60,7 +61,10 @@ def inspect_folder(
     }
     config = artifact.config
     if artifact.kind == Kind.ADAPTER:
+        title, hyper = describe_method(artifact.method, config)
         info |= {
+            "method_name": title,
+            "hyperparameters": hyper,
             "base_model": _base_name(artifact),
             "options": {k: config[k] for k in OPTION_KEYS if config.get(k) is not None},
             "target_modules": config.get("target_modules"),
@@ -124,7 +128,8 @@ def summary_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     keys = (
         ("base_model", "base model"),
         ("method", "method"),
-        ("options", "options"),
+        ("hyperparameters", "settings"),
+        ("options", "peft options"),
         ("target_modules", "target modules"),
         ("trainable_params", "trainable params"),
         ("params", "params"),
@@ -137,6 +142,10 @@ def summary_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         value = info.get(key)
         if value in (None, "", {}, []):
             continue
+        if key == "method" and info.get("method_name"):
+            value = f"{info['method_name']} ({value})"
+        if key == "hyperparameters":
+            value = format_hyperparameters(value)
         if key == "target_modules" and isinstance(value, list) and len(value) > 6:
             leaves = sorted({name.rsplit(".", 1)[-1] for name in value})
             value = f"{', '.join(leaves)} ({len(value)} modules)"

@@ -168,6 +168,18 @@ class Registry:
     def get(self, kind: str, name: str) -> type[Plugin]:
         return self.entry(kind, name).cls
 
+    def method_for_peft_type(self, peft_type: str) -> str | None:
+        """The name of the PEFT method plugin that builds peft's ``peft_type`` ("LORA"): how
+        an adapter made without adaptool finds its method (built-ins first)."""
+        wanted = str(peft_type).removeprefix("PeftType.").upper()
+        entries = sorted(
+            self._entries["peft-method"].values(), key=lambda e: not e.provider.builtin
+        )
+        for entry in entries:
+            if str(getattr(entry.cls, "peft_type", None) or "").upper() == wanted:
+                return entry.cls.name
+        return None
+
     def create(
         self,
         kind: str,

@@ -57,7 +57,9 @@ def test_builtins_register_through_the_hooks(plugins):
     registry = plugins.registry
     assert registry.names("formatter") == ["chat", "instruction", "quote-tags", "text"]
     assert registry.names("quantizer") == ["bnb-4bit", "bnb-8bit", "none"]
-    assert registry.names("peft-method") == ["lora"]
+    from adaptool.builtin.peft_methods import METHODS
+
+    assert registry.names("peft-method") == sorted(m.name for m in METHODS)
     entry = registry.entry("formatter", "quote-tags")
     assert entry.provider.distribution == "adaptool"
     assert entry.provider.plugin == "adaptool.builtin.formatters"
@@ -253,11 +255,14 @@ QUANT_AND_METHOD = textwrap.dedent(
             import torch
             return {"dtype": getattr(torch, self.options.dtype)}
 
-    class IA3(PeftMethod):
-        name = "ia3"
+    class ScaledIA3(PeftMethod):
+        name = "scaled-ia3"
+        peft_type = "IA3"
+        uses = frozenset()
+        weight_parts = ("ia3_",)
         class Options(Options):
             feedforward_modules: list[str] = ["dense_4h_to_h"]
-        def peft_config(self, settings):
+        def peft_config(self, settings, run):
             from peft import IA3Config
             return IA3Config(task_type="CAUSAL_LM",
                              target_modules=["query_key_value", *self.options.feedforward_modules],
@@ -269,7 +274,7 @@ QUANT_AND_METHOD = textwrap.dedent(
 
     @adaptool.hookimpl
     def register_peft_methods(register):
-        register(IA3)
+        register(ScaledIA3)
     """
 )
 
@@ -280,6 +285,7 @@ def test_third_party_quantizer_and_peft_method_with_validated_options(site, tmp_
     import torch
 
     from adaptool import RecipeError
+    from adaptool.base import RunInfo
     from adaptool.plugins import use_plugins
     from adaptool.recipe import load_recipe, resolve_plugins
 
@@ -287,7 +293,7 @@ def test_third_party_quantizer_and_peft_method_with_validated_options(site, tmp_
     plugins = load_plugins(strict=True, disabled=[])
     assert plugins.plugins["fake_extras"].registers == {
         "quantizer": ["half"],
-        "peft-method": ["ia3"],
+        "peft-method": ["scaled-ia3"],
     }
     base = (
         '[model]\nname = "m"\n[data]\nsource = "d.jsonl"\nformatter = "text"\n[output]\ndir = "o"\n'
@@ -295,13 +301,13 @@ def test_third_party_quantizer_and_peft_method_with_validated_options(site, tmp_
     path = tmp_path / "r.toml"
     path.write_text(
         base + '[quantization]\nbackend = "half"\ndtype = "bfloat16"\n'
-        '[peft]\nmethod = "ia3"\nfeedforward_modules = ["dense_h_to_4h"]\n'
+        '[peft]\nmethod = "scaled-ia3"\nfeedforward_modules = ["dense_h_to_4h"]\n'
     )
     use_plugins(plugins)
     recipe = load_recipe(path)
     resolved = resolve_plugins(recipe)
     assert resolved.quantizer.from_pretrained_kwargs() == {"dtype": torch.bfloat16}
-    config = resolved.method.peft_config(recipe.peft)
+    config = resolved.method.peft_config(recipe.peft, RunInfo())
     assert config.feedforward_modules == {"dense_h_to_4h"}
     path.write_text(base + '[quantization]\nbackend = "half"\ndtype = "int3"\n')
     with pytest.raises(RecipeError, match="quantizer 'half' option"):

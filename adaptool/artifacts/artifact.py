@@ -100,7 +100,10 @@ class Artifact:
         recorded = self.manifest.method if self.manifest else None
         if recorded:
             return recorded
-        return str(self.config.get("peft_type", "adapter")).lower()
+        peft_type = str(self.config.get("peft_type", "adapter"))
+        from adaptool.plugins import registry
+
+        return registry().method_for_peft_type(peft_type) or peft_type.lower()
 
     @property
     def backend(self) -> str:

@@ -11,10 +11,8 @@ from typing import Any
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.layout import LOSS_PLOT, RECIPE, Kind
 from adaptool.artifacts.manifest import Manifest
+from adaptool.artifacts.method import describe_method, format_hyperparameters
 from adaptool.hub.locate import is_hub_id
-
-#: how a peft method is written in prose
-NAMES = {"lora": "LoRA", "ia3": "IA³", "loha": "LoHa", "lokr": "LoKr", "adalora": "AdaLoRA"}
 
 
 def read_recipe(folder: Path) -> dict[str, Any]:
@@ -63,7 +61,7 @@ def model_card(
     name = repo_id or str(folder)
     parts = [
         f"# {name.split('/')[-1]}",
-        _summary(merged, method, base, quant, source, manifest),
+        _summary(merged, method, artifact.config, base, quant, source, manifest),
         _results(manifest),
         f"![training loss]({LOSS_PLOT})" if (folder / LOSS_PLOT).is_file() else "",
         _usage(name, merged, base, quant),
@@ -77,15 +75,16 @@ def model_card(
 def _summary(
     merged: bool,
     method: str,
+    config: dict[str, Any],
     base: str | None,
     quant: str,
     source: str | None,
     manifest: Manifest | None,
 ) -> str:
-    peft = manifest.peft if manifest else None
-    what = f"A {NAMES.get(method.lower(), method.upper())} adapter"
-    if peft is not None and peft.r:
-        what += f" (r={peft.r}, alpha={peft.alpha}, targets {peft.target_modules})"
+    title, hyper = describe_method(method, config)
+    what = f"A {title} adapter"
+    if hyper:
+        what += f" ({format_hyperparameters(hyper)})"
     what += f" for `{base}`" if base else ""
     if quant != "none":
         what += f", trained on the base quantized with {quant}"
@@ -95,7 +94,7 @@ def _summary(
         merge = (manifest.merge if manifest else None) or {}
         into = f" into the {merge['into']} base" if merge.get("into") else ""
         what = (
-            f"`{base}` with a {method} adapter folded in{into}, saved in "
+            f"`{base}` with a {title} adapter folded in{into}, saved in "
             f"{merge.get('dtype', 'its dtype')}: a standalone model that needs no peft. "
             "Made with adaptool."
         )

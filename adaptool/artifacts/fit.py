@@ -12,6 +12,7 @@ from typing import Any
 
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from adaptool.artifacts.method import recorded_method
 from adaptool.errors import AdapterError, describe, param
 from adaptool.merging.streaming import read_layout
 from adaptool.modeling import quiet_libraries
@@ -29,10 +30,8 @@ class Fit:
 def check_fits(artifact: Artifact, *, base: str | None = None) -> Fit:
     """Check that the adapter ``artifact`` fits its base (``base``, else the one it records)."""
     quiet_libraries()  # before peft imports bitsandbytes, which logs on import
-    import torch
-    from peft import PeftConfig, get_peft_model
-    from peft.utils import get_peft_model_state_dict
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from peft import PeftConfig
+    from transformers import AutoConfig
 
     folder = artifact.path
     try:
@@ -43,6 +42,7 @@ def check_fits(artifact: Artifact, *, base: str | None = None) -> Fit:
         raise AdapterError(
             f"{folder / ADAPTER_CONFIG} is not a config peft can use: {describe(exc)}."
         ) from None
+    method = recorded_method(artifact)
     try:
         saved = {e.name: tuple(e.shape) for e in read_layout(folder / ADAPTER_WEIGHTS)}
     except (OSError, ValueError) as exc:
@@ -65,14 +65,8 @@ def check_fits(artifact: Artifact, *, base: str | None = None) -> Fit:
         config.init_lora_weights = True  # PiSSA/OLoRA-style inits need real weights
     config.inference_mode = True
     try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_config(base_config)
-            base_shapes = {
-                f"base_model.model.{k}": tuple(v.shape) for k, v in model.state_dict().items()
-            }
-            wrapped = get_peft_model(model, config)
-        expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(wrapped).items()}
+        wrapped, base_shapes = wrap_on_meta(base_config, config)
+        expected = method.saved_shapes(wrapped)
     except Exception as exc:
         raise AdapterError(
             f"{folder.name} does not fit the base '{name}': {describe(exc)}. Pass "
@@ -102,12 +96,30 @@ def trainable_parameters(base_config: Any, peft_config: Any) -> int:
     meta device (nothing allocated): what a recipe will cost before any memory is spent."""
     import copy
 
+    wrapped, _ = wrap_on_meta(base_config, copy.deepcopy(peft_config))
+    return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+
+
+def wrap_on_meta(base_config: Any, peft_config: Any) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    """A model of ``base_config`` built on the meta device (nothing allocated) and wrapped by
+    peft with ``peft_config``; and the base's own tensor shapes (as peft names them). A method
+    whose layers cannot be built on the meta device (BOFT computes its permutations with real
+    numbers) gets its adapter tensors built for real, on a base that stays on meta."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_config(base_config)
-        wrapped = get_peft_model(model, copy.deepcopy(peft_config))
-    return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(base_config)
+        shapes = {f"base_model.model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+        try:
+            with torch.device("meta"):
+                return get_peft_model(model, peft_config), shapes
+        except (NotImplementedError, RuntimeError) as exc:
+            if "meta" not in str(exc):
+                raise
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(base_config)
+        return get_peft_model(model, peft_config), shapes

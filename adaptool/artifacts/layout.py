@@ -52,6 +52,8 @@ TOKENIZER_FILES = (
 # -- checkpoints (under CHECKPOINTS/step-NNNNNNN) ----------------------------------------------
 CHECKPOINT_STATE = "trainer_state.json"
 CHECKPOINT_OPTIMIZER = "optimizer.safetensors"
+#: the adapter as initialised, for methods that convert at save (PiSSA/OLoRA): CHECKPOINTS/initial
+INITIAL_ADAPTER = "initial"
 
 #: weights serialized with pickle: loading them can run arbitrary code, adaptool never does
 PICKLE = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")

@@ -24,6 +24,7 @@ def check_cli(
     Resolves the plugins, loads the tokenizer and dataset, and prints formatted examples with
     the part that is trained on marked, token counts, truncation and EOS warnings.
     """
+    from adaptool.artifacts.method import format_hyperparameters
     from adaptool.check import check
     from adaptool.recipe import load_recipe
 
@@ -36,7 +37,12 @@ def check_cli(
     out.print(Text(f"Recipe {r.path}", style="bold"))
     out.print(f"  model        {r.model.name}", markup=False)
     out.print(f"  quantization {r.quantization.backend}", markup=False)
-    out.print(f"  peft         {r.peft.method} (r={r.peft.r}, alpha={r.peft.alpha})", markup=False)
+    settings = format_hyperparameters(report.hyperparameters)
+    out.print(
+        f"  peft         {report.method_title} ({report.method}){': ' if settings else ''}"
+        f"{settings}",
+        markup=False,
+    )
     out.print(f"  formatter    {report.formatter} v{report.formatter_version}", markup=False)
     out.print(f"  output       {r.output.dir}", markup=False)
     out.print(

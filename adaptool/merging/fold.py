@@ -5,28 +5,42 @@ module, its weights in the adapter file and in the base checkpoint."""
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adaptool.errors import AdapterError, param
 
+if TYPE_CHECKING:
+    from adaptool.base import LayerToFold, PeftMethod
+
 PEFT_PREFIX = "base_model.model."
-ADAPTER_PARTS = ("lora_", "ia3_", "hada_", "lokr_", "oft_", "boft_", "vera_", "fourierft_")
+SHARED_PREFIX = "base_model."
 
 
-def group_by_module(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``base_model.model.<module>.<adapter param>`` -> {module: {adapter param: tensor}}."""
+def group_by_module(
+    state: dict[str, Any], method: PeftMethod
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """An adapter file's tensors as the method saved them:
+    ``base_model.model.<module>.<part>`` -> ({module: {part: tensor}}, {shared name: tensor}),
+    a part being a name that starts with one of the method's ``weight_parts`` and the shared
+    tensors those named in its ``shared_weights`` (VeRA's projections)."""
     grouped: dict[str, dict[str, Any]] = {}
+    shared: dict[str, Any] = {}
     for key, value in state.items():
+        short = key.removeprefix(SHARED_PREFIX)
+        if not key.startswith(PEFT_PREFIX) and short in method.shared_weights:
+            shared[short] = value
+            continue
         path = key.removeprefix(PEFT_PREFIX).split(".")
-        cut = next((i for i, p in enumerate(path) if p.startswith(ADAPTER_PARTS)), None)
+        parts = method.weight_parts
+        cut = next((i for i, p in enumerate(path) if parts and p.startswith(parts)), None)
         if cut is None:
             raise AdapterError(
-                f"the adapter holds {key}, which is not an adapter weight adaptool can fold: "
-                f"trained biases (peft bias = 'all' or 'lora_only') and modules_to_save copies "
-                f"are not supported by the streamed merge yet."
+                f"the adapter holds {key}, which is not a {method.title()} weight adaptool "
+                f"can fold: trained biases (peft bias = 'all' or 'lora_only') and "
+                f"modules_to_save copies are not supported by the streamed merge yet."
             )
         grouped.setdefault(".".join(path[:cut]), {})[".".join(path[cut:])] = value
-    return grouped
+    return grouped, shared
 
 
 def base_key(module: str, names: set[str]) -> str | None:
@@ -39,17 +53,13 @@ def base_key(module: str, names: set[str]) -> str | None:
     return None
 
 
-def fold(
-    weight: Any, bias: Any, module_state: dict[str, Any], config: Any, module: str
-) -> tuple[Any, Any]:
+def fold_with_peft(layer: LayerToFold) -> tuple[Any, Any]:
     """Merge one adapted linear layer with peft's own layer code, exactly as
-    ``merge_and_unload`` merges it.
+    ``merge_and_unload`` merges it (what :meth:`PeftMethod.fold` does by default).
 
-    ``weight`` (out, in) and ``bias`` (out,), or None where the layer has none, are the base
-    layer's; ``module_state`` is the adapter's tensors for ``module`` (keyed as
-    :func:`group_by_module` keys them) and ``config`` the adapter's peft config. A lone linear
-    layer is built with this weight and bias, the adapter is injected into it and merged by
-    peft, and ``(new weight, new bias)`` come back (float32; the bias None when there is none).
+    A lone linear layer is built with the layer's weight and bias, the adapter's config is
+    injected into it, its tensors loaded and merged by peft, and ``(new weight, new bias)``
+    come back (float32; the bias None when there is none).
 
     The bias is merged too, since some methods change it: IA3 scales the output of the layers it
     adapts outside ``feedforward_modules``, bias included, and a LoRA trained with
@@ -60,6 +70,13 @@ def fold(
     from peft import inject_adapter_in_model
     from torch import nn
 
+    weight, bias, module_state, config, module = (
+        layer.weight,
+        layer.bias,
+        layer.tensors,
+        layer.config,
+        layer.module,
+    )
     out_features, in_features = weight.shape
     if bias is not None and tuple(bias.shape) != (out_features,):
         raise ValueError(

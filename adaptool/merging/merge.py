@@ -38,10 +38,12 @@ from adaptool.artifacts.layout import (
 )
 from adaptool.artifacts.loading import recorded_quantizer
 from adaptool.artifacts.manifest import Manifest, new_manifest, write_json, write_manifest
+from adaptool.artifacts.method import recorded_method
 from adaptool.artifacts.outputs import check_output, mark
+from adaptool.base import LayerToFold, PeftMethod
 from adaptool.errors import AdapterError, ModelError, param
 from adaptool.hub.client import bounded_requests
-from adaptool.merging.fold import base_key, fold, group_by_module
+from adaptool.merging.fold import base_key, group_by_module
 from adaptool.merging.options import Dtype, Into, choice
 from adaptool.merging.streaming import ByteRange, read_layout, tag_of, write_streamed
 from adaptool.merging.verify import verify_merge
@@ -83,6 +85,12 @@ def merge(
     folder = artifact.path
     out = Path(output).expanduser().resolve()
     check_output(out, overwrite=overwrite, inputs=[folder, *([base] if base else [])])
+    method = recorded_method(artifact)
+    if not method.mergeable:
+        raise AdapterError(
+            f"{folder} is a {method.title()} adapter, which cannot be merged: "
+            f"{method.not_mergeable_because}."
+        )
     peft_config = _peft_config(folder)
     base_dir = base_folder(artifact, base)
     check_fits(artifact, base=str(base_dir))  # on the meta device, before memory is spent
@@ -95,7 +103,7 @@ def merge(
     quantized_layers = _quantized_layers(base_dir, quantizer) if dequantize else set()
     load_dtype = getattr(torch, trained_dtype or "float32")
 
-    by_module = group_by_module(_load_adapter(folder))
+    by_module, shared = group_by_module(_load_adapter(folder), method)
     shards = _base_shards(base_dir)
     layouts = {shard: {e.name: e for e in read_layout(shard)} for shard in shards}
     shard_of = {name: shard for shard, entries in layouts.items() for name in entries}
@@ -108,7 +116,12 @@ def merge(
             f"{param('base')}."
         )
     folding = _Folding(
-        shard_of, targets, by_module, peft_config, quantizer, quantized_layers, load_dtype
+        shard_of,
+        targets,
+        (method, by_module, shared, peft_config),
+        quantizer,
+        quantized_layers,
+        load_dtype,
     )
 
     tmp = out.with_name(f".{out.name}.tmp")
@@ -183,13 +196,14 @@ class _Folding:
         self,
         shard_of: dict[str, Path],
         targets: dict[str, str],
-        by_module: dict[str, dict[str, Any]],
-        peft_config: Any,
+        adapter: tuple[PeftMethod, dict[str, dict[str, Any]], dict[str, Any], Any],
         quantizer: Any,
         quantized_layers: set[str],
         load_dtype: Any,
     ) -> None:
-        self.shard_of, self.by_module, self.config = shard_of, by_module, peft_config
+        self.shard_of = shard_of
+        #: the method plugin, its tensors by module, its shared tensors, the peft config
+        self.method, self.by_module, self.shared, self.config = adapter
         self.quantizer, self.quantized_layers, self.load_dtype = (
             quantizer,
             quantized_layers,
@@ -219,7 +233,9 @@ class _Folding:
         bias_key = weight_key.removesuffix("weight") + "bias"
         weight = self._round(weight_key, self._read(weight_key))
         bias = self._read(bias_key) if bias_key in self.folded_keys else None
-        weight, bias = fold(weight, bias, self.by_module[module], self.config, module)
+        weight, bias = self.method.fold(
+            LayerToFold(module, weight, bias, self.by_module[module], self.shared, self.config)
+        )
         self.merged += 1
         folded = {weight_key: weight, bias_key: bias}
         for other, value in folded.items():
@@ -250,11 +266,6 @@ def _peft_config(folder: Path) -> Any:
     from peft import PeftConfig
 
     config = PeftConfig.from_pretrained(str(folder))
-    if config.is_prompt_learning:
-        raise AdapterError(
-            f"{folder} is a {config.peft_type} adapter (virtual tokens), which has no weights to "
-            f"fold into the base; run it with `adaptool generate` instead of merging it."
-        )
     if getattr(config, "fan_in_fan_out", False):
         raise AdapterError(
             f"{folder} adapts Conv1D layers (fan_in_fan_out, as in GPT-2), which adaptool's "

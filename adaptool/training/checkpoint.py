@@ -13,7 +13,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptool.artifacts.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHECKPOINTS
+from adaptool.artifacts.layout import (
+    ADAPTER_CONFIG,
+    CHECKPOINTS,
+    INITIAL_ADAPTER,
+)
 from adaptool.artifacts.layout import CHECKPOINT_OPTIMIZER as OPTIMIZER
 from adaptool.artifacts.layout import CHECKPOINT_STATE as STATE
 from adaptool.artifacts.outputs import sync as _sync
@@ -21,6 +25,7 @@ from adaptool.artifacts.outputs import sync_tree as _sync_tree
 from adaptool.errors import AdaptoolError, AdaptoolWarning, describe, param
 
 if TYPE_CHECKING:
+    from adaptool.base import PeftMethod
     from adaptool.recipe.schema import Recipe
 
 KEEP = 2
@@ -32,6 +37,11 @@ LATEST = "latest"
 
 def checkpoint_dir(output: Path, step: int) -> Path:
     return output / CHECKPOINTS / f"step-{step:07d}"
+
+
+def initial_adapter(output: Path) -> Path:
+    """Where a run keeps its adapter as initialised (for methods that need it at save)."""
+    return output / CHECKPOINTS / INITIAL_ADAPTER
 
 
 def latest_checkpoint(output: Path) -> Path | None:
@@ -80,6 +90,7 @@ def save_checkpoint(
     *,
     step: int,
     model: Any,
+    method: PeftMethod,
     optimizer: Any,
     scheduler: Any,
     rng_state: dict[str, Any],
@@ -94,7 +105,7 @@ def save_checkpoint(
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
+    method.save_checkpoint(model, tmp)
     opt = optimizer.state_dict()
     tensors: dict[str, Any] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -132,14 +143,17 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(directory: Path, *, model: Any, optimizer: Any, scheduler: Any) -> dict:
+def load_checkpoint(
+    directory: Path, *, model: Any, method: PeftMethod, optimizer: Any, scheduler: Any
+) -> dict:
     """Restore adapter weights, optimizer, scheduler and RNG from ``directory``; return its
     state (``step`` and the extras saved with it)."""
     state = read_state(directory)
     if state is None:
         raise AdaptoolError(f"the checkpoint {directory} is torn: its {STATE} does not read.")
     try:
-        _restore(directory, state, model, optimizer, scheduler)
+        method.load_checkpoint(model, directory)
+        _restore(directory, state, optimizer, scheduler)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise AdaptoolError(
             f"the checkpoint {directory} cannot be restored into this run ({describe(exc)}); "
@@ -148,13 +162,10 @@ def load_checkpoint(directory: Path, *, model: Any, optimizer: Any, scheduler: A
     return state
 
 
-def _restore(directory: Path, state: dict, model: Any, optimizer: Any, scheduler: Any) -> None:
+def _restore(directory: Path, state: dict, optimizer: Any, scheduler: Any) -> None:
     import torch
-    from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    adapter = load_file(str(directory / ADAPTER_WEIGHTS))
-    set_peft_model_state_dict(model, adapter)
     tensors = load_file(str(directory / OPTIMIZER))
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():

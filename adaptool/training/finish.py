@@ -24,6 +24,7 @@ from adaptool.artifacts.manifest import (
 )
 from adaptool.artifacts.outputs import sync, sync_tree
 from adaptool.modeling import device
+from adaptool.training.checkpoint import initial_adapter
 from adaptool.training.plot import plot_losses
 
 if TYPE_CHECKING:
@@ -111,7 +112,9 @@ def write_output(
     tmp = out / FINAL_TMP
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    session.model.save_pretrained(str(tmp))
+    method = session.plugins.method
+    initial = initial_adapter(out) if method.needs_initial_state() else None
+    method.save(session.model, tmp, initial=initial)
     session.tokenizer.save_pretrained(str(tmp))
     (tmp / RECIPE).write_text(recipe.to_toml(), encoding="utf-8")
     plot_losses(

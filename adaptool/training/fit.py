@@ -88,6 +88,7 @@ def fit(
 
     t = session.recipe.training
     model, optimizer, scheduler = session.model, session.optimizer, session.scheduler
+    method = session.plugins.method
     train_set, eval_set = session.data.train_set, session.data.eval_set
     total_steps, accumulation = session.total_steps, t.gradient_accumulation_steps
     dev = device()
@@ -111,6 +112,9 @@ def fit(
                 with autocast():
                     summed = loss_sum(model, batch)
                 scaled = summed / n_trained
+                extra = method.loss_term(model)
+                if extra is not None:  # a method's regulariser, once per optimizer step
+                    scaled = scaled + extra / accumulation
                 (scaler.scale(scaled) if scaler else scaled).backward()
                 value = summed.item()
                 if not math.isfinite(value):
@@ -129,6 +133,7 @@ def fit(
                 scaler.update()
             else:
                 optimizer.step()
+            method.after_optimizer_step(model, state.step)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -159,6 +164,7 @@ def fit(
                     out,
                     step=step,
                     model=model,
+                    method=method,
                     optimizer=optimizer,
                     scheduler=scheduler,
                     rng_state=capture_rng(),
@@ -237,7 +243,8 @@ def loss_sum(model: Any, batch: dict[str, Any]) -> Any:
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1].float()
+    # prompt tuning and P-tuning put virtual tokens first: the inputs' logits are the last ones
+    logits = logits[:, -batch["input_ids"].shape[1] : -1].float()
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
         labels.reshape(-1),

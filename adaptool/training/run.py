@@ -21,7 +21,12 @@ from adaptool.artifacts.outputs import check_output, mark
 from adaptool.errors import AdaptoolError, OutputExists, param
 from adaptool.modeling import release_memory
 from adaptool.recipe.resolve import resolve_plugins
-from adaptool.training.checkpoint import check_resumable, latest_checkpoint, load_checkpoint
+from adaptool.training.checkpoint import (
+    check_resumable,
+    initial_adapter,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from adaptool.training.finish import TrainResult, build_manifest, write_output
 from adaptool.training.fit import LoopState, fit
 from adaptool.training.metrics import last, read_metrics, write_metrics
@@ -76,6 +81,7 @@ def train(
         saved = load_checkpoint(
             checkpoint,
             model=session.model,
+            method=session.plugins.method,
             optimizer=session.optimizer,
             scheduler=session.scheduler,
         )
@@ -94,6 +100,8 @@ def train(
     # everything loaded and checked: only now is the output dir touched
     _claim_output(out, checkpoint=checkpoint, overwrite=overwrite)
     write_metrics(out, records)
+    if checkpoint is None and session.plugins.method.needs_initial_state():
+        session.model.save_pretrained(str(initial_adapter(out)))
 
     outcome = fit(session, out, state, records, reporter)
     result = TrainResult(

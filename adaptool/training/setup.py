@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 from adaptool.artifacts.fit import trainable_parameters
 from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
+from adaptool.base import RunInfo
 from adaptool.data import check_columns, load_rows, split_rows
 from adaptool.encoding import ROW_ERRORS, BadRow, Encoded, encode_rows
-from adaptool.errors import DataError, ModelError, param
+from adaptool.errors import DataError, ModelError, describe, param
 from adaptool.modeling import (
     free_memory,
     load_base,
@@ -28,6 +29,7 @@ from adaptool.training.batching import BatchPlan
 if TYPE_CHECKING:
     import datasets
 
+    from adaptool.base import PeftMethod
     from adaptool.recipe.resolve import RecipePlugins
     from adaptool.recipe.schema import Recipe
     from adaptool.training.progress import Reporter
@@ -73,6 +75,8 @@ class Session:
     trainable: int
     total_params: int
     init_adapter: Path | None
+    #: what the PEFT method was told about the run
+    run: RunInfo | None = None
 
 
 def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter) -> Data:
@@ -168,7 +172,19 @@ def setup(
     model = _prepare_for_training(
         model, quantized=plugins.quantizer.quantized, checkpointing=checkpointing
     )
-    model = _wrap(model, plugins.method, recipe, init_adapter)
+    plan = BatchPlan(
+        [len(e.input_ids) for e in data.train_set], t.batch_size, t.seed, t.group_by_length
+    )
+    total_steps = t.max_steps or max(
+        1, math.ceil(t.total_epochs * plan.batches_per_epoch / t.gradient_accumulation_steps)
+    )
+    run = RunInfo(
+        total_steps=total_steps,
+        quantized=plugins.quantizer.quantized,
+        learning_rate=t.learning_rate,
+        tokenizer=model_section.name,
+    )
+    model = _wrap(model, plugins.method, recipe, init_adapter, run)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
     reporter.info(
@@ -176,14 +192,9 @@ def setup(
         f"trainable%: {100 * trainable / total_params:.4f}"
     )
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    plan = BatchPlan(
-        [len(e.input_ids) for e in data.train_set], t.batch_size, t.seed, t.group_by_length
-    )
-    total_steps = t.max_steps or max(
-        1, math.ceil(t.total_epochs * plan.batches_per_epoch / t.gradient_accumulation_steps)
-    )
+    groups = plugins.method.param_groups(model, t.learning_rate)
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
     schedule = t.lr_scheduler
     if schedule == "constant" and t.warmup_steps:
         schedule = "constant_with_warmup"  # transformers' "constant" ignores warmup
@@ -210,6 +221,7 @@ def setup(
         trainable=trainable,
         total_params=total_params,
         init_adapter=init_adapter,
+        run=run,
     )
 
 
@@ -275,15 +287,50 @@ def _prepare_for_training(model: Any, *, quantized: bool, checkpointing: bool) -
     return model
 
 
-def _wrap(model: Any, method: Any, recipe: Recipe, init_adapter: Path | None) -> Any:
+def _wrap(
+    model: Any, method: PeftMethod, recipe: Recipe, init_adapter: Path | None, run: RunInfo
+) -> Any:
+    """The base wrapped by peft with the recipe's method (or the adapter ``init_adapter``),
+    checked to save a config plain peft loads back."""
     from peft import get_peft_model
 
-    if init_adapter is None:
-        config = method.peft_config(recipe.peft)
-        _check_adapter_fits_in_memory(model.config, config)
-        return get_peft_model(model, config)
-    hint = f"Give {param('init_adapter', 'DIR')} an adapter trained on model.name."
-    return attach(model, init_adapter, recipe.model.name, trainable=True, hint=hint)
+    if init_adapter is not None:
+        hint = f"Give {param('init_adapter', 'DIR')} an adapter trained on model.name."
+        return attach(model, init_adapter, recipe.model.name, trainable=True, hint=hint)
+    config = method.peft_config(recipe.peft, run)
+    _check_adapter_fits_in_memory(model.config, config)
+    try:
+        wrapped = get_peft_model(model, config)
+    except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+        raise ModelError(
+            f"peft cannot apply the {method.title()} method ('{method.name}') to "
+            f"{recipe.model.name}: {describe(exc)}. Check the [peft] section (target_modules "
+            f"names the layers to adapt)."
+        ) from None
+    method.after_wrap(wrapped, run)
+    _check_config_reloads(wrapped, method)
+    return wrapped
+
+
+def _check_config_reloads(model: Any, method: PeftMethod) -> None:
+    """The config the adapter will be saved with must be one peft loads back: a method whose
+    saved config peft would refuse (as peft 0.21 refuses IA3's own ``all-linear`` config)
+    is stopped before training rather than found out at ``generate``."""
+    import tempfile
+
+    from peft import PeftConfig
+
+    config = model.peft_config["default"]
+    with tempfile.TemporaryDirectory() as tmp:
+        config.save_pretrained(tmp)
+        try:
+            PeftConfig.from_pretrained(tmp)
+        except Exception as exc:
+            raise ModelError(
+                f"the {method.title()} method ('{method.name}') would save a config peft "
+                f"cannot load back ({describe(exc)}); this is a bug in the method plugin "
+                f"'{method.name}'."
+            ) from None
 
 
 #: bytes per trainable parameter: fp32 weight, gradient and AdamW's two moments

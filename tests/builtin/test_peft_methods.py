@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from adaptool.base import RunInfo
 from tests.helpers import load, make
 
 
@@ -17,7 +18,7 @@ def test_lora_config_wraps_the_base(registry, plugins, tiny_bloom_dir, options, 
     from adaptool.recipe import PeftSection
 
     method = make(registry, "peft-method", "lora", **options)
-    config = method.peft_config(PeftSection(r=4, alpha=8.0, dropout=0.0))
+    config = method.peft_config(PeftSection(r=4, alpha=8.0, dropout=0.0), RunInfo())
     assert (config.r, config.lora_alpha, config.use_dora, config.use_rslora) == (
         4,
         8.0,
@@ -36,6 +37,6 @@ def test_lora_explicit_targets_and_init(registry):
     from adaptool.recipe import PeftSection
 
     method = make(registry, "peft-method", "lora", init="gaussian")
-    config = method.peft_config(PeftSection(target_modules=["dense"], bias="lora_only"))
+    config = method.peft_config(PeftSection(target_modules=["dense"], bias="lora_only"), RunInfo())
     assert config.init_lora_weights == "gaussian"
     assert config.target_modules == {"dense"} and config.bias == "lora_only"

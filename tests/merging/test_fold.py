@@ -1,5 +1,6 @@
-"""fold(): one adapted layer merged on its own, weight and bias, must equal what peft's
-``merge_and_unload`` makes of the whole model, for every method the streamed merge folds."""
+"""A method plugin's fold(): one adapted layer merged on its own, weight and bias, must equal
+what peft's ``merge_and_unload`` makes of the whole model, for every method the streamed merge
+folds (peft's own layer code by default; VeRA, LN tuning and AdaLoRA fold their own way)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 import pytest
 import torch
 
+from adaptool.base import LayerToFold
+from adaptool.builtin import peft_methods as m
 from adaptool.errors import AdapterError
-from adaptool.merging.fold import fold, group_by_module
+from adaptool.merging.fold import group_by_module
 from adaptool.testing import make_tiny_bloom, make_tokenizer
 
 pytestmark = pytest.mark.filterwarnings(  # peft mistakes lora_B.bias for a ZeRO-3 shard
@@ -58,38 +61,75 @@ def fourierft() -> Any:
     return FourierFTConfig(n_frequency=50, target_modules=["query_key_value", "dense_4h_to_h"])
 
 
-#: id -> (peft config, whether merging changes the adapted layers' biases: True, False, or None
-#: for some layers' and not others'). VeRA is not here: peft's inject_adapter_in_model refuses it
-#: (its projections are shared by all layers); nor is BOFT, whose layers try to compile a CUDA
-#: extension when built.
-CASES: dict[str, tuple[Callable[[], Any], bool | None]] = {
-    "lora": (lora, False),
+def boft() -> Any:
+    from peft import BOFTConfig
+
+    return BOFTConfig(boft_block_size=4, target_modules=["query_key_value", "dense"])
+
+
+def vera() -> Any:
+    from peft import VeraConfig
+
+    return VeraConfig(r=8, target_modules=["query_key_value", "dense_4h_to_h"])
+
+
+def hra() -> Any:
+    from peft import HRAConfig
+
+    return HRAConfig(r=4, target_modules=["query_key_value", "dense_4h_to_h"])
+
+
+def adalora() -> Any:
+    from peft import AdaLoraConfig
+
+    return AdaLoraConfig(init_r=6, target_r=4, total_step=10, target_modules=["query_key_value"])
+
+
+def ln_tuning() -> Any:
+    from peft import LNTuningConfig
+
+    return LNTuningConfig(target_modules=["input_layernorm", "ln_f"])
+
+
+#: id -> (method plugin, peft config, whether merging changes the adapted layers' biases: True,
+#: False, or None for some layers' and not others')
+CASES: dict[str, tuple[Any, Callable[[], Any], bool | None]] = {
+    "lora": (m.Lora, lora, False),
     "lora_rank_and_alpha_pattern": (
+        m.Lora,
         lambda: lora(
             rank_pattern={"h.1.self_attention.query_key_value": 2},
             alpha_pattern={"h.0.mlp.dense_4h_to_h": 3},
         ),
         False,
     ),
-    "lora_with_lora_bias_adds_to_the_bias": (lambda: lora(lora_bias=True), True),
-    "dora": (lambda: lora(use_dora=True), False),
-    "rslora": (lambda: lora(use_rslora=True), False),
+    "lora_with_lora_bias_adds_to_the_bias": (m.Lora, lambda: lora(lora_bias=True), True),
+    "dora": (m.Lora, lambda: lora(use_dora=True), False),
+    "rslora": (m.Lora, lambda: lora(use_rslora=True), False),
     # IA3 scales the output, bias included, of a layer outside feedforward_modules ...
     "ia3_not_feedforward_scales_the_bias": (
+        m.IA3,
         lambda: ia3(target_modules=["query_key_value", "dense_h_to_4h"], feedforward_modules=[]),
         True,
     ),
     # ... and the input of a feedforward one, leaving its bias alone
     "ia3_feedforward_keeps_the_bias": (
+        m.IA3,
         lambda: ia3(target_modules=["dense_4h_to_h"], feedforward_modules=["dense_4h_to_h"]),
         False,
     ),
     # peft's defaults for BLOOM: query_key_value (scaled output), dense_4h_to_h (feedforward)
-    "ia3_bloom_defaults_mixed": (ia3, None),
-    "loha": (loha, False),
-    "lokr": (lokr, False),
-    "oft": (oft, False),
-    "fourierft": (fourierft, False),
+    "ia3_bloom_defaults_mixed": (m.IA3, ia3, None),
+    "loha": (m.LoHa, loha, False),
+    "lokr": (m.LoKr, lokr, False),
+    "oft": (m.OFT, oft, False),
+    "boft": (m.BOFT, boft, False),
+    "fourierft": (m.FourierFT, fourierft, False),
+    "vera_shared_projections": (m.VeRA, vera, False),
+    "hra": (m.HRA, hra, False),
+    "adalora": (m.AdaLoRA, adalora, False),
+    # the tuned copy of a layer norm replaces it, bias included
+    "ln_tuning_replaces_the_layer_norm": (m.LNTuning, ln_tuning, True),
 }
 
 
@@ -112,7 +152,7 @@ def merged(request: pytest.FixtureRequest, tiny_model: Any) -> dict[str, Any]:
     from peft.utils import get_peft_model_state_dict
 
     base = {k: v.detach().clone() for k, v in tiny_model.state_dict().items()}
-    make_config, changes_bias = CASES[request.param]
+    method, make_config, changes_bias = CASES[request.param]
     model = get_peft_model(copy.deepcopy(tiny_model), make_config())
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -121,11 +161,13 @@ def merged(request: pytest.FixtureRequest, tiny_model: Any) -> dict[str, Any]:
                 noise = torch.randn(tensor.shape, generator=generator)
                 tensor.add_(0.1 * noise.to(tensor.dtype))
     config = model.peft_config["default"]
-    by_module = group_by_module(get_peft_model_state_dict(model))
+    by_module, shared = group_by_module(get_peft_model_state_dict(model), method())
     reference = {k: v.detach().clone() for k, v in model.merge_and_unload().state_dict().items()}
     return {
         "base": base,
         "by_module": by_module,
+        "shared": shared,
+        "method": method(),
         "config": config,
         "reference": reference,
         "changes_bias": changes_bias,
@@ -135,12 +177,15 @@ def merged(request: pytest.FixtureRequest, tiny_model: Any) -> dict[str, Any]:
 def fold_all(case: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     base = case["base"]
     return {
-        module: fold(
-            base[f"{module}.weight"],
-            base.get(f"{module}.bias"),
-            state,
-            case["config"],
-            module,
+        module: case["method"].fold(
+            LayerToFold(
+                module,
+                base[f"{module}.weight"],
+                base.get(f"{module}.bias"),
+                state,
+                case["shared"],
+                case["config"],
+            )
         )
         for module, state in case["by_module"].items()
     }
@@ -196,7 +241,12 @@ def lone_lora_state(
 
     config = LoraConfig(r=2, lora_alpha=4, target_modules=["proj"], lora_bias=lora_bias)
     model = get_peft_model(Lone(), config)
-    return group_by_module(get_peft_model_state_dict(model))["proj"], model.peft_config["default"]
+    grouped, _ = group_by_module(get_peft_model_state_dict(model), m.Lora())
+    return grouped["proj"], model.peft_config["default"]
+
+
+def fold(weight: Any, bias: Any, state: dict[str, Any], config: Any, module: str) -> Any:
+    return m.Lora().fold(LayerToFold(module, weight, bias, state, {}, config))
 
 
 def test_fold_without_a_bias_returns_none() -> None:

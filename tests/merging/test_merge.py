@@ -128,7 +128,7 @@ def test_merge_refusals(tmp_path, tiny_bloom_dir, registry):
         {"prompt_embeddings": torch.zeros(4, 64)},
         str(tmp_path / "pt" / "adapter_model.safetensors"),
     )
-    with pytest.raises(AdapterError, match="no weights to fold"):
+    with pytest.raises(AdapterError, match="prompt tuning adapter, which cannot be merged"):
         merge(tmp_path / "pt", output=tmp_path / "m2")
 
 

@@ -12,17 +12,17 @@ from tests.helpers import (
 
 
 def test_verification_catches_a_corrupted_merge(tmp_path, tiny_bloom_dir, registry, monkeypatch):
-    import adaptool.merging.merge as merging
+    from adaptool.builtin.peft_methods import Lora
 
     adapter = trained(tmp_path, tiny_bloom_dir)
-    real_fold = merging.fold
+    real_fold = Lora.fold
 
-    def tampered(*args):
-        weight, bias = real_fold(*args)
+    def tampered(self, layer):
+        weight, bias = real_fold(self, layer)
         weight[0, :4] += 0.5  # one tensor, slightly wrong
         return weight, bias
 
-    monkeypatch.setattr(merging, "fold", tampered)
+    monkeypatch.setattr(Lora, "fold", tampered)
     with pytest.raises(MergeVerificationError, match="the merge is wrong"):
         merge(adapter, output=tmp_path / "bad", dtype="fp32")
     assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.tmp").exists()

@@ -43,6 +43,8 @@ def test_minimal_recipe_gets_defaults_and_resolves_paths(tmp_path, registry):
         "use_rslora": False,
         "init": "default",
         "modules_to_save": None,
+        "loraplus_lr_ratio": 1.0,
+        "lora_bias": False,
     }
     assert recipe.data.options == {
         "quote_column": "quote",

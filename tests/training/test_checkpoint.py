@@ -10,6 +10,7 @@ import random
 import torch
 
 from adaptool.artifacts.layout import pickled
+from adaptool.builtin.peft_methods import Lora
 from adaptool.training.checkpoint import (
     KEEP,
     capture_rng,
@@ -57,6 +58,7 @@ class Run:
             output,
             step=step,
             model=self.model,
+            method=Lora(),
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             rng_state=capture_rng(),
@@ -65,7 +67,11 @@ class Run:
 
     def load(self, directory) -> dict:
         return load_checkpoint(
-            directory, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+            directory,
+            model=self.model,
+            method=Lora(),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
         )
 
 
