@@ -196,3 +196,40 @@ def load(tiny_bloom_dir, quantizer):
         str(tiny_bloom_dir), dtype=torch.float32, **quantizer.from_pretrained_kwargs()
     )
     return quantizer.after_load(model)
+
+
+def method_recipe(tmp_path, base, method, peft_lines, *, backend="none", steps=6, extra=""):
+    """A recipe training the PEFT ``method`` (its ``[peft]`` lines given) on ``base``."""
+    quant = "compute_dtype = 'float32'" if backend == "bnb-4bit" else ""
+    text = f"""
+[model]
+name = "{base}"
+dtype = "float32"
+
+[quantization]
+backend = "{backend}"
+{quant}
+
+[peft]
+method = "{method}"
+{peft_lines}
+
+[data]
+source = "{DATA / "quotes.jsonl"}"
+formatter = "quote-tags"
+eval_fraction = 0.2
+max_length = 64
+
+[training]
+batch_size = 4
+learning_rate = 2e-2
+max_steps = {steps}
+logging_steps = 1
+save_steps = 0
+seed = 3
+{extra}
+
+[output]
+dir = "{tmp_path / "out"}"
+"""
+    return write_recipe(tmp_path, text, f"{method}-{backend}.toml")

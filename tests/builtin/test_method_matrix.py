@@ -18,7 +18,7 @@ from adaptool.generate import generate
 from adaptool.merging.merge import merge
 from adaptool.recipe import load_recipe
 from adaptool.training.run import train
-from tests.helpers import DATA, logits_of, write_recipe
+from tests.helpers import logits_of, method_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -49,41 +49,6 @@ def test_every_builtin_method_is_in_the_matrix():
     assert sorted(PEFT) == sorted(cls.name for cls in METHODS)
 
 
-def recipe(tmp_path, base, method: str, backend: str):
-    quant = "compute_dtype = 'float32'" if backend == "bnb-4bit" else ""
-    text = f"""
-[model]
-name = "{base}"
-dtype = "float32"
-
-[quantization]
-backend = "{backend}"
-{quant}
-
-[peft]
-method = "{method}"
-{PEFT[method]}
-
-[data]
-source = "{DATA / "quotes.jsonl"}"
-formatter = "quote-tags"
-eval_fraction = 0.2
-max_length = 64
-
-[training]
-batch_size = 4
-learning_rate = 2e-2
-max_steps = 6
-logging_steps = 1
-save_steps = 0
-seed = 3
-
-[output]
-dir = "{tmp_path / "out"}"
-"""
-    return write_recipe(tmp_path, text, f"{method}-{backend}.toml")
-
-
 def plain_peft(base, adapter, backend):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -107,7 +72,7 @@ def plain_peft(base, adapter, backend):
 @pytest.mark.parametrize("method", sorted(PEFT))
 def test_method(tmp_path, plugins, tiny_bloom_dir, method, backend):
     cls = next(c for c in METHODS if c.name == method)
-    path = recipe(tmp_path, tiny_bloom_dir, method, backend)
+    path = method_recipe(tmp_path, tiny_bloom_dir, method, PEFT[method], backend=backend)
     if backend in cls.unsupported_backends:
         with pytest.raises(RecipeError, match=f"cannot be trained on a {backend} base"):
             load_recipe(path)

@@ -40,3 +40,103 @@ def test_lora_explicit_targets_and_init(registry):
     config = method.peft_config(PeftSection(target_modules=["dense"], bias="lora_only"), RunInfo())
     assert config.init_lora_weights == "gaussian"
     assert config.target_modules == {"dense"} and config.bias == "lora_only"
+
+
+@pytest.mark.parametrize(
+    ("method", "lines"),
+    [
+        # AdaLoRA: the importance scores and the final rank pattern (fixed at step 5) carry over
+        (
+            "adalora",
+            'init_r = 6\ntarget_r = 2\ntinit = 1\ntfinal = 3\ntarget_modules = "all-linear"',
+        ),
+        # PiSSA: the initial adapter kept for the conversion at save
+        ("lora", 'r = 4\ninit = "pissa"\ntarget_modules = "all-linear"'),
+    ],
+)
+def test_interrupted_then_resumed_equals_uninterrupted(
+    tmp_path, tiny_bloom_dir, plugins, method, lines
+):
+    from safetensors.torch import load_file
+
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import InterruptAt, method_recipe
+
+    path = method_recipe(tmp_path, tiny_bloom_dir, method, lines, steps=8)
+    path.write_text(path.read_text().replace("save_steps = 0", "save_steps = 2"))
+    whole = train(load_recipe(path, [f"output.dir={tmp_path / 'a'}"]))
+    recipe = load_recipe(path, [f"output.dir={tmp_path / 'b'}"])
+    first = train(recipe, reporter=InterruptAt(6))
+    assert first.interrupted and first.step == 6
+    resumed = train(recipe, resume=True)
+    a = load_file(str(whole.output_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.output_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a if a[k].numel()) <= 1e-6
+
+
+def test_loraplus_gives_the_b_matrices_their_own_learning_rate(registry, tiny_bloom_dir):
+    from peft import get_peft_model
+
+    from adaptool.recipe import PeftSection
+
+    method = make(registry, "peft-method", "lora", loraplus_lr_ratio=16.0)
+    config = method.peft_config(PeftSection(r=4), RunInfo())
+    model = get_peft_model(load(tiny_bloom_dir, make(registry, "quantizer", "none")), config)
+    slow, fast = method.param_groups(model, 1e-3)
+    assert (slow["lr"], fast["lr"]) == (1e-3, 16e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert fast["params"] and all("lora_B" in names[id(p)] for p in fast["params"])
+    assert slow["params"] and all("lora_A" in names[id(p)] for p in slow["params"])
+
+
+def test_pissa_is_saved_as_a_plain_lora_of_twice_the_rank(tmp_path, tiny_bloom_dir, plugins):
+    import json
+
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import method_recipe
+
+    lines = 'r = 4\ninit = "pissa"\ntarget_modules = "all-linear"'
+    out = train(load_recipe(method_recipe(tmp_path, tiny_bloom_dir, "lora", lines))).output_dir
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["init_lora_weights"] is True
+
+
+@pytest.mark.parametrize(
+    ("method", "lines", "backend", "problem"),
+    [
+        ("ia3", "r = 16", "none", "does not use r"),
+        ("prompt-tuning", 'target_modules = "all-linear"', "none", "does not use target_modules"),
+        ("hra", "", "bnb-4bit", "HRA cannot be trained on a bnb-4bit base"),
+        ("lora", 'init = "loftq"', "none", 'needs quantization.backend = "bnb-4bit"'),
+        ("lora", 'init = "pissa"', "bnb-4bit", "cannot run on a quantized base"),
+        ("adalora", "tinit = 5\ntfinal = 2", "none", "AdaLoRA needs steps between tinit"),
+        ("ln-tuning", 'target_modules = "all-linear"', "none", "tunes layer norms"),
+    ],
+)
+def test_settings_a_method_cannot_take_are_recipe_problems(
+    tmp_path, tiny_bloom_dir, plugins, method, lines, backend, problem
+):
+    from adaptool.errors import RecipeError
+    from adaptool.recipe import load_recipe
+    from tests.helpers import method_recipe
+
+    path = method_recipe(tmp_path, tiny_bloom_dir, method, lines, backend=backend)
+    with pytest.raises(RecipeError, match=problem):
+        load_recipe(path)
+
+
+def test_check_shows_the_method_and_flags_one_that_cannot_merge(tmp_path, tiny_bloom_dir, plugins):
+    from adaptool.check import check
+    from adaptool.recipe import load_recipe
+    from tests.helpers import method_recipe
+
+    path = method_recipe(tmp_path, tiny_bloom_dir, "prefix-tuning", "num_virtual_tokens = 8")
+    report = check(load_recipe(path))
+    assert (report.method_title, report.hyperparameters) == ("prefix tuning", {"virtual_tokens": 8})
+    assert any("cannot be merged" in w for w in report.warnings)
+    path = method_recipe(tmp_path, tiny_bloom_dir, "ia3", 'target_modules = "all-linear"')
+    report = check(load_recipe(path))
+    assert report.method_title == "IA³" and not any("merged" in w for w in report.warnings)
