@@ -1,14 +1,28 @@
 """adaptool: train, merge, share and run parameter-efficient adapters for causal LMs.
 
 The public API for plugin authors: ``hookimpl`` and the base classes ``Formatter``,
-``Quantizer``, ``PeftMethod`` (with ``Options`` and ``Example``), and the errors.
+``Quantizer``, ``PeftMethod``, ``Logger`` and ``Callback`` (with ``Options``, ``Example``,
+``RunInfo``, ``LayerToFold`` and ``TrainingContext``), and the errors. docs/plugins.md has
+every hook and method.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from adaptool.base import Example, Formatter, Options, PeftMethod, Plugin, Quantizer
+from adaptool.base import (
+    Callback,
+    Example,
+    Formatter,
+    LayerToFold,
+    Logger,
+    Options,
+    PeftMethod,
+    Plugin,
+    Quantizer,
+    RunInfo,
+    TrainingContext,
+)
 from adaptool.errors import (
     AdapterError,
     AdaptoolError,
@@ -29,10 +43,13 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "AdapterError",
     "AdaptoolError",
+    "Callback",
     "DataError",
     "Example",
     "Formatter",
     "HubError",
+    "LayerToFold",
+    "Logger",
     "ModelError",
     "Options",
     "PeftMethod",
@@ -41,6 +58,8 @@ __all__ = [
     "Quantizer",
     "RecipeError",
     "RecipeProblem",
+    "RunInfo",
+    "TrainingContext",
     "__version__",
     "hookimpl",
 ]

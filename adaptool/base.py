@@ -329,6 +329,158 @@ class PeftMethod(Plugin):
         return problems
 
 
+@dataclass
+class TrainingContext:
+    """What loggers and callbacks see of a training run. ``step`` is the optimizer steps done;
+    the model is the peft-wrapped one being trained (a callback that evaluates it puts it
+    back in training mode); ``eval_rows`` are the held-out rows as loaded (None without an
+    eval split)."""
+
+    output_dir: Path
+    recipe: Recipe
+    total_steps: int
+    model: Any
+    tokenizer: Any
+    formatter: Formatter
+    method: PeftMethod
+    eval_rows: Any
+    #: the step a resumed run continued from (None for a fresh run)
+    resumed_from: int | None = None
+    step: int = 0
+    #: why the run is stopping early, once a callback asked (None: it is not)
+    stop_reason: str | None = None
+    #: generates on rows and scores with the formatter: ``adaptool.evaluate.score_rows``
+    scorer: Any = None
+
+    def stop(self, reason: str) -> None:
+        """End the run after this step, as finished (its output is written): early stopping."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def generation_scores(self, rows: int, max_new_tokens: int) -> dict[str, float]:
+        """The formatter's scores of greedy generations on the first ``rows`` held-out rows,
+        as ``eval_<score>`` (computed once per step, whoever asks)."""
+        key = (self.step, rows, max_new_tokens)
+        cache = self.__dict__.setdefault("_scores", {})
+        if key not in cache:
+            subset = [self.eval_rows[i] for i in range(min(rows, len(self.eval_rows)))]
+            was_training, use_cache = self.model.training, self.model.config.use_cache
+            self.model.eval()
+            self.model.config.use_cache = True
+            try:
+                scores, _ = self.scorer(
+                    self.model,
+                    self.tokenizer,
+                    self.formatter,
+                    subset,
+                    max_new_tokens=max_new_tokens,
+                )
+            finally:
+                self.model.config.use_cache = use_cache
+                self.model.train(was_training)
+            cache[key] = {
+                f"eval_{k}": float(v)
+                for k, v in scores.items()
+                if k != "rows" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        return dict(cache[key])
+
+    def save_trainable(self, folder: Path) -> None:
+        """Save the adapter as it is now so that :meth:`load_trainable` restores it exactly
+        (the method's checkpoint format)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.method.save_checkpoint(self.model, folder)
+
+    def load_trainable(self, folder: Path) -> None:
+        """Put back the adapter :meth:`save_trainable` saved."""
+        self.method.load_checkpoint(self.model, folder)
+
+
+class Logger(Plugin):
+    """Receives every logged record of a run (a tracker: TensorBoard, MLflow, ...). A record
+    holds ``step`` and some of: ``loss``, ``lr``, ``grad_norm``, ``tokens``, ``tokens_per_s``,
+    ``epoch``, ``eval_loss`` and ``eval_<metric>`` (a formatter's scores on held-out rows).
+
+    Example::
+
+        class Print(Logger):
+            name = "print"
+            def log(self, record):
+                print(record)
+    """
+
+    kind: ClassVar[str] = "logger"
+
+    def start(self, context: TrainingContext) -> None:
+        """Called once before the first step (also when a run resumes). Default: nothing."""
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """One logged record (see the class docstring)."""
+        raise NotImplementedError
+
+    def finish(self, context: TrainingContext) -> None:
+        """Called once when the loop ends (finished, stopped early or interrupted): flush and
+        close. Default: nothing."""
+
+
+class Callback(Plugin):
+    """Hooks into the training loop: after each step, at each evaluation, after each
+    checkpoint and at the end. A callback can stop the run (``context.stop(reason)``), add
+    metrics to an evaluation's record, and keep state that a resumed run gets back.
+
+    Example::
+
+        class StopAt(Callback):
+            name = "stop-at"
+            class Options(adaptool.Options):
+                loss: float = 0.5
+            def on_step(self, context, record):
+                if record and record.get("loss", 1e9) < self.options.loss:
+                    context.stop(f"loss below {self.options.loss}")
+    """
+
+    kind: ClassVar[str] = "callback"
+    #: True when the callback needs an eval split (``data.eval_fraction`` > 0)
+    needs_eval: ClassVar[bool] = False
+
+    def on_step(self, context: TrainingContext, record: Mapping[str, Any] | None) -> None:
+        """After each optimizer step; ``record`` is what was logged at it (None if nothing)."""
+
+    def on_eval(self, context: TrainingContext, record: Mapping[str, Any]) -> dict[str, Any]:
+        """At each evaluation, with its record (``eval_loss`` and what earlier callbacks
+        added); returns metrics to add to the record (logged with it). Default: none."""
+        return {}
+
+    def on_save(self, context: TrainingContext, checkpoint: Path) -> None:
+        """After a checkpoint was written to ``checkpoint``."""
+
+    def on_end(self, context: TrainingContext) -> dict[str, Any]:
+        """When the loop has ended and before the output is written (not on an interrupt):
+        may change the model (keep the best weights). Returns what to record in the
+        manifest under ``callbacks.<name>``. Default: nothing."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state saved in every checkpoint, for :meth:`load_state_dict`."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the state of a resumed run."""
+
+    def recipe_problems(self, recipe: Recipe, plugins: RecipePlugins) -> list[RecipeProblem]:
+        from adaptool.errors import RecipeProblem
+
+        if self.needs_eval and recipe.data.eval_fraction == 0:
+            return [
+                RecipeProblem(
+                    f"callbacks.{self.name}",
+                    f"the '{self.name}' callback evaluates on held-out rows: set "
+                    f"data.eval_fraction (e.g. 0.1)",
+                )
+            ]
+        return []
+
+
 def _targets(value: Any) -> Any:
     if isinstance(value, (list, tuple, set)):
         short = sorted({str(v).rsplit(".", 1)[-1] for v in value})

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adaptool.artifacts.layout import HELDOUT
 from adaptool.artifacts.loading import open_target
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     import datasets
 
     from adaptool.artifacts.artifact import Artifact
+    from adaptool.base import Formatter
 
 
 @dataclass
@@ -62,30 +64,49 @@ def evaluate(
         source = f"{recorded.get('source')} (held out at training)"
     check_columns(rows, formatter, source)
     rows = [rows[i] for i in range(len(rows) if limit is None else min(limit, len(rows)))]
-    prompts = build_prompts(rows, formatter, opened.tokenizer, raw=False)
-
-    def run() -> list[Generation]:
-        return generate(
-            opened.model,
-            opened.tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            add_special_tokens=not formatter.prompt_has_special_tokens,
-            formatter=formatter,
-        )
-
-    outputs = run()
-    result = EvalResult(
-        str(opened.path),
-        source,
-        formatter.score(rows, outputs, opened.tokenizer),
-        generations=outputs,
+    metrics, outputs = score_rows(
+        opened.model,
+        opened.tokenizer,
+        formatter,
+        rows,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
     )
+    result = EvalResult(str(opened.path), source, metrics, generations=outputs)
     if compare_base and opened.kind == "adapter":
         with opened.model.disable_adapter():
-            result.base_metrics = formatter.score(rows, run(), opened.tokenizer)
+            result.base_metrics, _ = score_rows(
+                opened.model,
+                opened.tokenizer,
+                formatter,
+                rows,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+            )
     return result
+
+
+def score_rows(
+    model: Any,
+    tokenizer: Any,
+    formatter: Formatter,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+) -> tuple[dict[str, float], list[Generation]]:
+    """Greedy generation on each row's prompt (the formatter's), scored by the formatter."""
+    prompts = build_prompts(rows, formatter, tokenizer, raw=False)
+    outputs = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        add_special_tokens=not formatter.prompt_has_special_tokens,
+        formatter=formatter,
+    )
+    return formatter.score(rows, outputs, tokenizer), outputs
 
 
 def heldout_rows(artifact: Artifact) -> datasets.Dataset:

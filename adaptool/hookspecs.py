@@ -24,7 +24,8 @@ import pluggy
 if TYPE_CHECKING:
     import typer
 
-    from adaptool.base import Formatter, PeftMethod, Quantizer
+    from adaptool.base import Callback, Formatter, Logger, PeftMethod, Quantizer
+    from adaptool.cli.context import CommandContext
 
 hookspec = pluggy.HookspecMarker("adaptool")
 hookimpl = pluggy.HookimplMarker("adaptool")
@@ -67,15 +68,40 @@ def register_peft_methods(register: Callable[[type[PeftMethod]], None]) -> None:
 
 
 @hookspec
-def register_commands(app: typer.Typer) -> None:
-    """Add commands to the ``adaptool`` command line (the Typer app itself).
+def register_loggers(register: Callable[[type[Logger]], None]) -> None:
+    """Register loggers / trackers (subclasses of :class:`adaptool.Logger`).
 
     Example::
 
         @adaptool.hookimpl
-        def register_commands(app):
+        def register_loggers(register):
+            register(MLflow)     # recipes use [logging] to = ["mlflow"]
+    """
+
+
+@hookspec
+def register_callbacks(register: Callable[[type[Callback]], None]) -> None:
+    """Register training-loop callbacks (subclasses of :class:`adaptool.Callback`).
+
+    Example::
+
+        @adaptool.hookimpl
+        def register_callbacks(register):
+            register(StopAt)     # recipes use [callbacks.stop-at] loss = 0.5
+    """
+
+
+@hookspec
+def register_commands(app: typer.Typer, context: CommandContext) -> None:
+    """Add commands to the ``adaptool`` command line (the Typer app itself). ``context``
+    reaches what a command needs of adaptool: the registry, recipes, data, adapters.
+
+    Example::
+
+        @adaptool.hookimpl
+        def register_commands(app, context):
             @app.command()
-            def hello(name: str):
-                "Say hello."
-                print(f"hello {name}")
+            def rows(recipe: str):
+                "Count a recipe's rows."
+                print(len(context.load_rows(context.load_recipe(recipe))))
     """

@@ -35,6 +35,8 @@ BUILTIN_PLUGINS = (
     "adaptool.builtin.formatters",
     "adaptool.builtin.quantizers",
     "adaptool.builtin.peft_methods",
+    "adaptool.builtin.loggers",
+    "adaptool.builtin.callbacks",
     "adaptool.builtin.commands",
 )
 STRICT_ENV = "ADAPTOOL_STRICT_PLUGINS"
@@ -85,7 +87,7 @@ class PluginSet:
     blocked: list[str]
     strict: bool
 
-    def add_commands(self, app: Any) -> None:
+    def add_commands(self, app: Any, context: Any = None) -> None:
         """Call every plugin's ``register_commands(app)``; failures are isolated like the rest,
         and command names follow the clash policy of registrations (:class:`Claims`)."""
         base = list(app.registered_commands)
@@ -93,7 +95,7 @@ class PluginSet:
         staged: list[tuple[Any, Provider]] = []
         for info, impl in self._in_load_order("register_commands"):
             try:
-                _call(impl, app=app)
+                _call(impl, app=app, context=context)
             except (Exception, SystemExit) as exc:  # a broken plugin must not break the CLI
                 self._fail(info.provider, f"register_commands raised {describe(exc)}")
                 continue

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adaptool.base import Formatter, Options, PeftMethod, Plugin, Quantizer
+from adaptool.base import Callback, Formatter, Logger, Options, PeftMethod, Plugin, Quantizer
 from adaptool.errors import AdaptoolWarning, PluginError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
@@ -21,6 +21,8 @@ KINDS: dict[str, tuple[type[Plugin], str, str]] = {
     "formatter": (Formatter, "formatters", "register_formatters"),
     "quantizer": (Quantizer, "quantizers", "register_quantizers"),
     "peft-method": (PeftMethod, "PEFT methods", "register_peft_methods"),
+    "logger": (Logger, "loggers", "register_loggers"),
+    "callback": (Callback, "callbacks", "register_callbacks"),
 }
 
 

@@ -225,8 +225,10 @@ def test_every_hook_is_documented_with_an_example_and_tested():
 
     hooks = [n for n, f in vars(hookspecs).items() if n.startswith("register_") and callable(f)]
     assert sorted(hooks) == [
+        "register_callbacks",
         "register_commands",
         "register_formatters",
+        "register_loggers",
         "register_peft_methods",
         "register_quantizers",
     ]

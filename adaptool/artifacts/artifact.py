@@ -100,10 +100,7 @@ class Artifact:
         recorded = self.manifest.method if self.manifest else None
         if recorded:
             return recorded
-        peft_type = str(self.config.get("peft_type", "adapter"))
-        from adaptool.plugins import registry
-
-        return registry().method_for_peft_type(peft_type) or peft_type.lower()
+        return str(self.config.get("peft_type", "adapter")).lower()
 
     @property
     def backend(self) -> str:

@@ -179,7 +179,9 @@ def build_app(plugins: Any = None) -> typer.Typer:
     ) -> None:
         """Train, merge, share and run parameter-efficient adapters from a TOML recipe."""
 
-    plugins.add_commands(app)
+    from adaptool.cli.context import CommandContext
+
+    plugins.add_commands(app, CommandContext(plugins))
     return app
 
 

@@ -162,6 +162,9 @@ def _validate_section(
             problems.extend(p for p in _problems_from(exc, prefix=name) if p.key != name)
         section, ok = None, False
 
+    if cls.plugin_tables is not None:
+        return _validate_plugin_tables(name, cls, section, extra, problems) if ok else None
+
     if cls.plugin_key is None:
         for key in extra:
             problems.append(
@@ -203,6 +206,55 @@ def _validate_section(
     if not ok or unknown:
         return None
     return section.model_copy(update={"options": options.model_dump()})
+
+
+def _validate_plugin_tables(
+    name: str,
+    cls: type[Section],
+    section: Section,
+    tables: dict[str, Any],
+    problems: list[RecipeProblem],
+) -> Section | None:
+    """A section of several plugins of one kind (``[logging]``, ``[callbacks]``): each other
+    key is a ``[name.<plugin>]`` table of that plugin's options; ``to``, where the section has
+    it, lists the plugins used (a table for one not listed is a mistake)."""
+    kind = cls.plugin_tables
+    listed = getattr(section, "to", None)
+    before = len(problems)
+    options: dict[str, dict[str, Any]] = {}
+    for plugin_name in listed or []:
+        try:
+            registry().get(kind, plugin_name)
+        except PluginError as exc:
+            problems.append(RecipeProblem(f"{name}.to", str(exc)))
+    for plugin_name, values in tables.items():
+        key = f"{name}.{plugin_name}"
+        if not isinstance(values, dict):
+            problems.append(
+                RecipeProblem(key, f"expected a [{key}] table of options, found {_show(values)}")
+            )
+            continue
+        if listed is not None and plugin_name not in listed:
+            problems.append(
+                RecipeProblem(key, f"options for '{plugin_name}', which {name}.to does not list")
+            )
+            continue
+        try:
+            plugin_cls = registry().get(kind, plugin_name)
+        except PluginError as exc:
+            problems.append(RecipeProblem(key, str(exc)))
+            continue
+        try:
+            validated = plugin_cls.Options.model_validate(values)
+        except ValidationError as exc:
+            problems.extend(
+                _problems_from(exc, prefix=key, note=f" ({kind} '{plugin_name}' option)")
+            )
+            continue
+        options[plugin_name] = validated.model_dump()
+    if len(problems) > before:
+        return None
+    return section.model_copy(update={"options": options})
 
 
 #: the keys that hold a path (or a Hub id), by section; ``always``: a path, never a Hub id

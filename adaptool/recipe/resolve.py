@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from adaptool.plugins import registry
 
 if TYPE_CHECKING:
-    from adaptool.base import Formatter, PeftMethod, Plugin, Quantizer
+    from adaptool.base import Callback, Formatter, Logger, PeftMethod, Plugin, Quantizer
     from adaptool.recipe.schema import Recipe
 
 
@@ -21,9 +21,11 @@ class RecipePlugins:
     formatter: Formatter
     quantizer: Quantizer
     method: PeftMethod
+    loggers: tuple[Logger, ...] = ()
+    callbacks: tuple[Callback, ...] = ()
 
     def __iter__(self) -> Iterator[Plugin]:
-        return iter((self.formatter, self.quantizer, self.method))
+        return iter((self.formatter, self.quantizer, self.method, *self.loggers, *self.callbacks))
 
 
 def resolve_plugins(recipe: Recipe) -> RecipePlugins:
@@ -33,4 +35,11 @@ def resolve_plugins(recipe: Recipe) -> RecipePlugins:
         formatter=create("formatter", recipe.data.formatter, recipe.data.options),
         quantizer=create("quantizer", recipe.quantization.backend, recipe.quantization.options),
         method=create("peft-method", recipe.peft.method, recipe.peft.options),
+        loggers=tuple(
+            create("logger", name, recipe.logging.options.get(name, {}))
+            for name in recipe.logging.to
+        ),
+        callbacks=tuple(
+            create("callback", name, options) for name, options in recipe.callbacks.options.items()
+        ),
     )

@@ -36,6 +36,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     #: For plugin sections: (key naming the plugin, plugin kind).
     plugin_key: ClassVar[tuple[str, str] | None] = None
+    #: For sections of several plugins of one kind, each with a ``[section.<name>]`` table of
+    #: options: the kind.
+    plugin_tables: ClassVar[str | None] = None
 
     @classmethod
     def cross_key_problems(cls, values: Mapping[str, Any]) -> list[str]:
@@ -132,6 +135,22 @@ class TrainingSection(Section):
         return None if self.max_steps is not None else (self.epochs or 1.0)
 
 
+class LoggingSection(Section):
+    """``to``: the loggers (trackers) a run logs to besides ``metrics.jsonl``; a
+    ``[logging.<name>]`` table holds one logger's options."""
+
+    plugin_tables: ClassVar[str | None] = "logger"
+    to: list[str] = Field(default_factory=list, description="loggers: tensorboard, ...")
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class CallbacksSection(Section):
+    """Each ``[callbacks.<name>]`` table turns the callback ``name`` on, with its options."""
+
+    plugin_tables: ClassVar[str | None] = "callback"
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
 class OutputSection(Section):
     dir: PathText = Field(min_length=1)
 
@@ -151,6 +170,8 @@ SECTIONS: dict[str, type[Section]] = {
     "training": TrainingSection,
     "output": OutputSection,
     "hub": HubSection,
+    "logging": LoggingSection,
+    "callbacks": CallbacksSection,
 }
 REQUIRED_SECTIONS = ("model", "data", "output")
 
@@ -168,6 +189,8 @@ class Recipe(BaseModel):
     training: TrainingSection = TrainingSection()
     output: OutputSection
     hub: HubSection | None = None
+    logging: LoggingSection = LoggingSection()
+    callbacks: CallbacksSection = CallbacksSection()
     path: Path | None = None
 
     # -- serialization --------------------------------------------------------------------
@@ -180,7 +203,10 @@ class Recipe(BaseModel):
                 continue
             data = section.model_dump(exclude={"options"})
             data.update(getattr(section, "options", {}))
-            out[name] = {k: v for k, v in data.items() if v is not None}
+            data = {k: v for k, v in data.items() if v is not None}
+            if section.plugin_tables and not any(data.values()):
+                continue
+            out[name] = data
         return out
 
     def to_toml(self) -> str:

@@ -43,6 +43,12 @@ class TrainResult:
     wall_time: float = 0.0
     manifest: Manifest | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    #: why a callback ended the run before its last step
+    stopped_early: str | None = None
+    #: what each callback reported at the end, by name
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    #: the step whose adapter was written (a best-checkpoint callback); None: the last one
+    shipped_step: int | None = None
 
 
 def build_manifest(session: Session, result: TrainResult) -> Manifest:
@@ -87,6 +93,10 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             "device": device(),
             "gradient_checkpointing_used": session.checkpointing,
             "precision_used": session.precision,
+            "stopped_early": result.stopped_early,
+            "shipped_step": result.shipped_step or result.step,
+            "callbacks": result.callbacks,
+            "loggers": [logger.name for logger in plugins.loggers],
         },
         seed=t.seed,
         recipe={

@@ -24,6 +24,7 @@ from adaptool.training.checkpoint import (
 from adaptool.training.metrics import append_metrics
 
 if TYPE_CHECKING:
+    from adaptool.base import TrainingContext
     from adaptool.training.progress import Reporter
     from adaptool.training.setup import Session
 
@@ -73,18 +74,40 @@ class FitOutcome:
     state: LoopState
     records: list[dict[str, Any]]
     interrupted: bool
+    #: why a callback ended the run early (None: it ran to its last step, or was interrupted)
+    stopped_early: str | None = None
 
 
 def fit(
     session: Session,
-    out: Path,
+    context: TrainingContext,
     state: LoopState,
     records: list[dict[str, Any]],
     reporter: Reporter,
 ) -> FitOutcome:
-    """Run from ``state.step`` to the session's last step (or a Ctrl-C), logging to ``out``'s
-    metrics and checkpointing there."""
+    """Run from ``state.step`` to the session's last step (or a Ctrl-C, or a callback's stop),
+    logging to the output dir's metrics and the recipe's loggers, checkpointing there."""
+    loggers = session.plugins.loggers
+    for logger in loggers:
+        logger.start(context)
+    try:
+        return _loop(session, context, state, records, reporter)
+    finally:
+        for logger in loggers:
+            logger.finish(context)
+
+
+def _loop(
+    session: Session,
+    context: TrainingContext,
+    state: LoopState,
+    records: list[dict[str, Any]],
+    reporter: Reporter,
+) -> FitOutcome:
     import torch
+
+    out = context.output_dir
+    callbacks, loggers = session.plugins.callbacks, session.plugins.loggers
 
     t = session.recipe.training
     model, optimizer, scheduler = session.model, session.optimizer, session.scheduler
@@ -99,8 +122,10 @@ def fit(
     window = state.window
     window.started = time.monotonic()
     reporter.start(total=total_steps, initial=state.step)
+    grad_norm: float | None = None
+    context.step = state.step
     with StopOnInterrupt(reporter) as stop:
-        while state.step < total_steps and not stop.requested:
+        while state.step < total_steps and not stop.requested and context.stop_reason is None:
             model.train()
             group = [
                 session.plan.batch_at(state.step * accumulation + k) for k in range(accumulation)
@@ -126,8 +151,9 @@ def fit(
                 scaler.unscale_(optimizer)
             if t.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(session.params, t.max_grad_norm)
-                if scaler is None and not math.isfinite(norm.item()):
-                    raise _diverged(f"the gradients became {norm.item()}", state.step + 1, out, t)
+                grad_norm = norm.item()
+                if scaler is None and not math.isfinite(grad_norm):
+                    raise _diverged(f"the gradients became {grad_norm}", state.step + 1, out, t)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -137,7 +163,7 @@ def fit(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            step = state.step
+            step = context.step = state.step
             record: dict[str, Any] | None = None
             if step % t.logging_steps == 0 or step == total_steps:
                 elapsed = max(time.monotonic() - window.started, 1e-9)
@@ -150,17 +176,26 @@ def fit(
                     "tokens": state.tokens,
                     "tokens_per_s": window.real_tokens / elapsed,
                 }
+                if grad_norm is not None:
+                    record["grad_norm"] = grad_norm
                 window = state.window = Window()
             if eval_set and (step % eval_every == 0 or step == total_steps):
                 state.last_eval = evaluate_loss(model, eval_set, t.batch_size, pad_id)
                 record = (record or {"step": step}) | {"eval_loss": state.last_eval}
+                for callback in callbacks:
+                    record |= callback.on_eval(context, record)
             if record is not None:
                 records.append(record)
                 append_metrics(out, record)
                 reporter.log(record)
+                for logger in loggers:
+                    logger.log(record)
+            for callback in callbacks:
+                callback.on_step(context, record)
             at_save = t.save_steps and step % t.save_steps == 0
-            if step < total_steps and (at_save or stop.requested):
-                save_checkpoint(
+            ending = context.stop_reason is not None
+            if step < total_steps and not ending and (at_save or stop.requested):
+                saved = save_checkpoint(
                     out,
                     step=step,
                     model=model,
@@ -168,11 +203,18 @@ def fit(
                     optimizer=optimizer,
                     scheduler=scheduler,
                     rng_state=capture_rng(),
-                    extra=state.to_checkpoint(total_steps) | {"recipe": resume_key(session.recipe)},
+                    extra=state.to_checkpoint(total_steps)
+                    | {
+                        "recipe": resume_key(session.recipe),
+                        "callbacks": {c.name: c.state_dict() for c in callbacks},
+                    },
                 )
-        interrupted = stop.requested and state.step < total_steps
+                for callback in callbacks:
+                    callback.on_save(context, saved)
+        # a run a callback ended is finished (its output is written), Ctrl-C or not
+        interrupted = stop.requested and state.step < total_steps and context.stop_reason is None
     reporter.finish()
-    return FitOutcome(state, records, interrupted)
+    return FitOutcome(state, records, interrupted, context.stop_reason)
 
 
 def _diverged(what: str, step: int, out: Path, t: Any) -> TrainingError:

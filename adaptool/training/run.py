@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.layout import MANIFEST, Kind
 from adaptool.artifacts.outputs import check_output, mark
+from adaptool.base import TrainingContext
 from adaptool.errors import AdaptoolError, OutputExists, param
+from adaptool.evaluate import score_rows
 from adaptool.modeling import release_memory
 from adaptool.recipe.resolve import resolve_plugins
 from adaptool.training.checkpoint import (
@@ -103,7 +105,23 @@ def train(
     if checkpoint is None and session.plugins.method.needs_initial_state():
         session.model.save_pretrained(str(initial_adapter(out)))
 
-    outcome = fit(session, out, state, records, reporter)
+    context = TrainingContext(
+        output_dir=out,
+        recipe=recipe,
+        total_steps=session.total_steps,
+        model=session.model,
+        tokenizer=session.tokenizer,
+        formatter=session.plugins.formatter,
+        method=session.plugins.method,
+        eval_rows=session.data.eval_rows,
+        resumed_from=state.step if checkpoint is not None else None,
+        scorer=score_rows,
+    )
+    if checkpoint is not None:
+        saved_states = saved.get("callbacks") or {}
+        for callback in session.plugins.callbacks:
+            callback.load_state_dict(saved_states.get(callback.name) or {})
+    outcome = fit(session, context, state, records, reporter)
     result = TrainResult(
         output_dir=out,
         step=outcome.state.step,
@@ -117,6 +135,16 @@ def train(
     )
     if outcome.interrupted:
         return result
+    if outcome.stopped_early:
+        reporter.info(f"{outcome.stopped_early}; stopped at step {outcome.state.step}")
+    result.stopped_early = outcome.stopped_early
+    result.callbacks = {c.name: c.on_end(context) for c in session.plugins.callbacks}
+    shipped = [r["shipped_step"] for r in result.callbacks.values() if r.get("shipped_step")]
+    if shipped:
+        result.shipped_step = shipped[-1]
+        at = [r for r in outcome.records if r["step"] == result.shipped_step]
+        result.eval_loss = last(at, "eval_loss")
+        reporter.info(f"shipping the adapter of step {result.shipped_step} (the best evaluation)")
     session.optimizer = session.scheduler = None
     session.model.zero_grad(set_to_none=True)
     release_memory()  # the training step's freed buffers go back before saving and plotting

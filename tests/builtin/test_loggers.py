@@ -1,0 +1,135 @@
+"""Loggers: TensorBoard event files written by a real run and read back with TensorBoard's own
+reader; a third-party logger and callback from an installed package, on the same hooks."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from adaptool.plugins import load_plugins, use_plugins
+from adaptool.recipe import load_recipe
+from adaptool.testing import install_fake_plugin
+from adaptool.training.run import train
+from tests.helpers import InterruptAt, method_recipe, records
+
+LORA = 'r = 4\ntarget_modules = "all-linear"'
+
+
+def scalars(folder):
+    """Every scalar in the event files under ``folder``: {tag: [(step, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_event_files_hold_what_metrics_jsonl_holds(tmp_path, tiny_bloom_dir, plugins):
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", LORA, steps=6)
+    path.write_text(path.read_text() + '\n[logging]\nto = ["tensorboard"]\n')
+    out = train(load_recipe(path)).output_dir
+    logged = records(out)
+    found = scalars(out / "tensorboard")
+    for key, tag in (
+        ("loss", "train/loss"),
+        ("lr", "train/lr"),
+        ("grad_norm", "train/grad_norm"),
+        ("tokens_per_s", "train/tokens_per_s"),
+        ("eval_loss", "eval/loss"),
+    ):
+        expected = [(r["step"], r[key]) for r in logged if key in r]
+        assert expected, key
+        assert [s for s, _ in found[tag]] == [s for s, _ in expected]
+        assert [v for _, v in found[tag]] == pytest.approx([v for _, v in expected], rel=1e-6)
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_bloom_dir, plugins):
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", LORA, steps=8)
+    text = path.read_text().replace("save_steps = 0", "save_steps = 4")
+    path.write_text(text + '\n[logging]\nto = ["tensorboard"]\n')
+    recipe = load_recipe(path)
+    assert train(recipe, reporter=InterruptAt(6)).interrupted  # checkpoint at 6 (Ctrl-C)
+    out = train(recipe, resume=True).output_dir
+    steps = [s for s, _ in scalars(out / "tensorboard")["train/loss"]]
+    assert steps == list(range(1, 9))
+
+
+def test_tensorboard_must_be_listed_to_take_options(tmp_path, tiny_bloom_dir, plugins):
+    from adaptool.errors import RecipeError
+
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", LORA)
+    path.write_text(path.read_text() + "\n[logging.tensorboard]\nflush_secs = 5\n")
+    with pytest.raises(RecipeError, match=r"which logging\.to does not list"):
+        load_recipe(path)
+    path.write_text(path.read_text().replace("[logging.tensorboard]", '[logging]\nto = ["wandb"]'))
+    with pytest.raises(RecipeError, match="unknown logger 'wandb'"):
+        load_recipe(path)
+
+
+TRACKER = textwrap.dedent(
+    """
+    import json
+
+    import adaptool
+
+
+    class JsonLines(adaptool.Logger):
+        name = "jsonlines"
+
+        class Options(adaptool.Options):
+            file: str = "tracked.jsonl"
+
+        def start(self, context):
+            self.path = context.output_dir / self.options.file
+
+        def log(self, record):
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(dict(record)) + "\\n")
+
+
+    class StopAt(adaptool.Callback):
+        name = "stop-at"
+
+        class Options(adaptool.Options):
+            step: int = 3
+
+        def on_step(self, context, record):
+            if context.step >= self.options.step:
+                context.stop(f"stop-at: step {context.step}")
+
+
+    @adaptool.hookimpl
+    def register_loggers(register):
+        register(JsonLines)
+
+
+    @adaptool.hookimpl
+    def register_callbacks(register):
+        register(StopAt)
+    """
+)
+
+
+def test_a_plugin_package_adds_a_logger_and_a_callback(tmp_path, tiny_bloom_dir, monkeypatch):
+    import json
+
+    site = install_fake_plugin(
+        tmp_path / "site", distribution="adaptool-tracker", module="tracker", source=TRACKER
+    )
+    monkeypatch.syspath_prepend(str(site))
+    plugins = load_plugins(strict=True, disabled=[])
+    assert plugins.plugins["tracker"].registers == {
+        "logger": ["jsonlines"],
+        "callback": ["stop-at"],
+    }
+    use_plugins(plugins)
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", LORA, steps=8)
+    path.write_text(
+        path.read_text() + '\n[logging]\nto = ["jsonlines"]\n[callbacks.stop-at]\nstep = 3\n'
+    )
+    result = train(load_recipe(path))
+    assert result.step == 3 and result.stopped_early == "stop-at: step 3"
+    tracked = (result.output_dir / "tracked.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in tracked] == records(result.output_dir)
+    assert result.manifest.training["loggers"] == ["jsonlines"]
