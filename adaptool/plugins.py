@@ -25,7 +25,15 @@ import pluggy
 
 from adaptool import __version__, hookspecs
 from adaptool.errors import PluginError, describe
-from adaptool.registry import KINDS, Claims, Loss, Provider, Registry, check_registration
+from adaptool.registry import (
+    KINDS,
+    Claims,
+    Loss,
+    Provider,
+    Registry,
+    check_registration,
+    normalize,
+)
 
 if TYPE_CHECKING:
     from pluggy import HookImpl
@@ -90,9 +98,10 @@ class PluginSet:
     def add_commands(self, app: Any, context: Any = None) -> None:
         """Call every plugin's ``register_commands(app)``; failures are isolated like the rest,
         and command names follow the clash policy of registrations (:class:`Claims`)."""
-        base = list(app.registered_commands)
+        lists = (app.registered_commands, app.registered_groups)  # commands, command groups
+        bases = [list(items) for items in lists]
         claims = Claims("command")
-        staged: list[tuple[Any, Provider]] = []
+        staged: list[tuple[int, Any, Provider]] = []
         for info, impl in self._in_load_order("register_commands"):
             try:
                 _call(impl, app=app, context=context)
@@ -100,16 +109,18 @@ class PluginSet:
                 self._fail(info.provider, f"register_commands raised {describe(exc)}")
                 continue
             finally:
-                added = app.registered_commands[len(base) :]
-                app.registered_commands[:] = base
-            for command in added:
-                staged.append((command, info.provider))
+                added = [(i, c) for i, items in enumerate(lists) for c in items[len(bases[i]) :]]
+                for items, base in zip(lists, bases, strict=True):
+                    items[:] = base
+            for which, command in added:
+                staged.append((which, command, info.provider))
                 self._report(claims.claim(_command_name(command), info.provider))
-        app.registered_commands[:] = base + [
-            command
-            for command, provider in staged
-            if claims.holds(_command_name(command), provider)
-        ]
+        for which, items in enumerate(lists):
+            items[:] = bases[which] + [
+                command
+                for i, command, provider in staged
+                if i == which and claims.holds(_command_name(command), provider)
+            ]
         self._record("commands", claims.held_by)
 
     def _register_kinds(self) -> None:
@@ -184,15 +195,18 @@ def _call(impl: HookImpl, **kwargs: Any) -> Any:
 
 
 def _command_name(info: Any) -> str:
-    return info.name or info.callback.__name__.replace("_", "-")
+    """A Typer command's name, or a command group's (``app.add_typer(sub, name=...)``)."""
+    if info.name:
+        return info.name
+    callback = getattr(info, "callback", None) or getattr(
+        info.typer_instance, "registered_callback", None
+    )
+    callback = getattr(callback, "callback", callback)
+    return callback.__name__.replace("_", "-") if callback else "?"
 
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _normalize(name: str) -> str:
-    return name.strip().lower().replace("_", "-").replace(".", "-")
 
 
 def load_plugins(
@@ -208,7 +222,7 @@ def load_plugins(
         strict = _truthy(os.environ.get(STRICT_ENV))
     if disabled is None:
         disabled = [d for d in os.environ.get(DISABLE_ENV, "").split(",") if d.strip()]
-    blocked_names = {_normalize(d) for d in disabled}
+    blocked_names = {normalize(d) for d in disabled}
 
     manager = pluggy.PluginManager("adaptool")
     manager.add_hookspecs(hookspecs)
@@ -231,8 +245,9 @@ def load_plugins(
             dist = ep.dist.name if ep.dist is not None else ep.value.split(":")[0]
             dist_version = ep.dist.version if ep.dist is not None else "?"
             provider = Provider(ep.name, dist, dist_version)
-            if {_normalize(ep.name), _normalize(dist)} & blocked_names:
+            if {normalize(ep.name), normalize(dist)} & blocked_names:
                 plugins.blocked.append(ep.name)
+                plugins.registry.disabled |= {normalize(ep.name), normalize(dist)}
                 continue
             if ep.name in plugins.plugins:
                 plugins._fail(provider, f"another plugin is already called '{ep.name}'")

@@ -136,6 +136,9 @@ class Registry:
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self._claims = {kind: Claims(kind) for kind in KINDS}
+        #: installed plugins that were not loaded (ADAPTOOL_DISABLE_PLUGINS): their entry-point
+        #: and distribution names, normalized
+        self.disabled: set[str] = set()
 
     def add(self, kind: str, cls: type[Plugin], provider: Provider) -> list[Loss]:
         """Add a checked class under the clash policy of :class:`Claims`; returns who lost a
@@ -190,14 +193,22 @@ class Registry:
         *,
         recorded_version: str | None = None,
         origin: str | None = None,
+        distribution: tuple[str | None, str | None] | None = None,
     ) -> Any:
         """The one place a plugin is instantiated: ``name``'s class of ``kind`` with
         ``options`` validated by its own schema.
 
         ``recorded_version`` and ``origin`` are for reopening what was made earlier (an
         adapter's manifest): options the installed plugin no longer accepts are a PluginError
-        naming both versions; a different version that accepts them is a warning."""
-        entry = self.entry(kind, name)
+        naming both versions; a different version that accepts them is a warning; a plugin that
+        is not installed names the ``distribution`` (name, version) the manifest says provided
+        it, or says that it is installed but disabled."""
+        try:
+            entry = self.entry(kind, name)
+        except PluginError as exc:
+            if distribution is None or not distribution[0] or name in self._claims[kind].clashes:
+                raise
+            raise PluginError(self._missing(kind, name, origin, *distribution)) from exc
         cls = entry.cls
         where = f"{origin}: " if origin else ""
         versions = ""
@@ -229,6 +240,27 @@ class Registry:
                 stacklevel=2,
             )
         return cls(validated)
+
+    def _missing(
+        self, kind: str, name: str, origin: str | None, dist: str, dist_version: str | None
+    ) -> str:
+        where = f"{origin}: " if origin else ""
+        made = f"{where}it was made with the {kind} '{name}' from {dist} {dist_version or ''}"
+        if normalize(dist) in self.disabled:
+            return (
+                f"{made.rstrip()}, which is installed here but disabled "
+                f"(ADAPTOOL_DISABLE_PLUGINS); enable it to use this."
+            )
+        pin = f"=={dist_version}" if dist_version else ""
+        return (
+            f"{made.rstrip()}, which is not installed here: install it with "
+            f"`adaptool plugins install {dist}{pin}`."
+        )
+
+
+def normalize(name: str) -> str:
+    """A plugin or distribution name as ADAPTOOL_DISABLE_PLUGINS compares it."""
+    return name.strip().lower().replace("_", "-").replace(".", "-")
 
 
 def unknown_name_message(kind: str, name: object, available: list[str]) -> str:

@@ -27,7 +27,12 @@ def recorded_formatter(manifest: Manifest | None, origin: str) -> Formatter | No
         return None
     spec = manifest.formatter
     return registry().create(
-        "formatter", spec.name, spec.options, recorded_version=spec.version, origin=origin
+        "formatter",
+        spec.name,
+        spec.options,
+        recorded_version=spec.version,
+        origin=origin,
+        distribution=(spec.distribution, spec.distribution_version),
     )
 
 
@@ -40,7 +45,12 @@ def recorded_quantizer(manifest: Manifest | None, origin: str, override: str | N
     if spec is None:
         return registry().create("quantizer", "none", {})
     return registry().create(
-        "quantizer", spec.name, spec.options, recorded_version=spec.version, origin=origin
+        "quantizer",
+        spec.name,
+        spec.options,
+        recorded_version=spec.version,
+        origin=origin,
+        distribution=(spec.distribution, spec.distribution_version),
     )
 
 

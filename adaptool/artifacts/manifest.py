@@ -68,6 +68,9 @@ class PluginRecord:
     name: str
     version: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: the package that provided it, and that package's version ("adaptool" for built-ins)
+    distribution: str | None = None
+    distribution_version: str | None = None
 
 
 @dataclass
@@ -88,6 +91,8 @@ class PeftRecord:
     #: a combination of adapters (``adaptool merge --adapter A --adapter B``)
     combined: bool = False
     config: dict[str, Any] | None = None
+    distribution: str | None = None
+    distribution_version: str | None = None
 
 
 @dataclass
@@ -155,7 +160,9 @@ class Manifest:
             if value is None:
                 continue
             if f.name == "quantization":
-                value = {"backend": value.name, "version": value.version, "options": value.options}
+                value = {"backend": value.name} | {
+                    k: v for k, v in asdict(value).items() if k != "name" and v is not None
+                }
             elif f.name == "kind":
                 value = str(value)
             elif hasattr(value, "__dataclass_fields__"):
@@ -184,8 +191,9 @@ class Manifest:
             name = q.pop("backend", "none")
             ver = q.pop("version", None)
             options = q.pop("options", None)
+            dist = {k: q.pop(k, None) for k in ("distribution", "distribution_version")}
             kwargs["quantization"] = PluginRecord(
-                name, ver, dict(options) if isinstance(options, dict) else q
+                name, ver, dict(options) if isinstance(options, dict) else q, **dist
             )
         formatter = data.pop("formatter", None)
         if isinstance(formatter, dict):

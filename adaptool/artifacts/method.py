@@ -29,6 +29,7 @@ def recorded_method(artifact: Artifact) -> PeftMethod:
             spec.options,
             recorded_version=spec.version,
             origin=origin,
+            distribution=(spec.distribution, spec.distribution_version),
         )
     peft_type = str(artifact.config.get("peft_type", ""))
     name = registry().method_for_peft_type(peft_type)

@@ -20,4 +20,4 @@ def register_commands(app: Any) -> None:
     app.command("inspect")(inspect.inspect_cli)
     app.command("ls")(ls.ls_cli)
     app.command("check")(check.check_cli)
-    app.command("plugins")(plugins.plugins_cli)
+    app.add_typer(plugins.plugins_app, name="plugins")

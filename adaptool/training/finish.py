@@ -24,6 +24,7 @@ from adaptool.artifacts.manifest import (
 )
 from adaptool.artifacts.outputs import sync, sync_tree
 from adaptool.modeling import device
+from adaptool.plugins import registry
 from adaptool.training.checkpoint import initial_adapter
 from adaptool.training.plot import plot_losses
 
@@ -60,7 +61,10 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
         Kind.ADAPTER,
         session.base,
         quantization=PluginRecord(
-            quantizer.name, quantizer.version, dict(recipe.quantization.options)
+            quantizer.name,
+            quantizer.version,
+            dict(recipe.quantization.options),
+            **provided_by("quantizer", quantizer.name),
         ),
         peft=PeftRecord(
             method=method.name,
@@ -70,8 +74,14 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             trainable_params=session.trainable,
             total_params=session.total_params,
             init_adapter=str(session.init_adapter) if session.init_adapter else None,
+            **provided_by("peft-method", method.name),
         ),
-        formatter=PluginRecord(formatter.name, formatter.version, dict(recipe.data.options)),
+        formatter=PluginRecord(
+            formatter.name,
+            formatter.version,
+            dict(recipe.data.options),
+            **provided_by("formatter", formatter.name),
+        ),
         data={
             "source": recipe.data.source,
             "split": recipe.data.split,
@@ -111,6 +121,12 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
         },
         samples=data.samples,
     )
+
+
+def provided_by(kind: str, name: str) -> dict[str, str]:
+    """The distribution (and its version) that provides the plugin ``name`` of ``kind``."""
+    provider = registry().entry(kind, name).provider
+    return {"distribution": provider.distribution, "distribution_version": provider.version}
 
 
 def write_output(

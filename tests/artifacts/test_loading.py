@@ -151,3 +151,46 @@ def test_a_recipe_whose_adapter_cannot_fit_in_memory_is_refused_before_allocatin
     with pytest.raises(ModelError, match=r"trainable parameters: .* GiB .* Lower peft.r"):
         train(recipe)
     assert not (tmp_path / "out").exists()
+
+
+SHOUT = """
+import adaptool
+
+
+class Shout(adaptool.Formatter):
+    name = "shout"
+
+    def columns(self):
+        return ["quote"]
+
+
+@adaptool.hookimpl
+def register_formatters(register):
+    register(Shout)
+"""
+
+
+def test_a_missing_plugin_names_the_package_and_a_disabled_one_says_so(tmp_path, monkeypatch):
+    """The manifest records which distribution provided each plugin: reopening names it."""
+    from adaptool.artifacts.layout import Kind
+    from adaptool.artifacts.loading import recorded_formatter
+    from adaptool.artifacts.manifest import BaseModelRecord, PluginRecord, new_manifest
+    from adaptool.plugins import load_plugins, use_plugins
+    from adaptool.testing import install_fake_plugin
+
+    record = PluginRecord("shout", "1", {}, "adaptool-shout", "0.3.0")
+    manifest = new_manifest(Kind.ADAPTER, BaseModelRecord("m"), formatter=record)
+    use_plugins(load_plugins(entry_points=False, disabled=[]))
+    with pytest.raises(
+        PluginError, match=r"install it with `adaptool plugins install adaptool-shout==0\.3\.0`"
+    ):
+        recorded_formatter(manifest, "out")
+    site = install_fake_plugin(
+        tmp_path / "site", distribution="adaptool-shout", module="shout_fmt", source=SHOUT
+    )
+    monkeypatch.syspath_prepend(str(site))
+    use_plugins(load_plugins(disabled=["adaptool-shout"]))
+    with pytest.raises(PluginError, match="installed here but disabled"):
+        recorded_formatter(manifest, "out")
+    use_plugins(load_plugins(disabled=[]))
+    assert recorded_formatter(manifest, "out").name == "shout"
