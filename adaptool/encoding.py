@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adaptool.base import Example
-from adaptool.errors import DataError, describe
+from adaptool.errors import DataError, PluginError, describe
 
 if TYPE_CHECKING:
     from adaptool.base import Formatter
@@ -84,6 +84,17 @@ class BadRow:
     message: str
 
 
+def _plugin(formatter: Formatter) -> str:
+    """``formatter 'name' (distribution version)``: who to tell about a failure."""
+    from adaptool.plugins import registry
+
+    try:
+        provider = registry().entry("formatter", formatter.name).provider
+    except PluginError:
+        return f"formatter '{formatter.name}'"
+    return f"formatter '{formatter.name}' ({provider.distribution} {provider.version})"
+
+
 def encode_rows(
     rows: Iterable[Mapping[str, Any]],
     formatter: Formatter,
@@ -108,9 +119,17 @@ def encode_rows(
             if data.on_bad_row == "skip":
                 bad.append(BadRow(number, message))
                 continue
+            who = "" if isinstance(exc, DataError) else f"{_plugin(formatter)} raised "
+            message = message if message.endswith(".") else message + "."
             raise DataError(
-                f"row {number} of {data.source}: {message} Fix the row, or set "
+                f"row {number} of {data.source}: {who}{message} Fix the row, or set "
                 f'data.on_bad_row = "skip" to leave such rows out (they are counted).'
+            ) from None
+        except Exception as exc:  # anything else is the plugin's bug, never a bare traceback
+            raise PluginError(
+                f"{_plugin(formatter)} failed on row {number} of {data.source}: "
+                f"{describe(exc)}. This is a bug in the formatter, not in the row; report it to "
+                f"its authors (`adaptool plugins` lists what is installed)."
             ) from None
         examples.append(example)
     encoded = encode_examples(

@@ -4,6 +4,8 @@ trained_tokens / ends_with_eos."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from adaptool.base import Example
@@ -177,3 +179,63 @@ def test_encoded_trained_tokens_and_ends_with_eos(labels, eos, trained, ends):
     )
     assert enc.trained_tokens == trained
     assert enc.ends_with_eos(eos) is ends
+
+
+FAILING = """
+import adaptool
+
+
+class Picky(adaptool.Formatter):
+    name = "picky"
+
+    def columns(self):
+        return ["quote"]
+
+    def format(self, row, tokenizer):
+        if row["quote"] == "three":
+            return adaptool.Example("Q: ", row["missing"])  # a KeyError on one row
+        if row["quote"] == "four":
+            return 1 / 0  # a plain bug
+        return adaptool.Example("Q: ", row["quote"])
+
+
+@adaptool.hookimpl
+def register_formatters(register):
+    register(Picky)
+"""
+
+
+def test_a_plugins_format_error_names_the_plugin_its_package_and_the_row(
+    tmp_path, monkeypatch, tiny_bloom_dir
+):
+    import json
+
+    from adaptool.plugins import load_plugins, use_plugins
+    from adaptool.testing import install_fake_plugin
+    from tests.helpers import cli, recipe_file
+
+    site = install_fake_plugin(
+        tmp_path / "site", distribution="adaptool-picky", module="picky", source=FAILING
+    )
+    monkeypatch.syspath_prepend(str(site))
+    plugins = load_plugins(strict=True, disabled=[])
+    use_plugins(plugins)
+    data = tmp_path / "rows.jsonl"
+    recipe = recipe_file(tmp_path, tiny_bloom_dir, source=data)
+    recipe.write_text(recipe.read_text().replace('"quote-tags"', '"picky"'))
+    for last, expected in (
+        (
+            "three",
+            "row 3 of .*: formatter 'picky' \\(adaptool-picky 1.0\\) raised KeyError: 'missing'",
+        ),
+        (
+            "four",
+            "formatter 'picky' \\(adaptool-picky 1.0\\) failed on row 4 of .*ZeroDivisionError",
+        ),
+    ):
+        rows = ["one", "two", "three" if last == "three" else "fine", last]
+        data.write_text("".join(json.dumps({"quote": q, "tags": []}) + "\n" for q in rows))
+        result = cli(plugins, "check", recipe)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert re.search(expected, " ".join(result.output.split())), result.output
