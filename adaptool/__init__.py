@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from adaptool.base import (
     Callback,
+    ChatTemplateFormatter,
     Example,
     Formatter,
     LayerToFold,
@@ -44,6 +45,7 @@ __all__ = [
     "AdapterError",
     "AdaptoolError",
     "Callback",
+    "ChatTemplateFormatter",
     "DataError",
     "Example",
     "Formatter",

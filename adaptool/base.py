@@ -111,6 +111,69 @@ class Formatter(Plugin):
         }
 
 
+class ChatTemplateFormatter(Formatter):
+    """A formatter for conversations, rendered with the tokenizer's chat template: a subclass
+    says how a row (or a typed string) becomes ``{"role", "content"}`` messages; the last
+    message, the assistant's, is the completion.
+
+    Example::
+
+        class ShareGPT(ChatTemplateFormatter):
+            name = "sharegpt"
+            def columns(self): return ["conversations"]
+            def messages(self, raw):
+                if isinstance(raw, str):
+                    return [{"role": "user", "content": raw}]
+                return [{"role": ROLES[t["from"]], "content": t["value"]}
+                        for t in raw["conversations"]]
+    """
+
+    prompt_has_special_tokens: ClassVar[bool] = True
+
+    def messages(self, raw: str | Mapping[str, Any]) -> list[dict[str, str]]:
+        """The conversation in ``raw`` (a dataset row, or a string a user typed) as
+        ``{"role", "content"}`` messages. Raise :class:`adaptool.DataError` for a row that is
+        not one."""
+        raise NotImplementedError
+
+    def render(self, tokenizer: Any, messages: list[dict[str, str]], *, prompt: bool) -> str:
+        """``messages`` through the tokenizer's chat template (with the assistant's turn
+        opened when ``prompt``)."""
+        from adaptool.errors import ModelError
+
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError(
+                f"formatter '{self.name}' needs a tokenizer with a chat template; "
+                f"{getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none. Use a chat "
+                f"model's tokenizer or another formatter (instruction, text)."
+            )
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+
+    def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
+        from adaptool.errors import DataError, ModelError
+
+        messages = self.messages(row)
+        if not messages or messages[-1]["role"] != "assistant":
+            raise DataError(
+                f"formatter '{self.name}' needs the last message of every conversation to be "
+                f"the assistant's (it is the completion trained on)."
+            )
+        prompt = self.render(tokenizer, messages[:-1], prompt=True)
+        full = self.render(tokenizer, messages, prompt=False)
+        if not full.startswith(prompt):
+            raise ModelError(
+                f"formatter '{self.name}': the chat template renders the conversation "
+                f"differently from its prompt, so the completion cannot be separated from it."
+            )
+        return Example(prompt, full[len(prompt) :])
+
+    def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
+        messages = self.messages(raw)
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        return self.render(tokenizer, messages, prompt=True)
+
+
 class Quantizer(Plugin):
     """Decides how the base model's weights are loaded (and stored) for training.
 

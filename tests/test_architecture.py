@@ -120,6 +120,7 @@ NO_LOGIC = {
 #: Hub tests, against the local Hub server)
 COVERED_BY = {
     "adaptool.cli": "cli/test_app.py",
+    "adaptool.__main__": "cli/test_plugins.py",  # `python -m adaptool plugins install ...`
     "adaptool.cli.push": "hub/test_push.py",
     "adaptool.cli.pull": "hub/test_pull.py",
 }

@@ -6,8 +6,8 @@ import ast
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adaptool.base import Example, Formatter, Options
-from adaptool.errors import DataError, ModelError
+from adaptool.base import ChatTemplateFormatter, Example, Formatter, Options
+from adaptool.errors import DataError
 from adaptool.hookspecs import hookimpl
 
 OPEN_QUOTES = ('"', "“", "'", "‘", "«")
@@ -178,13 +178,12 @@ class Instruction(Formatter):
         return "\n\n".join(parts)
 
 
-class Chat(Formatter):
+class Chat(ChatTemplateFormatter):
     """A list of ``{"role", "content"}`` messages rendered with the tokenizer's chat template;
     the last (assistant) message is the completion."""
 
     name = "chat"
     description = "a messages column rendered with the tokenizer's chat template"
-    prompt_has_special_tokens = True
 
     class Options(Options):
         messages_column: str = "messages"
@@ -193,7 +192,7 @@ class Chat(Formatter):
     def columns(self) -> list[str]:
         return [self.options.messages_column]
 
-    def _messages(self, raw: Any) -> list[dict[str, str]]:
+    def messages(self, raw: Any) -> list[dict[str, str]]:
         messages = (
             [{"role": "user", "content": raw}]
             if isinstance(raw, str)
@@ -214,37 +213,6 @@ class Chat(Formatter):
         if self.options.system_prompt and (not out or out[0]["role"] != "system"):
             out.insert(0, {"role": "system", "content": self.options.system_prompt})
         return out
-
-    def _render(self, tokenizer: Any, messages: list[dict[str, str]], *, prompt: bool) -> str:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError(
-                f"formatter 'chat' needs a tokenizer with a chat template; "
-                f"{getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none. Use a chat "
-                f"model's tokenizer or another formatter (instruction, text)."
-            )
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
-
-    def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
-        messages = self._messages(row)
-        if not messages or messages[-1]["role"] != "assistant":
-            raise DataError(
-                "formatter 'chat' needs the last message of every conversation to be the "
-                "assistant's (it is the completion trained on)."
-            )
-        prompt = self._render(tokenizer, messages[:-1], prompt=True)
-        full = self._render(tokenizer, messages, prompt=False)
-        if not full.startswith(prompt):
-            raise ModelError(
-                "formatter 'chat': the chat template renders the conversation differently from "
-                "its prompt, so the completion cannot be separated from it."
-            )
-        return Example(prompt, full[len(prompt) :])
-
-    def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
-        messages = self._messages(raw)
-        if messages and messages[-1]["role"] == "assistant":
-            messages = messages[:-1]
-        return self._render(tokenizer, messages, prompt=True)
 
 
 @hookimpl

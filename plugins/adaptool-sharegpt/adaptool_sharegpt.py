@@ -1,4 +1,8 @@
-"""The ``sharegpt`` formatter: ShareGPT conversations rendered with the chat template."""
+"""The ``sharegpt`` formatter: ShareGPT conversations rendered with the chat template.
+
+Built on :class:`adaptool.ChatTemplateFormatter`, which renders the messages, checks that the
+template's prompt is a prefix of the whole conversation, and splits off the completion: this
+plugin only says how a ShareGPT row becomes messages."""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import adaptool
-from adaptool import DataError, Example, Formatter, ModelError
+from adaptool import ChatTemplateFormatter, DataError
 
 ROLES = {
     "human": "user",
@@ -17,13 +21,12 @@ ROLES = {
 }
 
 
-class ShareGPT(Formatter):
+class ShareGPT(ChatTemplateFormatter):
     """``{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]}``."""
 
     name = "sharegpt"
     version = "1"
     description = "ShareGPT conversations ({from, value} turns) via the chat template"
-    prompt_has_special_tokens = True
 
     class Options(adaptool.Options):
         conversations_column: str = "conversations"
@@ -31,10 +34,15 @@ class ShareGPT(Formatter):
     def columns(self) -> list[str]:
         return [self.options.conversations_column]
 
-    def _messages(self, raw: str | Mapping[str, Any]) -> list[dict[str, str]]:
+    def messages(self, raw: str | Mapping[str, Any]) -> list[dict[str, str]]:
         if isinstance(raw, str):
             return [{"role": "user", "content": raw}]
         turns = raw[self.options.conversations_column]
+        if not isinstance(turns, list):
+            raise DataError(
+                f"formatter 'sharegpt' expects '{self.options.conversations_column}' to hold a "
+                f"list of {{from, value}} turns, found {str(turns)[:60]!r}."
+            )
         messages = []
         for turn in turns:
             role = ROLES.get(str(turn.get("from", "")).lower())
@@ -45,26 +53,6 @@ class ShareGPT(Formatter):
                 )
             messages.append({"role": role, "content": str(turn.get("value", ""))})
         return messages
-
-    @staticmethod
-    def _render(tokenizer: Any, messages: list[dict[str, str]], prompt: bool) -> str:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError("formatter 'sharegpt' needs a tokenizer with a chat template.")
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
-
-    def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
-        messages = self._messages(row)
-        if not messages or messages[-1]["role"] != "assistant":
-            raise DataError("formatter 'sharegpt' needs every conversation to end with a gpt turn.")
-        prompt = self._render(tokenizer, messages[:-1], True)
-        full = self._render(tokenizer, messages, False)
-        return Example(prompt, full[len(prompt) :])
-
-    def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
-        messages = self._messages(raw)
-        if messages and messages[-1]["role"] == "assistant":
-            messages = messages[:-1]
-        return self._render(tokenizer, messages, True)
 
 
 @adaptool.hookimpl

@@ -1,11 +1,28 @@
-"""Helpers for tests (ours and plugin authors'): tiny tokenizers and models built locally, and
-fake installed plugin distributions. Nothing here downloads anything."""
+"""Helpers for tests (ours and plugin authors'): tiny tokenizers and models built locally,
+fake installed plugin distributions, and the contract checks a plugin's tests call
+(:mod:`adaptool.testing.contracts`). The fixtures are in :mod:`adaptool.testing.pytest_plugin`,
+loaded by pytest wherever adaptool is installed. Nothing here downloads anything."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from adaptool.testing.contracts import (
+    assert_formatter_contract,
+    assert_method_contract,
+    assert_quantizer_contract,
+)
+
+__all__ = [
+    "assert_formatter_contract",
+    "assert_method_contract",
+    "assert_quantizer_contract",
+    "install_fake_plugin",
+    "make_tiny_bloom",
+    "make_tokenizer",
+]
 
 SPECIAL_TOKENS = {
     "pad_token": "<pad>",
