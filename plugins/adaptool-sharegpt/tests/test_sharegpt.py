@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import adaptool_sharegpt
+import pytest
+from adaptool_sharegpt import ShareGPT
+
 from adaptool import DataError
 from adaptool.testing import assert_formatter_contract
-from adaptool_sharegpt import ShareGPT
 
 ROWS = [
     {
