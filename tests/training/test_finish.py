@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import adaptool
 from adaptool.recipe import load_recipe
 from tests.helpers import (
     DATA,
@@ -50,7 +51,10 @@ def test_output_dir_holds_everything_and_the_manifest_is_true(tmp_path, tiny_blo
         "name": "quote-tags",
         "version": "1",
         "options": {"quote_column": "quote", "tags_column": "tags", "separator": " ->: "},
+        "distribution": "adaptool",
+        "distribution_version": adaptool.__version__,
     }
+    assert manifest["peft"]["distribution"] == manifest["quantization"]["distribution"]
     assert manifest["seed"] == 7 and manifest["training"]["steps"] == 8
     assert manifest["libraries"]["torch"] == torch.__version__
     assert manifest["results"]["train_loss"] == records(out)[-1]["loss"]
