@@ -8,7 +8,7 @@ Heavy libraries (torch, transformers, peft, bitsandbytes) are imported inside me
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -226,6 +226,9 @@ class RunInfo:
     learning_rate: float = 2e-4
     #: where the run's tokenizer is loaded from (a Hub id or a folder)
     tokenizer: str | None = None
+    #: returns the run's first training batches (``input_ids``, ``attention_mask``,
+    #: ``labels`` tensors on the model's device), for data-driven initialisation (EVA)
+    batches: Callable[[], list[dict[str, Any]]] | None = None
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from adaptool.base import LayerToFold, Options, PeftMethod, RunInfo
-from adaptool.errors import RecipeProblem
+from adaptool.errors import PluginError, RecipeProblem
 from adaptool.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -49,13 +49,17 @@ class Lora(PeftMethod):
     name = "lora"
     display_name = "LoRA"
     peft_type = "LORA"
-    description = "LoRA (+ DoRA, rsLoRA, LoRA+; gaussian/PiSSA/OLoRA/LoftQ init)"
+    description = "LoRA (+ DoRA, rsLoRA, LoRA+; gaussian/PiSSA/OLoRA/LoftQ/EVA init)"
     weight_parts = ("lora_",)
 
     class Options(Options):
         use_dora: bool = False
         use_rslora: bool = False
-        init: Literal["default", "gaussian", "pissa", "olora", "orthogonal", "loftq"] = "default"
+        init: Literal["default", "gaussian", "pissa", "olora", "orthogonal", "loftq", "eva"] = (
+            "default"
+        )
+        #: EVA: how far ranks may be redistributed between layers (max rank = r * eva_rho)
+        eva_rho: float = Field(default=2.0, ge=1, le=64, allow_inf_nan=False)
         #: LoRA+: the B matrices learn this many times faster than the A matrices (1: off)
         loraplus_lr_ratio: float = Field(default=1.0, gt=0, le=1024, allow_inf_nan=False)
         #: a trainable bias on lora_B (peft's lora_bias)
@@ -67,7 +71,13 @@ class Lora(PeftMethod):
 
         o, c = self.options, self.common(settings)
         init: bool | str = True if o.init in ("default", "loftq") else o.init
+        eva = None
+        if o.init == "eva":
+            from peft import EvaConfig
+
+            eva = EvaConfig(rho=o.eva_rho)
         return LoraConfig(
+            eva_config=eva,
             task_type=CAUSAL_LM,
             r=c["r"],
             lora_alpha=c["alpha"],
@@ -96,7 +106,19 @@ class Lora(PeftMethod):
         if self.options.init == "loftq":
             from peft import replace_lora_weights_loftq
 
-            replace_lora_weights_loftq(model)
+            # the original (unquantized) weights, read from the base's safetensors: a local
+            # folder as is, a Hub model from the cache its loading filled
+            name = str(getattr(model.get_base_model(), "name_or_path", "") or "")
+            folder = name if name and Path(name).is_dir() else None
+            replace_lora_weights_loftq(model, model_path=folder)
+        elif self.options.init == "eva":
+            # EVA: A from the SVD of each layer's inputs on the run's first batches (masked
+            # tokens left out), ranks redistributed by explained variance
+            from peft import initialize_lora_eva_weights
+
+            if run.batches is None:
+                raise PluginError('init = "eva" needs training batches, which this run lacks')
+            initialize_lora_eva_weights(model, dataloader=run.batches(), show_progress_bar=False)
 
     def param_groups(self, model: Any, learning_rate: float) -> list[dict[str, Any]]:
         ratio = self.options.loraplus_lr_ratio
@@ -146,6 +168,14 @@ class Lora(PeftMethod):
                     "peft.init",
                     'init = "loftq" initialises LoRA to correct the 4-bit quantization error: it '
                     'needs quantization.backend = "bnb-4bit"',
+                )
+            )
+        elif self.options.init == "loftq" and not _accelerator():
+            problems.append(
+                RecipeProblem(
+                    "peft.init",
+                    'init = "loftq": peft computes the LoftQ initialisation on a GPU (CUDA or '
+                    'XPU) only, and this machine has none; use init = "default" here',
                 )
             )
         if self.options.loraplus_lr_ratio != 1.0 and self.options.use_dora:
@@ -761,6 +791,14 @@ class PTuning(_PromptLearning):
             encoder_hidden_size=o.encoder_hidden_size,
             encoder_num_layers=o.encoder_num_layers,
         )
+
+
+def _accelerator() -> bool:
+    """Whether torch sees a CUDA or XPU device (where peft's LoftQ runs)."""
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available())
 
 
 METHODS = (

@@ -183,6 +183,7 @@ def setup(
         quantized=plugins.quantizer.quantized,
         learning_rate=t.learning_rate,
         tokenizer=model_section.name,
+        batches=lambda: _first_batches(plan, data.train_set, tokenizer),
     )
     model = _wrap(model, plugins.method, recipe, init_adapter, run)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -223,6 +224,21 @@ def setup(
         init_adapter=init_adapter,
         run=run,
     )
+
+
+#: training batches a data-driven initialisation (EVA) sees
+INIT_BATCHES = 8
+
+
+def _first_batches(plan: BatchPlan, train_set: list[Encoded], tokenizer: Any) -> list[dict]:
+    """The run's first micro-batches, collated and on the device."""
+    from adaptool.modeling import device
+    from adaptool.training.batching import collate
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    count = min(INIT_BATCHES, plan.batches_per_epoch)
+    batches = [collate([train_set[i] for i in plan.batch_at(k)], pad) for k in range(count)]
+    return [{k: v.to(device()) for k, v in batch.items()} for batch in batches]
 
 
 def _encode(

@@ -15,6 +15,7 @@ from adaptool.builtin.peft_methods import METHODS
 from adaptool.builtin.quantizers import disable_cpu_bf16_repack
 from adaptool.errors import AdapterError, RecipeError
 from adaptool.generate import generate
+from adaptool.inspection import inspect_folder
 from adaptool.merging.merge import merge
 from adaptool.recipe import load_recipe
 from adaptool.training.run import train
@@ -88,6 +89,12 @@ def test_method(tmp_path, plugins, tiny_bloom_dir, method, backend):
     ours = logits_of(target.model)
     theirs = logits_of(plain_peft(tiny_bloom_dir, result.output_dir, backend))
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+
+    # the method describes itself in inspect and the model card
+    info = inspect_folder(result.output_dir)
+    assert info["method_name"] == cls.title()
+    card = (result.output_dir / "README.md").read_text(encoding="utf-8")
+    assert f"A {cls.title()} adapter" in card
 
     outputs = generate(
         target.model, target.tokenizer, ["Quote: be yourself\nTags:"], max_new_tokens=4

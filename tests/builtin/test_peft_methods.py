@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from adaptool.base import RunInfo
+from adaptool.base import Callback, RunInfo
 from tests.helpers import load, make
 
 
@@ -91,17 +92,71 @@ def test_loraplus_gives_the_b_matrices_their_own_learning_rate(registry, tiny_bl
     assert slow["params"] and all("lora_A" in names[id(p)] for p in slow["params"])
 
 
-def test_pissa_is_saved_as_a_plain_lora_of_twice_the_rank(tmp_path, tiny_bloom_dir, plugins):
-    import json
+class Capture(Callback):
+    """Keeps the trained model's logits at the end of the run (before anything is saved)."""
 
+    name = "capture"
+    logits = None
+
+    def on_end(self, context):
+        from tests.helpers import logits_of
+
+        context.model.eval()
+        Capture.logits = logits_of(context.model)
+        return {}
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_pissa_and_olora_are_saved_as_a_plain_lora_on_the_original_base(
+    tmp_path, tiny_bloom_dir, init
+):
+    """Trained on a base they rewrote (the residual), saved converted: plain peft adding the
+    rank-2r LoRA to the original base computes what the trained model computed."""
+    import json
+    import types
+
+    import adaptool
+    from adaptool.plugins import load_plugins, use_plugins
     from adaptool.recipe import load_recipe
     from adaptool.training.run import train
-    from tests.helpers import method_recipe
+    from tests.helpers import adapter_logits, method_recipe
 
-    lines = 'r = 4\ninit = "pissa"\ntarget_modules = "all-linear"'
-    out = train(load_recipe(method_recipe(tmp_path, tiny_bloom_dir, "lora", lines))).output_dir
+    module = types.ModuleType("capture_plugin")
+    module.register_callbacks = adaptool.hookimpl(lambda register: register(Capture))
+    use_plugins(load_plugins(entry_points=False, strict=True, disabled=[], extra=[module]))
+    lines = f'r = 4\ninit = "{init}"\ntarget_modules = "all-linear"'
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", lines)
+    path.write_text(path.read_text() + "\n[callbacks.capture]\n")
+    out = train(load_recipe(path)).output_dir
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["init_lora_weights"] is True
+    theirs = adapter_logits(out, tiny_bloom_dir)  # the original base, as saved on disk
+    torch.testing.assert_close(theirs, Capture.logits, atol=1e-4, rtol=0)
+
+
+def test_loftq_starts_lora_at_the_4bit_error_and_trains(tmp_path, tiny_bloom_dir, plugins):
+    """init = "loftq" on a bnb-4bit base: LoRA starts non-zero (it corrects the quantization
+    error of the original weights), trains, and the adapter loads in plain peft. peft computes
+    LoftQ on a GPU only: without one, the recipe is refused, saying so."""
+    from safetensors.torch import load_file
+
+    from adaptool.artifacts.loading import open_target
+    from adaptool.errors import RecipeError
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import logits_of, method_recipe
+
+    lines = 'r = 4\ninit = "loftq"\ntarget_modules = "all-linear"'
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", lines, backend="bnb-4bit", steps=2)
+    if not torch.cuda.is_available():
+        with pytest.raises(RecipeError, match="on a GPU \\(CUDA or XPU\\) only"):
+            load_recipe(path)
+        return
+    result = train(load_recipe(path))
+    weights = load_file(str(result.output_dir / "adapter_model.safetensors"))
+    assert all(v.abs().sum() > 0 for k, v in weights.items() if "lora_A" in k)
+    assert len([r for r in result.records if "loss" in r]) == 2
+    assert logits_of(open_target(result.output_dir).model).isfinite().all()
 
 
 @pytest.mark.parametrize(
@@ -140,3 +195,25 @@ def test_check_shows_the_method_and_flags_one_that_cannot_merge(tmp_path, tiny_b
     path = method_recipe(tmp_path, tiny_bloom_dir, "ia3", 'target_modules = "all-linear"')
     report = check(load_recipe(path))
     assert report.method_title == "IA³" and not any("merged" in w for w in report.warnings)
+
+
+def test_eva_initialises_from_the_first_batches_and_redistributes_ranks(
+    tmp_path, tiny_bloom_dir, plugins
+):
+    """init = "eva": LoRA A from the SVD of each layer's inputs on the run's first batches;
+    ranks move between layers (rank_pattern) within r * eva_rho; plain peft loads it back."""
+    import json
+
+    from adaptool.artifacts.loading import open_target
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import adapter_logits, logits_of, method_recipe
+
+    lines = 'r = 4\ninit = "eva"\neva_rho = 2.0\ntarget_modules = "all-linear"'
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", lines, steps=2)
+    out = train(load_recipe(path)).output_dir
+    config = json.loads((out / "adapter_config.json").read_text())
+    ranks = list((config.get("rank_pattern") or {}).values())
+    assert ranks and all(1 <= r <= 8 for r in ranks) and len(set(ranks)) > 1
+    ours = logits_of(open_target(out).model)
+    torch.testing.assert_close(adapter_logits(out, tiny_bloom_dir), ours, atol=1e-5, rtol=0)
