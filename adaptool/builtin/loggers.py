@@ -1,5 +1,7 @@
 """Built-in loggers: TensorBoard event files (``[logging] to = ["tensorboard"]``), written with
-tensorboardX, a light writer that needs neither TensorFlow nor the TensorBoard server.
+tensorboardX, a light writer that needs neither TensorFlow nor the TensorBoard server; and
+MLflow (``to = ["mlflow"]``), when mlflow (or mlflow-skinny: ``pip install adaptool[mlflow]``)
+is installed.
 
 ``metrics.jsonl`` is not a logger plugin: every run writes it (it is what a resumed run and
 the loss plot read)."""
@@ -68,6 +70,109 @@ class TensorBoard(Logger):
             self.writer = None
 
 
+class MLflow(Logger):
+    """An MLflow run per training run: the resolved recipe as parameters, every number of every
+    record as a metric. A resumed run continues its MLflow run (found by the output dir)."""
+
+    name = "mlflow"
+    description = "MLflow tracking (needs mlflow or mlflow-skinny)"
+    #: the tag that ties an MLflow run to its output dir
+    TAG = "adaptool.output_dir"
+
+    class Options(Options):
+        #: where runs go: a tracking server URL, sqlite:///mlflow.db, ...; default: MLflow's
+        #: own (MLFLOW_TRACKING_URI)
+        tracking_uri: str | None = None
+        experiment: str = "adaptool"
+        #: default: the output dir's name
+        run_name: str | None = None
+
+    def __init__(self, options: Options | None = None) -> None:
+        super().__init__(options)
+        self.client: Any = None
+        self.run_id: str | None = None
+
+    def recipe_problems(self, recipe: Any, plugins: Any) -> list:
+        from importlib.util import find_spec
+
+        from adaptool.errors import RecipeProblem
+
+        if find_spec("mlflow") is None:
+            return [
+                RecipeProblem(
+                    "logging.to",
+                    "the mlflow logger needs MLflow: pip install 'adaptool[mlflow]' (or mlflow)",
+                )
+            ]
+        return []
+
+    def start(self, context: TrainingContext) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = self.client = MlflowClient(tracking_uri=self.options.tracking_uri)
+        experiment = client.get_experiment_by_name(self.options.experiment)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else client.create_experiment(self.options.experiment)
+        )
+        out = str(context.output_dir)
+        if context.resumed_from is not None:
+            found = client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`{self.TAG}` = '{out}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if found:
+                self.run_id = found[0].info.run_id
+                client.update_run(self.run_id, status="RUNNING")
+                return
+        run = client.create_run(
+            experiment_id,
+            run_name=self.options.run_name or context.output_dir.name,
+            tags={self.TAG: out},
+        )
+        self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)[:500]) for k, v in _flatten(context.recipe.to_dict()).items()]
+        for start in range(0, len(params), 100):  # MLflow takes 100 parameters per batch
+            client.log_batch(self.run_id, params=params[start : start + 100])
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now, step = int(time.time() * 1000), int(record["step"])
+        metrics = [
+            Metric(key, float(value), now, step)
+            for key, value in record.items()
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def finish(self, context: TrainingContext) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        done = context.step >= context.total_steps or context.stop_reason is not None
+        self.client.set_terminated(self.run_id, status="FINISHED" if done else "KILLED")
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"peft": {"r": 8}}`` -> ``{"peft.r": 8}``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, name + ".")
+        else:
+            flat[name] = value
+    return flat
+
+
 @hookimpl
 def register_loggers(register) -> None:
     register(TensorBoard)
+    register(MLflow)

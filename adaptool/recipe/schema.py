@@ -162,6 +162,15 @@ class HubSection(Section):
     license: str | None = Field(None, description="license id for the model card, e.g. mit")
 
 
+def _without_none(data: Mapping[str, Any]) -> dict[str, Any]:
+    """TOML has no null: unset keys (and tables' unset keys) are left out."""
+    return {
+        k: _without_none(v) if isinstance(v, Mapping) else v
+        for k, v in data.items()
+        if v is not None
+    }
+
+
 SECTIONS: dict[str, type[Section]] = {
     "model": ModelSection,
     "quantization": QuantizationSection,
@@ -203,7 +212,7 @@ class Recipe(BaseModel):
                 continue
             data = section.model_dump(exclude={"options"})
             data.update(getattr(section, "options", {}))
-            data = {k: v for k, v in data.items() if v is not None}
+            data = _without_none(data)
             if section.plugin_tables and not any(data.values()):
                 continue
             out[name] = data

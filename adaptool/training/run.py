@@ -144,7 +144,11 @@ def train(
         result.shipped_step = shipped[-1]
         at = [r for r in outcome.records if r["step"] == result.shipped_step]
         result.eval_loss = last(at, "eval_loss")
-        reporter.info(f"shipping the adapter of step {result.shipped_step} (the best evaluation)")
+        if result.shipped_step != outcome.state.step:
+            reporter.info(
+                f"shipping the adapter of step {result.shipped_step}, the best evaluation "
+                f"(not the last step's, {outcome.state.step})"
+            )
     session.optimizer = session.scheduler = None
     session.model.zero_grad(set_to_none=True)
     release_memory()  # the training step's freed buffers go back before saving and plotting

@@ -133,3 +133,33 @@ def test_a_plugin_package_adds_a_logger_and_a_callback(tmp_path, tiny_bloom_dir,
     tracked = (result.output_dir / "tracked.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in tracked] == records(result.output_dir)
     assert result.manifest.training["loggers"] == ["jsonlines"]
+
+
+def test_mlflow_gets_the_recipe_and_every_metric_and_a_resumed_run_continues_it(
+    tmp_path, tiny_bloom_dir, plugins, monkeypatch
+):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local store, for the test
+    store = f"file:{tmp_path / 'mlruns'}"
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", LORA, steps=8)
+    text = path.read_text().replace("save_steps = 0", "save_steps = 4")
+    path.write_text(
+        text + f'\n[logging]\nto = ["mlflow"]\n[logging.mlflow]\ntracking_uri = "{store}"\n'
+    )
+    recipe = load_recipe(path)
+    assert train(recipe, reporter=InterruptAt(6)).interrupted
+    out = train(recipe, resume=True).output_dir
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("adaptool")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1  # the resumed run continued the interrupted one's MLflow run
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.params["peft.method"] == "lora"
+    for key in ("loss", "lr", "grad_norm", "eval_loss"):
+        history = {}
+        for metric in client.get_metric_history(run.info.run_id, key):
+            history[metric.step] = metric.value  # the last value logged at a step stands
+        expected = {r["step"]: r[key] for r in records(out) if key in r}
+        assert history.keys() == expected.keys()
+        assert list(history.values()) == pytest.approx(list(expected.values()), rel=1e-6)

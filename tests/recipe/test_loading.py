@@ -45,6 +45,7 @@ def test_minimal_recipe_gets_defaults_and_resolves_paths(tmp_path, registry):
         "modules_to_save": None,
         "loraplus_lr_ratio": 1.0,
         "lora_bias": False,
+        "eva_rho": 2.0,
     }
     assert recipe.data.options == {
         "quote_column": "quote",
