@@ -37,6 +37,8 @@ class CheckReport:
     method: str
     method_title: str
     hyperparameters: dict[str, Any]
+    #: parameters the adapter trains on this base (None when its config could not be read)
+    trainable_params: int | None
     tokenizer: str
     rows: int
     train_rows: int
@@ -57,6 +59,7 @@ class CheckReport:
             "method": self.method,
             "method_title": self.method_title,
             "hyperparameters": self.hyperparameters,
+            "trainable_params": self.trainable_params,
             "tokenizer": self.tokenizer,
             "rows": self.rows,
             "train_rows": self.train_rows,
@@ -100,6 +103,7 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
     check_columns(rows, formatter, recipe.data.source)
     train_rows, eval_rows = split_eval(rows, recipe.data.eval_fraction, recipe.training.seed)
 
+    hyperparameters, trainable = _method_report(recipe, plugins)
     encoded, bad = encode_rows(rows, formatter, tokenizer, recipe.data)
     eos = tokenizer.eos_token_id
     report = CheckReport(
@@ -108,7 +112,8 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
         formatter_version=formatter.version,
         method=method.name,
         method_title=method.title(),
-        hyperparameters=_hyperparameters(recipe, plugins),
+        hyperparameters=hyperparameters,
+        trainable_params=trainable,
         tokenizer=str(getattr(tokenizer, "name_or_path", "")),
         rows=len(rows),
         train_rows=len(train_rows),
@@ -152,8 +157,15 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
     return report
 
 
-def _hyperparameters(recipe: Recipe, plugins: RecipePlugins) -> dict[str, Any]:
-    """What the method's plugin says matters in the config it builds for this recipe."""
+def _method_report(recipe: Recipe, plugins: RecipePlugins) -> tuple[dict[str, Any], int | None]:
+    """What the method's plugin says matters in the config it builds for this recipe, and how
+    many parameters that config trains on the recipe's base (counted on the meta device; None
+    when the base's config cannot be read). Settings peft refuses are a ModelError."""
+    from transformers import AutoConfig
+
+    from adaptool.artifacts.fit import trainable_parameters
+    from adaptool.training.setup import cannot_apply, peft_config_for
+
     method = plugins.method
     t = recipe.training
     run = RunInfo(
@@ -162,8 +174,20 @@ def _hyperparameters(recipe: Recipe, plugins: RecipePlugins) -> dict[str, Any]:
         learning_rate=t.learning_rate,
         tokenizer=recipe.model.name,
     )
-    config = method.peft_config(recipe.peft, run).to_dict()
-    return {k: v for k, v in method.describe(config).items() if v is not None}
+    config = peft_config_for(method, recipe, run)
+    described = {k: v for k, v in method.describe(config.to_dict()).items() if v is not None}
+    try:
+        base_config = AutoConfig.from_pretrained(
+            recipe.model.name,
+            revision=recipe.model.revision,
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
+    except Exception:  # the tokenizer loaded from there: the model may still be elsewhere
+        return described, None
+    try:
+        return described, trainable_parameters(base_config, config)
+    except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+        raise cannot_apply(method, recipe, exc) from None
 
 
 def _view(row: int, encoded: Encoded, tokenizer: Any) -> ExampleView:

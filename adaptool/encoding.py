@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adaptool.base import Example
-from adaptool.errors import DataError, PluginError, describe
+from adaptool.errors import AdaptoolError, DataError, PluginError, describe
 
 if TYPE_CHECKING:
     from adaptool.base import Formatter
@@ -125,11 +125,13 @@ def encode_rows(
                 f"row {number} of {data.source}: {who}{message} Fix the row, or set "
                 f'data.on_bad_row = "skip" to leave such rows out (they are counted).'
             ) from None
+        except (AdaptoolError, OSError, MemoryError):
+            raise  # adaptool's own clean errors (a tokenizer without a chat template), the system
         except Exception as exc:  # anything else is the plugin's bug, never a bare traceback
             raise PluginError(
                 f"{_plugin(formatter)} failed on row {number} of {data.source}: "
-                f"{describe(exc)}. This is a bug in the formatter, not in the row; report it to "
-                f"its authors (`adaptool plugins` lists what is installed)."
+                f"{describe(exc).rstrip('.')}. This is a bug in the formatter, not in the row; "
+                f"report it to its authors (`adaptool plugins` lists what is installed)."
             ) from None
         examples.append(example)
     encoded = encode_examples(

@@ -121,6 +121,12 @@ def check_registration(kind: str, cls: Any) -> type[Plugin]:
             f"{hook} was given {cls.__name__} with name {name!r}; a {kind} name must be "
             f"lowercase letters, digits and dashes, starting with a letter or digit."
         )
+    if kind == "peft-method" and not _takes(cls.peft_config, 2):
+        raise PluginError(
+            f"{hook} was given {cls.__name__}, whose peft_config takes (settings) only: adaptool "
+            f"now calls peft_config(settings, run) (run: adaptool.RunInfo, the run's step count "
+            f"and more); add the run parameter (docs/plugins.md)."
+        )
     options = getattr(cls, "Options", None)
     if not (isinstance(options, type) and issubclass(options, Options)):
         raise PluginError(
@@ -128,6 +134,20 @@ def check_registration(kind: str, cls: Any) -> type[Plugin]:
             f"subclass of adaptool.Options (the schema of the recipe keys it accepts)."
         )
     return cls
+
+
+def _takes(function: Any, count: int) -> bool:
+    """Whether ``function`` (a method, self aside) accepts ``count`` positional arguments."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(function).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return True
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= count
 
 
 class Registry:

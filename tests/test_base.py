@@ -415,3 +415,38 @@ def test_best_checkpoint_keeps_the_best_and_drops_the_rest_once_a_checkpoint_nam
     now = snapshot(context.model)  # the model is put back to step 2's weights
     assert all(torch.equal(now[n], states[2][n]) for n in now)
     assert not all(torch.equal(now[n], states[3][n]) for n in now)
+
+
+def test_early_stopping_on_a_metric_that_is_never_finite_stops_with_a_message(context):
+    from adaptool.builtin.callbacks import EarlyStopping
+
+    early = EarlyStopping(EarlyStopping.Options(patience=2))
+    for step in (1, 2):
+        context.step = step
+        early.on_eval(context, {"step": step, "eval_loss": float("nan")})
+    assert "no finite value yet" in context.stop_reason
+
+
+def test_a_methods_checkpoint_state_goes_back_into_a_fresh_model(
+    tmp_path, registry, tiny_bloom_dir
+):
+    """AdaLoRA's: the full-size matrices (not cut to the rank pattern), the rank pattern and
+    the importance scores, into a freshly wrapped model."""
+    options = {"init_r": 6, "target_r": 2, "tinit": 0, "tfinal": 1}
+    kw = {"target_modules": ["query_key_value"], "options": options, "run": RunInfo(total_steps=3)}
+    method, model = wrapped(registry, tiny_bloom_dir, "adalora", **kw)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    for step in range(3):
+        method.after_optimizer_step(model, step)
+    method.save_checkpoint(model, tmp_path)
+    _, fresh = wrapped(registry, tiny_bloom_dir, "adalora", **kw)
+    method.load_checkpoint(fresh, tmp_path)
+    assert fresh.peft_config["default"].rank_pattern == model.peft_config["default"].rank_pattern
+    before, after = snapshot(model), snapshot(fresh)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    scores = model.base_model.rankallocator.exp_avg_ipt
+    restored = fresh.base_model.rankallocator.exp_avg_ipt
+    assert scores.keys() == restored.keys() and all(
+        torch.equal(scores[k], restored[k]) for k in scores
+    )

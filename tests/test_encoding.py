@@ -5,6 +5,7 @@ trained_tokens / ends_with_eos."""
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
@@ -239,3 +240,27 @@ def test_a_plugins_format_error_names_the_plugin_its_package_and_the_row(
         assert result.exit_code == 2, result.output
         assert "Traceback" not in result.output
         assert re.search(expected, " ".join(result.output.split())), result.output
+
+
+def test_adaptools_own_error_in_format_passes_through_as_itself(tmp_path, tiny_bloom_dir, plugins):
+    """The chat formatter with a tokenizer that has no chat template: a setup problem (a
+    ModelError saying what to do), not a bug in the formatter."""
+    import json
+
+    from tests.helpers import cli, recipe_file
+
+    data = tmp_path / "chats.jsonl"
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    data.write_text((json.dumps(row) + "\n") * 8)
+    base = tmp_path / "no-template"
+    shutil.copytree(tiny_bloom_dir, base)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    recipe = recipe_file(tmp_path, base, source=data)
+    recipe.write_text(recipe.read_text().replace('"quote-tags"', '"chat"'))
+    result = cli(plugins, "check", recipe)
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "needs a tokenizer with a chat template" in text and "bug" not in text

@@ -54,3 +54,17 @@ def test_commands_follow_the_same_policy():
     assert [loser for loser, _ in commands.claim("hello", TWO)] == [ONE, TWO]
     assert commands.holds("plugins", ADAPTOOL)
     assert not commands.holds("hello", ONE) and not commands.holds("hello", TWO)
+
+
+def test_a_method_written_for_the_old_peft_config_signature_is_refused_with_the_fix():
+    from adaptool import PeftMethod, PluginError
+    from adaptool.registry import check_registration
+
+    class Old(PeftMethod):
+        name = "old"
+
+        def peft_config(self, settings):
+            return None
+
+    with pytest.raises(PluginError, match=r"peft_config\(settings, run\)"):
+        check_registration("peft-method", Old)

@@ -104,9 +104,14 @@ class EarlyStopping(_Tracked):
         else:
             self.waited += 1
         if self.waited >= self.options.patience:
+            best = (
+                f"best {self.best:.4g} at step {self.best_step}"
+                if self.best is not None
+                else "no finite value yet"
+            )
             context.stop(
                 f"early stopping: {self.key} has not improved for {self.waited} evaluations "
-                f"(best {self.best:.4g} at step {self.best_step})"
+                f"({best})"
             )
         return added
 
@@ -146,17 +151,44 @@ class BestCheckpoint(_Tracked):
         return added
 
     def on_save(self, context: TrainingContext, checkpoint: Path) -> None:
-        """The checkpoint just written names the current best: earlier ones can go."""
-        keep = best_dir(context.output_dir, self.best_step) if self.best_step is not None else None
-        for old in (context.output_dir / CHECKPOINTS).glob(f"{BEST}-*"):
-            if old != keep:
+        """Keep the best folders a checkpoint on disk names (a torn newest checkpoint falls
+        back to the one before, which may name an earlier best) and the current one."""
+        keep = self._named_by_checkpoints(context.output_dir)
+        if self.best_step is not None:
+            keep.add(best_dir(context.output_dir, self.best_step))
+        self._remove_bests(context.output_dir, keep)
+
+    def _named_by_checkpoints(self, output: Path) -> set[Path]:
+        from adaptool.training.checkpoint import read_state
+
+        named = set()
+        for folder in (output / CHECKPOINTS).glob("step-*"):
+            state = read_state(folder) or {}
+            step = ((state.get("callbacks") or {}).get(self.name) or {}).get("best_step")
+            if isinstance(step, int):
+                named.add(best_dir(output, step))
+        return named
+
+    @staticmethod
+    def _remove_bests(output: Path, keep: set[Path]) -> None:
+        for old in (output / CHECKPOINTS).glob(f"{BEST}-*"):
+            if old not in keep:
                 shutil.rmtree(old, ignore_errors=True)
 
     def on_end(self, context: TrainingContext) -> dict[str, Any]:
         if self.best_step is None:
             return {"metric": self.key, "best": None, "best_step": None}
+        folder = best_dir(context.output_dir, self.best_step)
         if self.best_step != context.step:
-            context.load_trainable(best_dir(context.output_dir, self.best_step))
+            if not folder.is_dir():
+                raise TrainingError(
+                    f"the best adapter so far (step {self.best_step}) should be in {folder}, "
+                    f"which is gone; the run's last checkpoints are kept in "
+                    f"{context.output_dir / CHECKPOINTS}."
+                )
+            context.load_trainable(folder)
+        # shipped now: only what a checkpoint on disk still names stays, for a resume
+        self._remove_bests(context.output_dir, self._named_by_checkpoints(context.output_dir))
         return {
             "metric": self.key,
             "best": self.best,

@@ -38,9 +38,10 @@ def check_cli(
     out.print(f"  model        {r.model.name}", markup=False)
     out.print(f"  quantization {r.quantization.backend}", markup=False)
     settings = format_hyperparameters(report.hyperparameters)
+    trains = f", {report.trainable_params:,} trainable params" if report.trainable_params else ""
     out.print(
         f"  peft         {report.method_title} ({report.method}){': ' if settings else ''}"
-        f"{settings}",
+        f"{settings}{trains}",
         markup=False,
     )
     out.print(f"  formatter    {report.formatter} v{report.formatter_version}", markup=False)

@@ -210,10 +210,14 @@ class Recipe(BaseModel):
             section = getattr(self, name)
             if section is None:
                 continue
-            data = section.model_dump(exclude={"options"})
+            # [peft]: only the common keys the recipe set (a method reads the others from its own
+            # defaults, so a written default would change what a re-run trains, or be refused)
+            data = section.model_dump(exclude={"options"}, exclude_unset=name == "peft")
             data.update(getattr(section, "options", {}))
             data = _without_none(data)
-            if section.plugin_tables and not any(data.values()):
+            if section.plugin_tables and not (
+                data.get("to") or any(isinstance(v, dict) for v in data.values())
+            ):
                 continue
             out[name] = data
         return out

@@ -25,7 +25,6 @@ from adaptool.artifacts.manifest import (
 from adaptool.artifacts.outputs import sync, sync_tree
 from adaptool.modeling import device
 from adaptool.plugins import registry
-from adaptool.training.checkpoint import initial_adapter
 from adaptool.training.plot import plot_losses
 
 if TYPE_CHECKING:
@@ -69,7 +68,7 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
         peft=PeftRecord(
             method=method.name,
             version=method.version,
-            **recipe.peft.model_dump(exclude={"options", "method"}),
+            **{key: method.common(recipe.peft).get(key) for key in COMMON_KEYS},
             options=dict(recipe.peft.options),
             trainable_params=session.trainable,
             total_params=session.total_params,
@@ -123,6 +122,10 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
     )
 
 
+#: the common [peft] keys a manifest records (None where the method does not use one)
+COMMON_KEYS = ("r", "alpha", "dropout", "bias", "target_modules")
+
+
 def provided_by(kind: str, name: str) -> dict[str, str]:
     """The distribution (and its version) that provides the plugin ``name`` of ``kind``."""
     provider = registry().entry(kind, name).provider
@@ -138,9 +141,7 @@ def write_output(
     tmp = out / FINAL_TMP
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    method = session.plugins.method
-    initial = initial_adapter(out) if method.needs_initial_state() else None
-    method.save(session.model, tmp, initial=initial)
+    session.plugins.method.save(session.model, tmp, initial=session.initial)
     session.tokenizer.save_pretrained(str(tmp))
     (tmp / RECIPE).write_text(recipe.to_toml(), encoding="utf-8")
     plot_losses(

@@ -87,13 +87,14 @@ def fit(
 ) -> FitOutcome:
     """Run from ``state.step`` to the session's last step (or a Ctrl-C, or a callback's stop),
     logging to the output dir's metrics and the recipe's loggers, checkpointing there."""
-    loggers = session.plugins.loggers
-    for logger in loggers:
-        logger.start(context)
+    started = []
     try:
+        for logger in session.plugins.loggers:
+            logger.start(context)
+            started.append(logger)
         return _loop(session, context, state, records, reporter)
     finally:
-        for logger in loggers:
+        for logger in started:
             logger.finish(context)
 
 
@@ -207,6 +208,7 @@ def _loop(
                     | {
                         "recipe": resume_key(session.recipe),
                         "callbacks": {c.name: c.state_dict() for c in callbacks},
+                        "convert_at_save": session.initial is not None,
                     },
                 )
                 for callback in callbacks:
@@ -214,7 +216,8 @@ def _loop(
         # a run a callback ended is finished (its output is written), Ctrl-C or not
         interrupted = stop.requested and state.step < total_steps and context.stop_reason is None
     reporter.finish()
-    return FitOutcome(state, records, interrupted, context.stop_reason)
+    early = context.stop_reason if state.step < total_steps else None
+    return FitOutcome(state, records, interrupted, early)
 
 
 def _diverged(what: str, step: int, out: Path, t: Any) -> TrainingError:

@@ -10,6 +10,7 @@ an uninterrupted one), and :mod:`~adaptool.training.finish` writes the result.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -97,13 +98,26 @@ def train(
         records = [r for r in read_metrics(out) if r["step"] <= state.step]
         if state.last_eval is None:
             state.last_eval = last(records, "eval_loss")
+        convert = saved.get("convert_at_save", session.plugins.method.needs_initial_state())
+        session.initial = initial_adapter(out) if convert else None
+        if session.initial is not None and not session.initial.is_dir():
+            raise AdaptoolError(
+                f"{param('resume', 'True')}: {session.initial}, the adapter as initialised, is "
+                f"missing, and the {session.plugins.method.title()} adapter cannot be saved "
+                f"converted without it; start the run again with {param('overwrite', 'True')}."
+            )
         reporter.info(f"resuming from {checkpoint} (step {state.step}/{session.total_steps})")
+    elif init_adapter is None and session.plugins.method.needs_initial_state():
+        session.initial = initial_adapter(out)
 
     # everything loaded and checked: only now is the output dir touched
     _claim_output(out, checkpoint=checkpoint, overwrite=overwrite)
     write_metrics(out, records)
-    if checkpoint is None and session.plugins.method.needs_initial_state():
-        session.model.save_pretrained(str(initial_adapter(out)))
+    if checkpoint is None and session.initial is not None:
+        # before the first step: the adapter as initialised, for the conversion at save
+        tmp = session.initial.with_name(session.initial.name + ".tmp")
+        session.model.save_pretrained(str(tmp))
+        os.replace(tmp, session.initial)
 
     context = TrainingContext(
         output_dir=out,

@@ -77,6 +77,8 @@ class Session:
     init_adapter: Path | None
     #: what the PEFT method was told about the run
     run: RunInfo | None = None
+    #: where the adapter as initialised is kept, when the method converts at save (PiSSA)
+    initial: Path | None = None
 
 
 def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter) -> Data:
@@ -311,21 +313,52 @@ def _wrap(
     from peft import get_peft_model
 
     if init_adapter is not None:
+        _check_same_method(init_adapter, method)
         hint = f"Give {param('init_adapter', 'DIR')} an adapter trained on model.name."
         return attach(model, init_adapter, recipe.model.name, trainable=True, hint=hint)
-    config = method.peft_config(recipe.peft, run)
-    _check_adapter_fits_in_memory(model.config, config)
+    config = peft_config_for(method, recipe, run)
+    _check_adapter_fits_in_memory(model.config, config, method, recipe)
     try:
         wrapped = get_peft_model(model, config)
     except (ValueError, TypeError, RuntimeError, KeyError) as exc:
-        raise ModelError(
-            f"peft cannot apply the {method.title()} method ('{method.name}') to "
-            f"{recipe.model.name}: {describe(exc)}. Check the [peft] section (target_modules "
-            f"names the layers to adapt)."
-        ) from None
+        raise cannot_apply(method, recipe, exc) from None
     method.after_wrap(wrapped, run)
     _check_config_reloads(wrapped, method)
     return wrapped
+
+
+def _check_same_method(init_adapter: Path, method: PeftMethod) -> None:
+    """The recipe's method drives the loop (its per-step work, parameter groups, saving):
+    an adapter to start from must be one of that method."""
+    import json
+
+    from adaptool.artifacts.layout import ADAPTER_CONFIG
+
+    config = json.loads((init_adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    found = str(config.get("peft_type", "")).removeprefix("PeftType.")
+    if method.peft_type and found.upper() != method.peft_type.upper():
+        raise ModelError(
+            f"{param('init_adapter', 'DIR')}: {init_adapter} is a {found} adapter, but the recipe "
+            f"trains with {method.title()} (peft.method = '{method.name}'); set peft.method to "
+            f"the adapter's method."
+        )
+
+
+def peft_config_for(method: PeftMethod, recipe: Recipe, run: RunInfo) -> Any:
+    """The method's peft config for the recipe; a combination of settings peft refuses is a
+    ModelError naming the method and peft's reason (not a crash)."""
+    try:
+        return method.peft_config(recipe.peft, run)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise cannot_apply(method, recipe, exc) from None
+
+
+def cannot_apply(method: PeftMethod, recipe: Recipe, exc: BaseException) -> ModelError:
+    return ModelError(
+        f"peft cannot apply the {method.title()} method ('{method.name}') to "
+        f"{recipe.model.name} with these settings: {describe(exc).rstrip('.')}. Check the [peft] "
+        f"section (target_modules names the layers to adapt)."
+    )
 
 
 def _check_config_reloads(model: Any, method: PeftMethod) -> None:
@@ -353,7 +386,9 @@ def _check_config_reloads(model: Any, method: PeftMethod) -> None:
 BYTES_PER_TRAINABLE = 16
 
 
-def _check_adapter_fits_in_memory(base_config: Any, peft_config: Any) -> None:
+def _check_adapter_fits_in_memory(
+    base_config: Any, peft_config: Any, method: PeftMethod, recipe: Recipe
+) -> None:
     """Count the adapter's parameters on the meta device and refuse one whose weights,
     gradients and optimizer state could not fit in the memory free now (``r = 10**5`` on a
     7B model asks for terabytes) — before any of it is allocated."""
@@ -362,7 +397,15 @@ def _check_adapter_fits_in_memory(base_config: Any, peft_config: Any) -> None:
     config = copy.deepcopy(base_config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    params = trainable_parameters(config, peft_config)
+    try:
+        params = trainable_parameters(config, peft_config)
+    except (
+        ValueError,
+        TypeError,
+        RuntimeError,
+        KeyError,
+    ) as exc:  # target_modules that match nothing
+        raise cannot_apply(method, recipe, exc) from None
     need = params * BYTES_PER_TRAINABLE
     free = free_memory()
     if need > free:

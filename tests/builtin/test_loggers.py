@@ -45,14 +45,22 @@ def test_tensorboard_event_files_hold_what_metrics_jsonl_holds(tmp_path, tiny_bl
 
 
 def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_bloom_dir, plugins):
+    """Steps logged after the checkpoint a run resumes from (here 5 and 6, whose checkpoint is
+    then lost) are logged again by the resumed run: TensorBoard shows each step once, with the
+    resumed run's values."""
+    import shutil
+
     path = method_recipe(tmp_path, tiny_bloom_dir, "lora", LORA, steps=8)
     text = path.read_text().replace("save_steps = 0", "save_steps = 4")
     path.write_text(text + '\n[logging]\nto = ["tensorboard"]\n')
     recipe = load_recipe(path)
-    assert train(recipe, reporter=InterruptAt(6)).interrupted  # checkpoint at 6 (Ctrl-C)
+    assert train(recipe, reporter=InterruptAt(6)).interrupted  # checkpoints at 4 and 6
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-0000006")  # resume from 4
     out = train(recipe, resume=True).output_dir
-    steps = [s for s, _ in scalars(out / "tensorboard")["train/loss"]]
-    assert steps == list(range(1, 9))
+    found = scalars(out / "tensorboard")["train/loss"]
+    assert [s for s, _ in found] == list(range(1, 9))
+    expected = [r["loss"] for r in records(out) if "loss" in r]
+    assert [v for _, v in found] == pytest.approx(expected, rel=1e-6)
 
 
 def test_tensorboard_must_be_listed_to_take_options(tmp_path, tiny_bloom_dir, plugins):
@@ -111,7 +119,10 @@ TRACKER = textwrap.dedent(
 )
 
 
-def test_a_plugin_package_adds_a_logger_and_a_callback(tmp_path, tiny_bloom_dir, monkeypatch):
+@pytest.mark.parametrize(("stop_at", "early"), [(3, "stop-at: step 3"), (8, None)])
+def test_a_plugin_package_adds_a_logger_and_a_callback(
+    tmp_path, tiny_bloom_dir, monkeypatch, stop_at, early
+):
     import json
 
     site = install_fake_plugin(
@@ -126,10 +137,12 @@ def test_a_plugin_package_adds_a_logger_and_a_callback(tmp_path, tiny_bloom_dir,
     use_plugins(plugins)
     path = method_recipe(tmp_path, tiny_bloom_dir, "lora", LORA, steps=8)
     path.write_text(
-        path.read_text() + '\n[logging]\nto = ["jsonlines"]\n[callbacks.stop-at]\nstep = 3\n'
+        path.read_text()
+        + f'\n[logging]\nto = ["jsonlines"]\n[callbacks.stop-at]\nstep = {stop_at}\n'
     )
     result = train(load_recipe(path))
-    assert result.step == 3 and result.stopped_early == "stop-at: step 3"
+    # a stop asked at the last step is no early stop
+    assert result.step == stop_at and result.stopped_early == early
     tracked = (result.output_dir / "tracked.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in tracked] == records(result.output_dir)
     assert result.manifest.training["loggers"] == ["jsonlines"]

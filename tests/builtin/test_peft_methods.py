@@ -217,3 +217,87 @@ def test_eva_initialises_from_the_first_batches_and_redistributes_ranks(
     assert ranks and all(1 <= r <= 8 for r in ranks) and len(set(ranks)) > 1
     ours = logits_of(open_target(out).model)
     torch.testing.assert_close(adapter_logits(out, tiny_bloom_dir), ours, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("method", "lines", "reason"),
+    [
+        ("lora", 'target_modules = ["no_such_layer"]', "no_such_layer"),
+        ("boft", 'block_num = 2\ntarget_modules = "all-linear"', "boft_block_size"),
+        ("lora", 'lora_bias = true\nuse_dora = true\ntarget_modules = "all-linear"', "DoRA"),
+    ],
+)
+def test_settings_peft_refuses_are_one_paragraph_at_check_and_train(
+    tmp_path, tiny_bloom_dir, plugins, method, lines, reason
+):
+    from tests.helpers import cli, method_recipe
+
+    path = method_recipe(tmp_path, tiny_bloom_dir, method, lines)
+    for command in ("check", "train"):
+        result = cli(plugins, command, path)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "peft cannot apply" in text and reason in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_counts_the_parameters_the_method_trains(tmp_path, tiny_bloom_dir, plugins):
+    from adaptool.check import check
+    from adaptool.recipe import load_recipe
+    from tests.helpers import method_recipe
+
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", 'r = 4\ntarget_modules = "all-linear"')
+    # all-linear on 2 layers: query_key_value, dense, dense_h_to_4h, dense_4h_to_h
+    per_layer = (64 + 192) + (64 + 64) + (64 + 256) + (256 + 64)
+    assert check(load_recipe(path)).trainable_params == 2 * 4 * per_layer
+
+
+def test_an_init_adapter_of_another_method_is_refused(tmp_path, tiny_bloom_dir, plugins):
+    from adaptool.errors import ModelError
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import method_recipe
+
+    lora = method_recipe(tmp_path, tiny_bloom_dir, "lora", "r = 4", steps=1)
+    first = train(load_recipe(lora, [f"output.dir={tmp_path / 'lora'}"])).output_dir
+    path = method_recipe(tmp_path, tiny_bloom_dir, "ia3", "", steps=1)
+    with pytest.raises(ModelError, match="is a LORA adapter, but the recipe trains with IA³"):
+        train(load_recipe(path, [f"output.dir={tmp_path / 'ia3'}"]), init_adapter=first)
+
+
+def test_pissa_started_from_an_adapter_is_not_converted_again(tmp_path, tiny_bloom_dir, plugins):
+    """A converted PiSSA adapter is a plain LoRA on the original base: continuing it (with
+    --init-adapter) trains and saves it as such, with no initial state to convert against."""
+    import json
+
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import adapter_logits, method_recipe
+
+    lines = 'r = 4\ninit = "pissa"\ntarget_modules = "all-linear"'
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", lines, steps=2)
+    first = train(load_recipe(path, [f"output.dir={tmp_path / 'a'}"])).output_dir
+    second = train(load_recipe(path, [f"output.dir={tmp_path / 'b'}"]), init_adapter=first)
+    out = second.output_dir
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 8  # not 16
+    assert not (out / "checkpoints" / "initial").exists()
+    assert adapter_logits(out, tiny_bloom_dir).isfinite().all()
+
+
+def test_resuming_pissa_without_its_initial_adapter_is_refused_before_training(
+    tmp_path, tiny_bloom_dir, plugins
+):
+    import shutil
+
+    from adaptool.errors import AdaptoolError
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import InterruptAt, method_recipe
+
+    lines = 'r = 4\ninit = "pissa"\ntarget_modules = "all-linear"'
+    path = method_recipe(tmp_path, tiny_bloom_dir, "lora", lines, steps=6)
+    recipe = load_recipe(path)
+    assert train(recipe, reporter=InterruptAt(3)).interrupted
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "initial")
+    with pytest.raises(AdaptoolError, match="the adapter as initialised, is missing"):
+        train(recipe, resume=True)

@@ -91,6 +91,39 @@ def test_to_toml_names_the_file_it_was_resolved_from(tmp_path, registry):
     assert tomllib.loads(text) == recipe.to_dict()
 
 
+@pytest.mark.parametrize(
+    ("peft", "effective"),
+    [
+        ({"method": "ia3", "target_modules": "all-linear"}, {"target_modules": "all-linear"}),
+        ({"method": "loha", "r": 4}, {"r": 4, "alpha": 8.0, "dropout": 0.0}),
+        ({"method": "vera"}, {"r": 256, "dropout": 0.0}),
+    ],
+)
+def test_the_written_recipe_trains_what_the_original_did(tmp_path, registry, peft, effective):
+    """recipe.toml beside an adapter re-runs as the recipe ran: the common [peft] keys a recipe
+    left unset stay unset (the method's defaults apply), never adaptool's defaults written in."""
+    from adaptool.recipe.resolve import resolve_plugins
+
+    data = raw(tmp_path) | {"peft": peft, "quantization": {"backend": "none"}}
+    recipe = validate_recipe(data)
+    again = validate_recipe(tomllib.loads(recipe.to_toml()))
+    for one in (recipe, again):
+        common = resolve_plugins(one).method.common(one.peft)
+        assert {k: common[k] for k in effective} == effective
+    assert again == recipe
+
+
+def test_a_callback_without_options_stays_in_the_written_recipe(tmp_path, registry):
+    data = raw(tmp_path) | {"callbacks": {"best-checkpoint": {}}, "logging": {"to": []}}
+    data["data"] = data["data"] | {"eval_fraction": 0.1}
+    recipe = validate_recipe(data)
+    written = tomllib.loads(recipe.to_toml())
+    assert written["callbacks"] == {
+        "best-checkpoint": {"metric": "eval_loss", "mode": "auto", "rows": 64, "max_new_tokens": 64}
+    }
+    assert "logging" not in written and validate_recipe(written) == recipe
+
+
 def test_total_epochs():
     assert TrainingSection().total_epochs == 1.0
     assert TrainingSection(epochs=2.5).total_epochs == 2.5

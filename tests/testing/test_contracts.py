@@ -123,3 +123,33 @@ def test_a_broken_formatter_fails_the_contract_with_a_reason(tokenizer, formatte
         return
     with pytest.raises(AssertionError, match=problem):
         assert_formatter_contract(formatter, rows, tokenizer)
+
+
+class DropsTheBias(type(METHODS[1]())):  # IA3, whose merge scales some layers' biases
+    name = "drops-the-bias"
+
+    def fold(self, layer):
+        weight, _ = super().fold(layer)
+        return weight, None
+
+
+class Unfolded(type(METHODS[0]())):  # LoRA that forgets to fold
+    name = "unfolded"
+
+    def fold(self, layer):
+        return layer.weight, layer.bias
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("method", [DropsTheBias(), Unfolded()], ids=lambda m: m.name)
+def test_a_method_that_folds_wrong_fails_the_contract(tiny_bloom_dir, method):
+    settings = PeftSection(method=method.name, target_modules=["query_key_value"])
+    with pytest.raises(AssertionError):
+        assert_method_contract(method, tiny_bloom_dir, settings)
+
+
+def test_a_quantizer_that_misdescribes_itself_fails_the_contract(registry, tiny_bloom_dir):
+    quantizer = registry.create("quantizer", "none", {})
+    quantizer.describe = lambda: {"backend": "something-else"}
+    with pytest.raises(AssertionError, match="something-else"):
+        assert_quantizer_contract(quantizer, tiny_bloom_dir)
