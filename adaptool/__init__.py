@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from adaptool.base import (
     Callback,
+    ChatOptions,
     ChatTemplateFormatter,
     Example,
     Formatter,
@@ -45,6 +46,7 @@ __all__ = [
     "AdapterError",
     "AdaptoolError",
     "Callback",
+    "ChatOptions",
     "ChatTemplateFormatter",
     "DataError",
     "Example",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -49,10 +49,13 @@ class Plugin:
 @dataclass(frozen=True)
 class Example:
     """One training example as a formatter renders it: the loss goes on ``completion`` only,
-    unless the recipe sets ``data.train_on_prompt``."""
+    unless the recipe sets ``data.train_on_prompt``. A formatter that marks what is trained
+    itself (every assistant turn of a conversation) gives ``spans``: (start, end) character
+    ranges of ``prompt + completion``; the tokens inside them are trained, nothing else."""
 
     prompt: str
     completion: str
+    spans: tuple[tuple[int, int], ...] = ()
 
 
 class Formatter(Plugin):
@@ -111,10 +114,34 @@ class Formatter(Plugin):
         }
 
 
+class ChatOptions(Options):
+    """The options every :class:`ChatTemplateFormatter` understands (a subclass's ``Options``
+    may extend them; one that does not gets their defaults)."""
+
+    #: "all": every turn of ``roles_to_train`` is trained; "last": only the final one
+    train_turns: Literal["all", "last"] = "all"
+    roles_to_train: list[str] = ["assistant"]
+    #: the column holding the tools (JSON schemas) a conversation may call, when there is one
+    tools_column: str = "tools"
+    #: an assistant's reasoning (``reasoning_content``): rendered as the template renders it,
+    #: or dropped before rendering
+    reasoning: Literal["keep", "drop"] = "keep"
+    #: a template for a base model that has none, or to use instead of its own: a built-in
+    #: name (chatml, chatml-generation, zephyr) or a .jinja file
+    chat_template: str | None = None
+
+
 class ChatTemplateFormatter(Formatter):
     """A formatter for conversations, rendered with the tokenizer's chat template: a subclass
-    says how a row (or a typed string) becomes ``{"role", "content"}`` messages; the last
-    message, the assistant's, is the completion.
+    says how a row (or a typed string) becomes ``{"role", "content"}`` messages (assistant
+    messages may carry ``tool_calls`` and ``reasoning_content``, ``tool`` messages the
+    results).
+
+    By default every assistant turn is trained (``train_turns``, ``roles_to_train``): the
+    trained spans come from the template's own rendering — its ``{% generation %}`` markers
+    where it has them, else the rendering of each conversation prefix, which must be a prefix
+    of the whole (a row for which it is not is refused). The last assistant reply is the
+    completion a generation prompt asks for.
 
     Example::
 
@@ -129,49 +156,163 @@ class ChatTemplateFormatter(Formatter):
     """
 
     prompt_has_special_tokens: ClassVar[bool] = True
+    Options: ClassVar[type[Options]] = ChatOptions
 
-    def messages(self, raw: str | Mapping[str, Any]) -> list[dict[str, str]]:
+    def messages(self, raw: str | Mapping[str, Any]) -> list[dict[str, Any]]:
         """The conversation in ``raw`` (a dataset row, or a string a user typed) as
         ``{"role", "content"}`` messages. Raise :class:`adaptool.DataError` for a row that is
         not one."""
         raise NotImplementedError
 
-    def render(self, tokenizer: Any, messages: list[dict[str, str]], *, prompt: bool) -> str:
-        """``messages`` through the tokenizer's chat template (with the assistant's turn
-        opened when ``prompt``)."""
+    def option(self, name: str) -> Any:
+        """A :class:`ChatOptions` value (its default when this formatter's Options lack it)."""
+        return getattr(self.options, name, ChatOptions.model_fields[name].default)
+
+    def template(self, tokenizer: Any) -> str:
+        """The chat template in use: the ``chat_template`` option's, else the tokenizer's."""
         from adaptool.errors import ModelError
 
-        if not getattr(tokenizer, "chat_template", None):
+        override = self.option("chat_template")
+        if override:
+            from adaptool.chat_templates import resolve_template
+
+            return resolve_template(override)
+        template = getattr(tokenizer, "chat_template", None)
+        if not template:
             raise ModelError(
                 f"formatter '{self.name}' needs a tokenizer with a chat template; "
-                f"{getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none. Use a chat "
-                f"model's tokenizer or another formatter (instruction, text)."
+                f"{getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none. Set the "
+                f"formatter's chat_template option (a built-in: chatml, zephyr; or a .jinja "
+                f"file), use a chat model's tokenizer, or another formatter (instruction, text)."
             )
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+        return template if isinstance(template, str) else str(template)
+
+    def render(
+        self,
+        tokenizer: Any,
+        messages: list[dict[str, Any]],
+        *,
+        prompt: bool,
+        tools: list[Any] | None = None,
+    ) -> str:
+        """``messages`` through the chat template (with the assistant's turn opened when
+        ``prompt``)."""
+        return tokenizer.apply_chat_template(
+            messages,
+            tools=tools or None,
+            chat_template=self.template(tokenizer),
+            tokenize=False,
+            add_generation_prompt=prompt,
+        )
+
+    def conversation(self, raw: str | Mapping[str, Any]) -> tuple[list[dict[str, Any]], Any]:
+        """The messages of ``raw`` (reasoning kept or dropped as the options say) and its
+        tools (None when the row has none)."""
+        messages = [dict(m) for m in self.messages(raw)]
+        if self.option("reasoning") == "drop":
+            for message in messages:
+                message.pop("reasoning_content", None)
+                message.pop("reasoning", None)
+        tools = None
+        if not isinstance(raw, str):
+            tools = raw.get(self.option("tools_column")) or None
+        return messages, tools
 
     def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
-        from adaptool.errors import DataError, ModelError
+        from adaptool.errors import DataError
 
-        messages = self.messages(row)
-        if not messages or messages[-1]["role"] != "assistant":
+        messages, tools = self.conversation(row)
+        roles = set(self.option("roles_to_train"))
+        if not messages or messages[-1]["role"] not in roles:
             raise DataError(
                 f"formatter '{self.name}' needs the last message of every conversation to be "
                 f"the assistant's (it is the completion trained on)."
             )
-        prompt = self.render(tokenizer, messages[:-1], prompt=True)
-        full = self.render(tokenizer, messages, prompt=False)
-        if not full.startswith(prompt):
-            raise ModelError(
-                f"formatter '{self.name}': the chat template renders the conversation "
-                f"differently from its prompt, so the completion cannot be separated from it."
+        full = self.render(tokenizer, messages, prompt=False, tools=tools)
+        template = self.template(tokenizer)
+        from adaptool.chat_templates import has_generation_markers
+
+        last_only = self.option("train_turns") == "last"
+        if has_generation_markers(template) and roles == {"assistant"}:
+            spans = self._marked_spans(tokenizer, template, messages, tools, full)
+        else:
+            spans = self._prefix_spans(tokenizer, messages, tools, full, roles, last_only)
+        if not spans:
+            raise DataError(f"formatter '{self.name}': the conversation has no turn to train.")
+        if last_only:
+            spans = spans[-1:]
+        cut = spans[-1][0]
+        return Example(full[:cut], full[cut:], tuple(spans))
+
+    def _prefix_spans(
+        self,
+        tokenizer: Any,
+        messages: list[dict[str, Any]],
+        tools: Any,
+        full: str,
+        roles: set[str],
+        last_only: bool = False,
+    ) -> list[tuple[int, int]]:
+        """Each trained turn's span (the last one's alone with ``last_only``): from the end of
+        the conversation before it (with the assistant's turn opened) to the end of the
+        conversation through it. Every rendering must be a prefix of the whole."""
+        from adaptool.errors import DataError
+
+        spans = []
+        indices = [i for i, m in enumerate(messages) if m["role"] in roles]
+        for i in indices[-1:] if last_only else indices:
+            message = messages[i]
+            before = self.render(
+                tokenizer, messages[:i], prompt=message["role"] == "assistant", tools=tools
             )
-        return Example(prompt, full[len(prompt) :])
+            through = self.render(tokenizer, messages[: i + 1], prompt=False, tools=tools)
+            for part in (before, through):
+                if not full.startswith(part):
+                    raise DataError(
+                        f"formatter '{self.name}': the chat template renders the conversation "
+                        f"up to message {i + 1} differently from the same messages within the "
+                        f"whole (it rewrites earlier turns, as templates that drop past "
+                        f"reasoning do), so the trained turns cannot be found. Set "
+                        f'train_turns = "last", reasoning = "drop", or a chat_template with '
+                        f"{{% generation %}} markers."
+                    )
+            if len(through) > len(before):
+                spans.append((len(before), len(through)))
+        return spans
+
+    def _marked_spans(
+        self,
+        tokenizer: Any,
+        template: str,
+        messages: list[dict[str, Any]],
+        tools: Any,
+        full: str,
+    ) -> list[tuple[int, int]]:
+        """The spans the template marks with ``{% generation %}``, rendered by transformers."""
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        from adaptool.errors import ModelError
+
+        rendered, indices = render_jinja_template(
+            [messages],
+            tools=tools,
+            chat_template=template,
+            return_assistant_tokens_mask=True,
+            add_generation_prompt=False,
+            **tokenizer.special_tokens_map,
+        )
+        if rendered[0] != full:
+            raise ModelError(
+                f"formatter '{self.name}': the template renders differently with its "
+                f"{{% generation %}} markers followed; it cannot mark the trained turns."
+            )
+        return [(int(a), int(b)) for a, b in indices[0] if b > a]
 
     def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
-        messages = self.messages(raw)
+        messages, tools = self.conversation(raw)
         if messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
-        return self.render(tokenizer, messages, prompt=True)
+        return self.render(tokenizer, messages, prompt=True, tools=tools)
 
 
 class Quantizer(Plugin):

@@ -45,7 +45,28 @@ def encode_examples(
     prompt_has_special_tokens: bool = False,
 ) -> list[Encoded]:
     """Tokenize prompt and completion separately (so a generation prompt tokenizes exactly as
-    in training), append EOS to the completion, mask the prompt, truncate to ``max_length``."""
+    in training), append EOS to the completion, mask the prompt, truncate to ``max_length``.
+    An example with ``spans`` (a conversation) is tokenized whole and trained where its spans
+    say (:func:`encode_spans`)."""
+    if any(e.spans for e in examples):
+        return [
+            encode_spans(
+                e,
+                tokenizer,
+                max_length=max_length,
+                train_on_prompt=train_on_prompt,
+                add_special_tokens=not prompt_has_special_tokens,
+            )
+            if e.spans
+            else encode_examples(
+                [e],
+                tokenizer,
+                max_length=max_length,
+                train_on_prompt=train_on_prompt,
+                prompt_has_special_tokens=prompt_has_special_tokens,
+            )[0]
+            for e in examples
+        ]
     prompts = tokenizer(
         [e.prompt for e in examples], add_special_tokens=not prompt_has_special_tokens
     )["input_ids"]
@@ -70,6 +91,46 @@ def encode_examples(
             )
         )
     return out
+
+
+def encode_spans(
+    example: Example,
+    tokenizer: Any,
+    *,
+    max_length: int,
+    train_on_prompt: bool = False,
+    add_special_tokens: bool = False,
+) -> Encoded:
+    """A conversation tokenized whole, as the template rendered it; a token is trained when
+    its characters lie inside one of ``example.spans`` (every assistant turn). EOS is appended
+    (trained) unless the last turn already holds it, so the model learns to stop."""
+    text = example.prompt + example.completion
+    encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+    spans = example.spans
+
+    def trained(start: int, end: int) -> bool:
+        return end > start and any(a <= start and end <= b for a, b in spans)
+
+    labels = [
+        t if train_on_prompt or trained(*o) else IGNORE_INDEX
+        for t, o in zip(ids, offsets, strict=True)
+    ]
+    eos, eos_text = tokenizer.eos_token_id, getattr(tokenizer, "eos_token", None) or ""
+    last = text[spans[-1][0] : spans[-1][1]]
+    if eos is not None and not (ids and ids[-1] == eos) and not (eos_text and eos_text in last):
+        ids.append(eos)
+        labels.append(eos)
+    labels[0] = IGNORE_INDEX  # nothing comes before the first token: it is never predicted
+    cut = len(example.prompt)
+    prompt_tokens = sum(1 for start, end in offsets if end <= cut)
+    return Encoded(
+        input_ids=ids[:max_length],
+        labels=labels[:max_length],
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(ids) - prompt_tokens,
+        truncated=len(ids) > max_length,
+    )
 
 
 #: what a formatter raises for a row it cannot render (a null or wrongly typed field)

@@ -6,7 +6,7 @@ import ast
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adaptool.base import ChatTemplateFormatter, Example, Formatter, Options
+from adaptool.base import ChatOptions, ChatTemplateFormatter, Example, Formatter, Options
 from adaptool.errors import DataError
 from adaptool.hookspecs import hookimpl
 
@@ -179,40 +179,99 @@ class Instruction(Formatter):
 
 
 class Chat(ChatTemplateFormatter):
-    """A list of ``{"role", "content"}`` messages rendered with the tokenizer's chat template;
-    the last (assistant) message is the completion."""
+    """A list of ``{"role", "content"}`` messages rendered with the tokenizer's chat template
+    (or the ``chat_template`` option's). Every assistant turn is trained by default;
+    assistant messages may carry ``tool_calls`` and ``reasoning_content``, ``tool`` messages
+    the results, and a ``tools`` column the functions a conversation may call."""
 
     name = "chat"
-    description = "a messages column rendered with the tokenizer's chat template"
+    version = "2"  # 1 trained the last assistant turn only
+    description = "a messages column rendered with the chat template; every assistant turn"
 
-    class Options(Options):
+    class Options(ChatOptions):
         messages_column: str = "messages"
         system_prompt: str | None = None
 
     def columns(self) -> list[str]:
         return [self.options.messages_column]
 
-    def messages(self, raw: Any) -> list[dict[str, str]]:
+    def messages(self, raw: Any) -> list[dict[str, Any]]:
         messages = (
             [{"role": "user", "content": raw}]
             if isinstance(raw, str)
             else _field(raw, self.options.messages_column, self.name, null=True)
         )
-        if not isinstance(messages, list | tuple) or not all(
-            isinstance(m, Mapping)
-            and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str)
-            for m in messages
-        ):
+        if not isinstance(messages, list | tuple) or not all(_is_message(m) for m in messages):
             raise DataError(
                 f"formatter 'chat' expects the column '{self.options.messages_column}' to hold "
-                f"a list of {{role, content}} messages with text in both, found "
-                f"{str(messages)[:80]!r}."
+                f"a list of {{role, content}} messages with text in both (an assistant message "
+                f"with tool_calls may have no content), found {str(messages)[:80]!r}."
             )
-        out = [{"role": m["role"], "content": m["content"]} for m in messages]
+        out = [_message(m) for m in messages]
         if self.options.system_prompt and (not out or out[0]["role"] != "system"):
             out.insert(0, {"role": "system", "content": self.options.system_prompt})
         return out
+
+    def conversation(self, raw: str | Mapping[str, Any]) -> tuple[list[dict[str, Any]], Any]:
+        messages, tools = super().conversation(raw)
+        if isinstance(tools, str):  # tools stored as JSON text (as mixed schemas must be)
+            tools = _json(tools, "tools")
+        if tools is not None and not (
+            isinstance(tools, list) and all(isinstance(t, Mapping) for t in tools)
+        ):
+            raise DataError(
+                f"formatter 'chat' expects the column '{self.option('tools_column')}' to hold a "
+                f"list of tool schemas (or that list as JSON text), found {str(tools)[:80]!r}."
+            )
+        return messages, tools
+
+
+#: the message keys a chat template may read
+MESSAGE_KEYS = ("role", "content", "tool_calls", "reasoning_content", "tool_call_id", "name")
+
+
+def _is_message(m: Any) -> bool:
+    if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+        return False
+    calls = m.get("tool_calls")
+    if calls is not None and not (
+        isinstance(calls, list | tuple) and all(isinstance(c, Mapping) for c in calls)
+    ):
+        return False
+    return isinstance(m.get("content"), str) or (calls is not None and m.get("content") is None)
+
+
+def _message(m: Mapping[str, Any]) -> dict[str, Any]:
+    """A message as the template reads it: keys that are None (what a dataset's columnar
+    storage fills in for a key other rows have) left out, tool-call arguments as objects."""
+    out = {k: m[k] for k in MESSAGE_KEYS if m.get(k) is not None}
+    out.setdefault("content", "")
+    if "tool_calls" in out:
+        out["tool_calls"] = [_tool_call(c) for c in out["tool_calls"]]
+    return out
+
+
+def _tool_call(call: Mapping[str, Any]) -> dict[str, Any]:
+    call = {k: v for k, v in call.items() if v is not None}
+    function = call.get("function", call)
+    if isinstance(function, Mapping):
+        function = {k: v for k, v in function.items() if v is not None}
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            function["arguments"] = _json(arguments, "tool call arguments")
+        elif isinstance(arguments, Mapping):
+            function["arguments"] = {k: v for k, v in arguments.items() if v is not None}
+        return {**call, "function": function} if "function" in call else function
+    return call
+
+
+def _json(text: str, what: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"formatter 'chat': the {what} are not valid JSON ({exc}).") from None
 
 
 @hookimpl
