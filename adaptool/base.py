@@ -77,6 +77,10 @@ class Formatter(Plugin):
     #: True when the prompt text already holds the tokenizer's special tokens (a chat template
     #: writes its own BOS): the prompt is then encoded without adding special tokens again.
     prompt_has_special_tokens: ClassVar[bool] = False
+    #: True when the examples are one stream of documents (EOS between them) to be cut into
+    #: blocks of ``data.max_length`` tokens, everything trained (pretraining text), rather
+    #: than one example per row
+    chunks: bool = False
 
     def columns(self) -> list[str]:
         """The dataset columns this formatter needs (checked before any row is formatted)."""

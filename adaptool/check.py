@@ -134,6 +134,12 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
             f"{len(bad)} of {report.rows} rows are refused by the formatter and skipped "
             f'(data.on_bad_row = "skip"); the first, row {bad[0].row}: {bad[0].message}'
         )
+    if formatter.chunks:
+        report.warnings.append(
+            f"formatter '{formatter.name}' chunks: {report.rows} documents make "
+            f"{len(encoded)} blocks of up to {recipe.data.max_length} tokens "
+            f"({sum(report.token_counts):,} tokens, EOS between documents, none truncated)."
+        )
     if report.over_max_length:
         report.warnings.append(
             f"{report.over_max_length} of {report.rows} examples exceed max_length = "

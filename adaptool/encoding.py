@@ -198,8 +198,34 @@ def encode_rows(
     encoded = encode_examples(
         examples,
         tokenizer,
-        max_length=data.max_length,
+        max_length=MAX_TOKENS if formatter.chunks else data.max_length,
         train_on_prompt=data.train_on_prompt,
         prompt_has_special_tokens=formatter.prompt_has_special_tokens,
     )
+    if formatter.chunks:
+        encoded = chunk_blocks(encoded, data.max_length)
     return encoded, bad
+
+
+#: no document is longer than this many tokens (a bound, not a setting)
+MAX_TOKENS = 1 << 40
+
+
+def chunk_blocks(encoded: Sequence[Encoded], block: int) -> list[Encoded]:
+    """Documents (each ending with EOS) as one token stream, cut into blocks of ``block``
+    tokens; every token of a block is trained but its first (nothing in the block precedes
+    it). Every token of every document is in exactly one block; the last block may be short."""
+    stream = [token for e in encoded for token in e.input_ids]
+    blocks = []
+    for start in range(0, len(stream), block):
+        ids = stream[start : start + block]
+        blocks.append(
+            Encoded(
+                input_ids=ids,
+                labels=[IGNORE_INDEX, *ids[1:]],
+                prompt_tokens=0,
+                completion_tokens=len(ids),
+                truncated=False,
+            )
+        )
+    return blocks

@@ -55,7 +55,7 @@ def test_check_warns_without_an_eos_token(tmp_path, registry):
     tok_dir = tmp_path / "no-eos"
     make_tokenizer(tok_dir, corpus(), vocab_size=300, eos=False)
     path = write_recipe(tmp_path, recipe_text(str(tok_dir), str(DATA / "text.csv"), "text"))
-    report = check(load_recipe(path))
+    report = check(load_recipe(path, ["data.chunk=false"]))  # one example per document
     assert report.without_eos == 3
     assert any("no EOS token" in w for w in report.warnings)
 

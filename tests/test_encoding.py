@@ -264,3 +264,35 @@ def test_adaptools_own_error_in_format_passes_through_as_itself(tmp_path, tiny_b
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "needs a tokenizer with a chat template" in text and "bug" not in text
+
+
+def test_chunked_text_keeps_every_token(tmp_path, tokenizer):
+    """Pretraining text: the documents as one stream, EOS after each, cut into max_length
+    blocks — a document longer than a block spans blocks instead of being cut; every token of
+    every document is in exactly one block, in order; everything is trained but each block's
+    first token (nothing in the block precedes it)."""
+    from adaptool.builtin.formatters import Text
+    from adaptool.encoding import encode_rows
+    from adaptool.recipe.schema import DataSection
+
+    documents = [
+        "A short one.",
+        " ".join(f"word{i}" for i in range(120)),  # longer than a block
+        "Another short document, the last.",
+    ]
+    data = DataSection(source="docs.jsonl", formatter="text", max_length=32)
+    encoded, bad = encode_rows([{"text": d} for d in documents], Text(), tokenizer, data)
+    assert not bad
+    eos = tokenizer.eos_token_id
+    expected = []
+    for document in documents:
+        expected += tokenizer(document)["input_ids"] + [eos]
+    assert [t for block in encoded for t in block.input_ids] == expected
+    assert all(len(b.input_ids) == 32 for b in encoded[:-1]) and len(encoded[-1].input_ids) > 0
+    assert len(encoded) == -(-len(expected) // 32)
+    for block in encoded:
+        assert block.labels == [IGNORE_INDEX, *block.input_ids[1:]] and not block.truncated
+    one_each, _ = encode_rows(
+        [{"text": d} for d in documents], Text(Text.Options(chunk=False)), tokenizer, data
+    )
+    assert len(one_each) == 3 and one_each[1].truncated  # the old way cuts the long one

@@ -55,7 +55,13 @@ def install(site, distribution, module, source, **kw):
 
 def test_builtins_register_through_the_hooks(plugins):
     registry = plugins.registry
-    assert registry.names("formatter") == ["chat", "instruction", "quote-tags", "text"]
+    assert registry.names("formatter") == [
+        "chat",
+        "instruction",
+        "prompt-completion",
+        "quote-tags",
+        "text",
+    ]
     assert registry.names("quantizer") == ["bnb-4bit", "bnb-8bit", "none"]
     from adaptool.builtin.peft_methods import METHODS
 
@@ -66,6 +72,7 @@ def test_builtins_register_through_the_hooks(plugins):
     assert plugins.plugins["adaptool.builtin.formatters"].registers["formatter"] == [
         "quote-tags",
         "text",
+        "prompt-completion",
         "instruction",
         "chat",
     ]
@@ -88,7 +95,7 @@ def test_unknown_name_lists_available_and_suggests(registry):
     message = str(err.value)
     assert "unknown formatter 'quote-tag'" in message
     assert "Did you mean 'quote-tags'?" in message
-    assert "chat, instruction, quote-tags, text" in message
+    assert "chat, instruction, prompt-completion, quote-tags, text" in message
 
 
 def test_clash_names_both_packages(site):

@@ -120,13 +120,23 @@ class QuoteTags(Formatter):
 
 
 class Text(Formatter):
-    """One column used as is; the whole text is trained on."""
+    """One column used as is; the whole text is trained on. With ``chunk`` (the default), the
+    documents are read as one stream, EOS between them, cut into blocks of ``max_length``
+    tokens: a long document is never truncated, nothing is thrown away."""
 
     name = "text"
-    description = "a text column used as is (no prompt; everything is trained on)"
+    version = "2"  # 1 truncated each document to max_length
+    description = "a text column used as is (no prompt; everything is trained on; chunked)"
 
     class Options(Options):
         column: str = "text"
+        #: documents as one stream cut into max_length blocks (False: one example per
+        #: document, truncated to max_length)
+        chunk: bool = True
+
+    @property
+    def chunks(self) -> bool:
+        return self.options.chunk
 
     def columns(self) -> list[str]:
         return [self.options.column]
@@ -136,6 +146,30 @@ class Text(Formatter):
 
     def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
         return _text(raw, self.options.column, self.name)
+
+
+class PromptCompletion(Formatter):
+    """The common two-column layout: a prompt column and a completion column, used as they
+    are (the completion trained on, EOS appended)."""
+
+    name = "prompt-completion"
+    description = "a prompt column and a completion column, as they are"
+
+    class Options(Options):
+        prompt_column: str = "prompt"
+        completion_column: str = "completion"
+
+    def columns(self) -> list[str]:
+        return [self.options.prompt_column, self.options.completion_column]
+
+    def format(self, row: Mapping[str, Any], tokenizer: Any) -> Example:
+        return Example(
+            _text(row, self.options.prompt_column, self.name),
+            _text(row, self.options.completion_column, self.name),
+        )
+
+    def generation_prompt(self, raw: str | Mapping[str, Any], tokenizer: Any) -> str:
+        return _text(raw, self.options.prompt_column, self.name)
 
 
 ALPACA_PREAMBLE = (
@@ -276,5 +310,5 @@ def _json(text: str, what: str) -> Any:
 
 @hookimpl
 def register_formatters(register) -> None:
-    for cls in (QuoteTags, Text, Instruction, Chat):
+    for cls in (QuoteTags, Text, PromptCompletion, Instruction, Chat):
         register(cls)

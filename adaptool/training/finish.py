@@ -88,6 +88,9 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             "rows": len(data.rows),
             "train_rows": len(data.train_set),
             "eval_rows": len(data.eval_set),
+            # pretraining text: the train/eval "rows" above are blocks of max_length tokens
+            "chunked": plugins.formatter.chunks,
+            "train_tokens": sum(len(e.input_ids) for e in data.train_set),
             "truncated": data.truncated,
             "skipped": data.dropped,
             "bad_rows_skipped": len(data.bad_rows),

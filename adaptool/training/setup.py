@@ -106,9 +106,19 @@ def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter
             f"completion token to train on (formatter '{formatter.name}', max_length = "
             f"{recipe.data.max_length}): `adaptool check` shows the examples."
         )
+    if formatter.chunks:
+        tokens = sum(len(e.input_ids) for e in train_set + eval_set)
+        shape = (
+            f"{len(train_set)} train and {len(eval_set)} eval blocks of up to "
+            f"{recipe.data.max_length} tokens ({tokens:,} tokens, none truncated)"
+        )
+    else:
+        shape = (
+            f"{len(train_set)} train, {len(eval_set)} eval; {truncated} truncated to "
+            f"max_length = {recipe.data.max_length}"
+        )
     reporter.info(
-        f"data: {len(rows)} rows from {recipe.data.source} -> {len(train_set)} train, "
-        f"{len(eval_set)} eval; {truncated} truncated to max_length = {recipe.data.max_length}"
+        f"data: {len(rows)} rows from {recipe.data.source} -> {shape}"
         + (f"; {dropped} skipped (nothing left to train on)" if dropped else "")
         + (f"; {len(bad)} bad rows skipped (first: row {bad[0].row})" if bad else "")
     )

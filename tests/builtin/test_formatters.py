@@ -215,3 +215,18 @@ def test_quote_tags_score_counts_tags(registry, tokenizer):
     assert score["parses"] == pytest.approx(2 / 3)
     assert score["stopped_at_eos"] == pytest.approx(2 / 3)
     assert score["exact_tag_set"] == pytest.approx(1 / 3)
+
+
+def test_prompt_completion_uses_the_two_columns_as_they_are(registry, tokenizer):
+    from adaptool.testing import assert_formatter_contract
+
+    fmt = make(registry, "prompt-completion")
+    row = {"prompt": "Translate 'chat': ", "completion": "cat"}
+    example = fmt.format(row, tokenizer)
+    assert (example.prompt, example.completion) == ("Translate 'chat': ", "cat")
+    assert fmt.generation_prompt("Translate 'chien': ", tokenizer) == "Translate 'chien': "
+    assert_formatter_contract(fmt, [row, {"prompt": "2+2=", "completion": "4"}], tokenizer)
+    other = make(registry, "prompt-completion", prompt_column="q", completion_column="a")
+    assert other.format({"q": "Q", "a": "A"}, tokenizer).completion == "A"
+    with pytest.raises(DataError, match="column 'completion' is empty"):
+        fmt.format({"prompt": "x", "completion": None}, tokenizer)

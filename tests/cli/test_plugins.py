@@ -25,7 +25,9 @@ def test_plugins_json_lists_builtins_with_distribution(plugins):
     by_name = {p["name"]: p for p in data["plugins"]}
     formatters = by_name["adaptool.builtin.formatters"]
     assert formatters["distribution"] == "adaptool" and formatters["version"] == __version__
-    assert formatters["registers"] == {"formatter": ["quote-tags", "text", "instruction", "chat"]}
+    assert formatters["registers"] == {
+        "formatter": ["quote-tags", "text", "prompt-completion", "instruction", "chat"]
+    }
     assert by_name["adaptool.builtin.commands"]["registers"]["commands"] == [
         "train",
         "generate",
