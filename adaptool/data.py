@@ -27,9 +27,10 @@ def _quiet_datasets() -> Any:
     return datasets
 
 
-def load_rows(data: DataSection) -> datasets.Dataset:
-    """The rows of ``data.source`` (a local .jsonl/.json/.csv/.parquet file or a Hub dataset id)
-    for ``data.split``. Raises DataError naming the source when it cannot be read."""
+def load_rows(data: DataSection, *, commit: str | None = None) -> datasets.Dataset:
+    """The rows of ``data.source`` (a local .jsonl/.json/.csv/.parquet file or a Hub dataset id,
+    with ``data.config``, at ``commit`` — default: what ``data.revision`` resolves to now) for
+    ``data.split``. Raises DataError naming the source when it cannot be read."""
     ds = _quiet_datasets()
     source = data.source
     if data.is_local:
@@ -43,14 +44,42 @@ def load_rows(data: DataSection) -> datasets.Dataset:
             )
         if path.stat().st_size < 4096 and not path.read_bytes().strip():
             raise DataError(f"the dataset {path} has no rows (the file is empty).")
+        if data.config is not None or data.revision is not None:
+            raise DataError(
+                f"data.config and data.revision choose a Hub dataset's configuration and "
+                f"version; {path} is a local file: remove them."
+            )
         return load_file(path, split=data.split if data.split.startswith("train") else "train")
+    what = f"'{source}'" + (f" (config '{data.config}')" if data.config else "")
     try:
-        return ds.load_dataset(source, split=data.split)
+        return ds.load_dataset(
+            source, name=data.config, split=data.split, revision=commit or dataset_commit(data)
+        )
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(
-            f"data.source: could not load the Hub dataset '{source}' (split '{data.split}'): "
-            f"{describe(exc)}. Without a "
-            f"network, point data.source at a local .jsonl/.json/.csv/.parquet file."
+            f"data.source: could not load the Hub dataset {what} (split '{data.split}'"
+            f"{f', revision {data.revision}' if data.revision else ''}): {describe(exc)}. "
+            f"Without a network, point data.source at a local .jsonl/.json/.csv/.parquet file."
+        ) from None
+
+
+def dataset_commit(data: DataSection) -> str | None:
+    """The commit a Hub dataset's ``data.revision`` (default: its main branch) resolves to:
+    what is loaded and pinned in the manifest, so a re-run reads the same rows. None for a
+    local file."""
+    if data.is_local:
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(data.source, revision=data.revision).sha
+    except Exception as exc:
+        raise DataError(
+            f"data.source: the Hub dataset '{data.source}'"
+            f"{f' at revision {data.revision}' if data.revision else ''} cannot be resolved: "
+            f"{describe(exc)}. Without a network, point data.source at a local file."
         ) from None
 
 

@@ -184,3 +184,68 @@ def test_a_non_utf8_data_file_names_the_file_and_the_byte(tmp_path):
     path.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"latin.jsonl is not UTF-8 text: byte 28 is 0xe9"):
         load_file(path)
+
+
+CONFIGS = """---
+configs:
+- config_name: main
+  data_files:
+  - split: train
+    path: main/train.jsonl
+- config_name: other
+  data_files:
+  - split: train
+    path: other/train.jsonl
+---
+# quotes
+"""
+
+
+def quotes(prefix: str, n: int) -> bytes:
+    lines = (json.dumps({"quote": f"{prefix} {i}.", "tags": ["t"]}) for i in range(n))
+    return "".join(line + "\n" for line in lines).encode()
+
+
+def test_a_hub_dataset_with_a_config_and_a_revision_is_loaded_and_pinned(
+    tmp_path, hub, tiny_bloom_dir, plugins
+):
+    """gsm8k-style configs and a revision: the config's rows at that commit; with no revision,
+    the commit main resolves to is what is loaded and pinned in the manifest."""
+    from adaptool.data import dataset_commit, load_rows
+    from adaptool.recipe import load_recipe
+    from adaptool.recipe.schema import DataSection
+    from adaptool.training.run import train
+    from tests.helpers import GOOD, recipe_file
+    from tests.hubserver import hub_env
+
+    files = {"README.md": CONFIGS.encode(), "main/train.jsonl": quotes("Main", 10)}
+    first = hub.put_files(
+        "alice/quotes", files | {"other/train.jsonl": quotes("Other", 5)}, repo_type="dataset"
+    )
+    second = hub.put_files(
+        "alice/quotes", {"main/train.jsonl": quotes("Newer", 12)}, repo_type="dataset"
+    )
+    with hub_env(hub, GOOD, tmp_path / "home"):
+        pinned = DataSection(
+            source="alice/quotes", formatter="quote-tags", config="main", revision=first
+        )
+        rows = load_rows(pinned)
+        assert len(rows) == 10 and rows[0]["quote"] == "Main 0."
+        other = DataSection(source="alice/quotes", formatter="quote-tags", config="other")
+        assert len(load_rows(other)) == 5
+        latest = DataSection(source="alice/quotes", formatter="quote-tags", config="main")
+        assert dataset_commit(latest) == second and len(load_rows(latest)) == 12
+        path = recipe_file(tmp_path, tiny_bloom_dir, source="alice/quotes", steps=1)
+        recipe = load_recipe(path, ["data.config=main"])
+        manifest = train(recipe).manifest
+    assert (manifest.data["config"], manifest.data["commit"]) == ("main", second)
+    assert manifest.data["revision"] is None
+
+
+def test_a_config_or_revision_for_a_local_file_is_refused(tmp_path):
+    from adaptool.data import load_rows
+    from adaptool.recipe.schema import DataSection
+
+    local = DataSection(source=str(DATA / "quotes.jsonl"), formatter="quote-tags", revision="v1")
+    with pytest.raises(DataError, match="is a local file: remove them"):
+        load_rows(local)

@@ -79,6 +79,10 @@ class DataSection(Section):
     plugin_key: ClassVar[tuple[str, str] | None] = ("formatter", "formatter")
     source: PathText = Field(min_length=1, description="Hub dataset id or local file")
     split: str = "train"
+    #: a Hub dataset's config name (gsm8k needs "main") and revision (branch, tag or commit;
+    #: the commit it resolves to is pinned in the manifest)
+    config: str | None = Field(default=None, min_length=1)
+    revision: str | None = Field(default=None, min_length=1)
     formatter: str
     eval_fraction: float = Field(default=0.0, ge=0, lt=1)
     max_length: int = Field(default=512, gt=0, le=MAX_LENGTH)

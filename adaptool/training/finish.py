@@ -84,6 +84,9 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
         data={
             "source": recipe.data.source,
             "split": recipe.data.split,
+            "config": recipe.data.config,
+            "revision": recipe.data.revision,
+            "commit": data.commit,
             "fingerprint": getattr(data.rows, "_fingerprint", None),
             "rows": len(data.rows),
             "train_rows": len(data.train_set),

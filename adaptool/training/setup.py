@@ -14,7 +14,7 @@ from adaptool.artifacts.fit import trainable_parameters
 from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
 from adaptool.base import RunInfo
-from adaptool.data import check_columns, load_rows, split_rows
+from adaptool.data import check_columns, dataset_commit, load_rows, split_rows
 from adaptool.encoding import ROW_ERRORS, BadRow, Encoded, encode_rows
 from adaptool.errors import DataError, ModelError, describe, param
 from adaptool.modeling import (
@@ -53,6 +53,8 @@ class Data:
     samples: list[dict[str, str]]
     #: rows refused by the formatter and skipped (``data.on_bad_row = "skip"``)
     bad_rows: list[BadRow]
+    #: the commit of a Hub dataset the rows were loaded at (None for a local file)
+    commit: str | None = None
 
 
 @dataclass
@@ -83,7 +85,8 @@ class Session:
 
 def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter) -> Data:
     """Load, check, split and encode the recipe's data (DataError on bad data)."""
-    rows = load_rows(recipe.data)
+    commit = dataset_commit(recipe.data)  # resolved once: the rows loaded are the ones pinned
+    rows = load_rows(recipe.data, commit=commit)
     check_columns(rows, formatter, recipe.data.source)
     split = split_rows(rows, recipe.data.eval_fraction, recipe.training.seed)
     train_set, dropped, truncated, bad = _encode(
@@ -131,6 +134,7 @@ def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter
         dropped,
         _samples(rows, formatter, tokenizer),
         bad,
+        commit,
     )
 
 
