@@ -49,6 +49,8 @@ class CheckReport:
     without_eos: int
     fully_masked: int
     warnings: list[str] = field(default_factory=list)
+    #: with several sources: rows, tokens and trained tokens of each, and its weight
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         counts = self.token_counts
@@ -87,6 +89,7 @@ class CheckReport:
                 for e in self.examples
             ],
             "warnings": self.warnings,
+            "sources": self.sources,
         }
 
 
@@ -160,7 +163,30 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
             f"{report.fully_masked} of {report.rows} examples have every label masked (empty "
             f"completion, or the prompt alone fills max_length): they add nothing to training."
         )
+    if len(recipe.data.all_sources) > 1:
+        report.sources = _mixture(recipe, plugins, tokenizer)
     return report
+
+
+def _mixture(recipe: Recipe, plugins: RecipePlugins, tokenizer: Any) -> list[dict[str, Any]]:
+    """Each source of a mixture as training will take it: rows, tokens, trained tokens."""
+    out = []
+    for source, formatter in zip(recipe.data.all_sources, plugins.source_formatters, strict=True):
+        rows = load_rows(source)
+        check_columns(rows, formatter, source.source)
+        encoded, bad = encode_rows(rows, formatter, tokenizer, source)
+        out.append(
+            {
+                "source": source.source,
+                "formatter": formatter.name,
+                "weight": source.weight,
+                "rows": len(rows),
+                "bad_rows": len(bad),
+                "tokens": sum(len(e.input_ids) for e in encoded),
+                "trained_tokens": sum(e.trained_tokens for e in encoded),
+            }
+        )
+    return out
 
 
 def _method_report(recipe: Recipe, plugins: RecipePlugins) -> tuple[dict[str, Any], int | None]:

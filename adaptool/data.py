@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,14 @@ if TYPE_CHECKING:
     from adaptool.base import Formatter
     from adaptool.recipe.schema import DataSection
 
-BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+BUILDERS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",  # one row per paragraph (blank-line separated), in a "text" column
+}
+GLOB_CHARS = frozenset("*?[")
 
 
 def _quiet_datasets() -> Any:
@@ -33,6 +41,10 @@ def load_rows(data: DataSection, *, commit: str | None = None) -> datasets.Datas
     ``data.split``. Raises DataError naming the source when it cannot be read."""
     ds = _quiet_datasets()
     source = data.source
+    if data.is_local and GLOB_CHARS & set(source):
+        if data.config is not None or data.revision is not None:
+            raise DataError("data.config and data.revision are for Hub datasets, not files.")
+        return load_files(sorted(Path(p) for p in glob.glob(source)), pattern=source)
     if data.is_local:
         path = Path(source)
         builder = BUILDERS.get(path.suffix.lower())
@@ -84,24 +96,45 @@ def dataset_commit(data: DataSection) -> str | None:
 
 
 def load_file(path: Path, *, split: str = "train") -> datasets.Dataset:
-    """The rows of a local .jsonl/.json/.csv/.parquet file."""
+    """The rows of a local .jsonl/.json/.csv/.parquet/.txt file."""
+    return load_files([path], split=split)
+
+
+def load_files(
+    paths: list[Path], *, split: str = "train", pattern: str | None = None
+) -> datasets.Dataset:
+    """The rows of local files of one type, in order (the files a glob ``pattern`` matched)."""
     ds = _quiet_datasets()
-    builder = BUILDERS.get(path.suffix.lower())
-    if builder is None:
-        raise DataError(f"{path} is not a file type adaptool reads ({', '.join(BUILDERS)}).")
+    if not paths:
+        raise DataError(f"data.source: {pattern} matches no file.")
+    builders = {BUILDERS.get(p.suffix.lower()) for p in paths}
+    if None in builders:
+        odd = next(p for p in paths if p.suffix.lower() not in BUILDERS)
+        raise DataError(f"{odd} is not a file type adaptool reads ({', '.join(BUILDERS)}).")
+    if len(builders) > 1:
+        raise DataError(
+            f"data.source: {pattern} matches files of several types "
+            f"({', '.join(sorted(p.suffix for p in paths))}); one source reads one type."
+        )
+    builder = builders.pop()
     # the JSON reader takes bytes that are not UTF-8 into its strings unchecked, and they
     # fail later, row by row: text files are checked first (one streamed read)
-    bad = first_non_utf8_byte(path) if builder != "parquet" else None
-    if bad is not None:
-        raise DataError(
-            f"data.source: {path} is not UTF-8 text: byte {bad[0]} is {bad[1]:#04x} (re-save "
-            f"it as UTF-8)."
-        )
+    for path in paths if builder != "parquet" else []:
+        bad = first_non_utf8_byte(path)
+        if bad is not None:
+            raise DataError(
+                f"data.source: {path} is not UTF-8 text: byte {bad[0]} is {bad[1]:#04x} "
+                f"(re-save it as UTF-8)."
+            )
+    extra = {"sample_by": "paragraph"} if builder == "text" else {}
     try:
-        return ds.load_dataset(builder, data_files={"train": str(path)}, split=split)
+        return ds.load_dataset(
+            builder, data_files={"train": [str(p) for p in paths]}, split=split, **extra
+        )
     except Exception as exc:
+        where = pattern or str(paths[0])
         raise DataError(
-            f"data.source: could not read {path} as {builder}: {describe(exc)}"
+            f"data.source: could not read {where} as {builder}: {describe(exc)}"
         ) from None
 
 

@@ -70,7 +70,7 @@ def test_an_empty_file_is_a_data_error_naming_it(tmp_path, content):
 
 
 def test_an_unsupported_suffix_is_a_data_error_naming_the_file(tmp_path):
-    path = tmp_path / "rows.txt"
+    path = tmp_path / "rows.tsv"
     path.write_text('{"quote": "x", "tags": []}\n', encoding="utf-8")
     with pytest.raises(DataError) as exc:
         load_rows(section(path))
@@ -249,3 +249,31 @@ def test_a_config_or_revision_for_a_local_file_is_refused(tmp_path):
     local = DataSection(source=str(DATA / "quotes.jsonl"), formatter="quote-tags", revision="v1")
     with pytest.raises(DataError, match="is a local file: remove them"):
         load_rows(local)
+
+
+def test_a_glob_reads_every_matching_file_in_order_and_txt_reads_paragraphs(tmp_path, registry):
+    from adaptool.recipe import load_recipe
+
+    for name, quotes in (("b.jsonl", ["B1"]), ("a.jsonl", ["A1", "A2"]), ("c.csv", [])):
+        text = "".join(json.dumps({"quote": q, "tags": ["t"]}) + "\n" for q in quotes)
+        (tmp_path / name).write_text(text or "quote,tags\n")
+    rows = load_rows(DataSection(source=str(tmp_path / "*.jsonl"), formatter="quote-tags"))
+    assert [r["quote"] for r in rows] == ["A1", "A2", "B1"]
+    with pytest.raises(DataError, match="matches files of several types"):
+        load_rows(DataSection(source=str(tmp_path / "?.*"), formatter="quote-tags"))
+    with pytest.raises(DataError, match="matches no file"):
+        load_rows(DataSection(source=str(tmp_path / "*.parquet"), formatter="quote-tags"))
+    book = tmp_path / "book.txt"
+    book.write_text("First paragraph,\non two lines.\n\nSecond paragraph.\n")
+    paragraphs = load_rows(DataSection(source=str(book), formatter="text"))
+    assert [r["text"].strip() for r in paragraphs] == [
+        "First paragraph,\non two lines.",
+        "Second paragraph.",
+    ]
+    # a recipe's glob resolves against the recipe's folder
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[model]\nname = "m"\n[output]\ndir = "o"\n'
+        '[data]\nsource = "*.jsonl"\nformatter = "quote-tags"\n'
+    )
+    assert load_recipe(recipe).data.source == str(tmp_path / "*.jsonl")

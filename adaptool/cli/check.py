@@ -73,6 +73,15 @@ def check_cli(
             else:
                 text.append(segment, style="dim")
         out.print(text, soft_wrap=True)
+    if report.sources:
+        out.print(f"Mixture ({r.data.mix}):", markup=False)
+        for source in report.sources:
+            weight = f", weight {source['weight']:g}" if source["weight"] is not None else ""
+            out.print(
+                f"  {source['source']} ({source['formatter']}{weight}): {source['rows']} rows, "
+                f"{source['tokens']:,} tokens, {source['trained_tokens']:,} trained",
+                markup=False,
+            )
     for warning in report.warnings:
         out.print(Text("warning: ", style="bold yellow") + Text(warning), soft_wrap=True)
     out.print(Text("The recipe is valid.", style="bold green"))

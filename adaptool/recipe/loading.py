@@ -17,7 +17,14 @@ from adaptool.errors import PluginError, RecipeError, RecipeProblem, describe
 from adaptool.hub.locate import is_hub_id
 from adaptool.plugins import registry
 from adaptool.recipe.resolve import resolve_plugins
-from adaptool.recipe.schema import REQUIRED_SECTIONS, SECTIONS, Recipe, Section
+from adaptool.recipe.schema import (
+    REQUIRED_SECTIONS,
+    SECTIONS,
+    SHARED_KEYS,
+    DataSection,
+    Recipe,
+    Section,
+)
 
 
 def load_recipe(
@@ -120,7 +127,10 @@ def validate_recipe(
                 RecipeProblem(name, f"expected a [{name}] table, found {_show(data[name])}")
             )
             continue
-        section = _validate_section(name, cls, data[name], problems)
+        if name == "data" and "sources" in data[name]:
+            section = _validate_sources(data[name], problems)
+        else:
+            section = _validate_section(name, cls, data[name], problems)
         if section is not None:
             sections[name] = section
 
@@ -208,6 +218,50 @@ def _validate_section(
     return section.model_copy(update={"options": options.model_dump()})
 
 
+def _validate_sources(values: dict[str, Any], problems: list[RecipeProblem]) -> Section | None:
+    """``[data]`` with ``[[data.sources]]``: each source validated as a [data] section of its
+    own (its formatter's options included), the shared keys of [data] its defaults; the
+    section itself is the first source's, with every source in ``sources``."""
+    before = len(problems)
+    values = dict(values)
+    tables = values.pop("sources")
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        problems.append(
+            RecipeProblem("data.sources", "expected [[data.sources]] tables, one per source")
+        )
+        return None
+    own = [k for k in ("source", "formatter", "config", "revision", "weight") if k in values]
+    for key in own:
+        problems.append(
+            RecipeProblem(f"data.{key}", "with [[data.sources]], set it in each source's table")
+        )
+    shared = {k: values.pop(k) for k in SHARED_KEYS if k in values}
+    mix = values.pop("mix", "concatenate")
+    for key in values:
+        if key not in own:
+            problems.append(RecipeProblem(f"data.{key}", "unknown key beside [[data.sources]]"))
+    sources = []
+    for i, table in enumerate(tables):
+        section = _validate_section(f"data.sources[{i}]", DataSection, shared | table, problems)
+        if section is not None:
+            sources.append(section)
+    if mix not in ("concatenate", "weights"):
+        problems.append(
+            RecipeProblem("data.mix", f"expected concatenate or weights, found {mix!r}")
+        )
+    before = len(problems)
+    weighted = [s.weight is not None for s in sources]
+    if mix == "weights" and not all(weighted):
+        problems.append(RecipeProblem("data.mix", 'mix = "weights" needs a weight in every source'))
+    if mix == "concatenate" and any(weighted):
+        problems.append(
+            RecipeProblem("data.sources", 'a source has a weight: set data.mix = "weights"')
+        )
+    if len(problems) > before or own or len(sources) != len(tables):
+        return None
+    return sources[0].model_copy(update={"sources": sources, "mix": mix})
+
+
 def _validate_plugin_tables(
     name: str,
     cls: type[Section],
@@ -279,6 +333,10 @@ def _resolve_paths(data: dict[str, Any], base: Path, problems: list[RecipeProble
             problems.append(
                 RecipeProblem(f"{section}.{key}", f"cannot be a path here ({describe(exc)})")
             )
+    sources = data.get("data", {}).get("sources") if isinstance(data.get("data"), dict) else None
+    for table in sources if isinstance(sources, list) else []:
+        if isinstance(table, dict):
+            _resolve_paths({"data": table}, base, problems)
 
 
 def _key(name: object) -> str:

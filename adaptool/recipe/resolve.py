@@ -23,16 +23,31 @@ class RecipePlugins:
     method: PeftMethod
     loggers: tuple[Logger, ...] = ()
     callbacks: tuple[Callback, ...] = ()
+    #: one formatter per data source (the first is ``formatter``)
+    source_formatters: tuple[Formatter, ...] = ()
 
     def __iter__(self) -> Iterator[Plugin]:
-        return iter((self.formatter, self.quantizer, self.method, *self.loggers, *self.callbacks))
+        return iter(
+            (
+                self.formatter,
+                *self.source_formatters[1:],
+                self.quantizer,
+                self.method,
+                *self.loggers,
+                *self.callbacks,
+            )
+        )
 
 
 def resolve_plugins(recipe: Recipe) -> RecipePlugins:
     """Instantiate the recipe's plugins (a PluginError for a name not installed)."""
     create = registry().create
+    formatters = tuple(
+        create("formatter", source.formatter, source.options) for source in recipe.data.all_sources
+    )
     return RecipePlugins(
-        formatter=create("formatter", recipe.data.formatter, recipe.data.options),
+        formatter=formatters[0],
+        source_formatters=formatters,
         quantizer=create("quantizer", recipe.quantization.backend, recipe.quantization.options),
         method=create("peft-method", recipe.peft.method, recipe.peft.options),
         loggers=tuple(

@@ -90,11 +90,28 @@ class DataSection(Section):
     on_bad_row: Literal["error", "skip"] = Field(
         default="error", description="a null or wrongly typed field: stop, or skip the row"
     )
+    #: in a mixture, this source's sampling probability (relative to the others')
+    weight: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    #: several sources: ``[[data.sources]]`` tables, each a source with its own formatter,
+    #: options, split and eval fraction (the keys of ``[data]`` are their defaults); the
+    #: section's own source and formatter are then the first one's
+    sources: list[DataSection] = Field(default_factory=list)
+    #: how several sources make the training set: all rows of each, or sampled by weight
+    mix: Literal["concatenate", "weights"] = "concatenate"
     options: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def is_local(self) -> bool:
         return Path(self.source).is_absolute()
+
+    @property
+    def all_sources(self) -> list[DataSection]:
+        """Every source of the recipe (this section itself when it has no ``sources``)."""
+        return list(self.sources) or [self]
+
+
+#: the [data] keys every [[data.sources]] table takes as its default
+SHARED_KEYS = ("split", "eval_fraction", "max_length", "train_on_prompt", "on_bad_row")
 
 
 class TrainingSection(Section):
@@ -216,8 +233,16 @@ class Recipe(BaseModel):
                 continue
             # [peft]: only the common keys the recipe set (a method reads the others from its own
             # defaults, so a written default would change what a re-run trains, or be refused)
-            data = section.model_dump(exclude={"options"}, exclude_unset=name == "peft")
+            data = section.model_dump(exclude={"options", "sources"}, exclude_unset=name == "peft")
             data.update(getattr(section, "options", {}))
+            if getattr(section, "sources", None):  # the shared keys, the mix, each source
+                data = {k: data[k] for k in SHARED_KEYS if k in data} | {"mix": data["mix"]}
+                data["sources"] = [
+                    _without_none(
+                        s.model_dump(exclude={"options", "sources", "mix"}) | dict(s.options)
+                    )
+                    for s in section.sources
+                ]
             data = _without_none(data)
             if section.plugin_tables and not (
                 data.get("to") or any(isinstance(v, dict) for v in data.values())

@@ -87,6 +87,9 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             "config": recipe.data.config,
             "revision": recipe.data.revision,
             "commit": data.commit,
+            # every source (the keys above are the first one's), and how they were mixed
+            "sources": data.sources,
+            "mix": recipe.data.mix,
             "fingerprint": getattr(data.rows, "_fingerprint", None),
             "rows": len(data.rows),
             "train_rows": len(data.train_set),

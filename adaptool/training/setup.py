@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
     from adaptool.base import PeftMethod
     from adaptool.recipe.resolve import RecipePlugins
-    from adaptool.recipe.schema import Recipe
+    from adaptool.recipe.schema import DataSection, Recipe
     from adaptool.training.progress import Reporter
 
 #: training examples recorded (formatted) in the manifest for later commands
@@ -55,6 +57,8 @@ class Data:
     bad_rows: list[BadRow]
     #: the commit of a Hub dataset the rows were loaded at (None for a local file)
     commit: str | None = None
+    #: what each source gave (the manifest's ``data.sources``)
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -83,20 +87,111 @@ class Session:
     initial: Path | None = None
 
 
-def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter) -> Data:
-    """Load, check, split and encode the recipe's data (DataError on bad data)."""
-    commit = dataset_commit(recipe.data)  # resolved once: the rows loaded are the ones pinned
-    rows = load_rows(recipe.data, commit=commit)
-    check_columns(rows, formatter, recipe.data.source)
-    split = split_rows(rows, recipe.data.eval_fraction, recipe.training.seed)
+def load_data(
+    recipe: Recipe, formatters: Sequence[Any], tokenizer: Any, reporter: Reporter
+) -> Data:
+    """Load, check, split and encode the recipe's data, each source with its formatter, and
+    mix the sources' training sets as the recipe says (DataError on bad data). The first
+    source's rows are the ones later commands see (samples, held-out rows)."""
+    sources, seed = recipe.data.all_sources, recipe.training.seed
+    parts = [
+        _load_source(source, formatter, tokenizer, seed, reporter)
+        for source, formatter in zip(sources, formatters, strict=True)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    train_sets = [part.train_set for part in parts]
+    if recipe.data.mix == "weights":
+        train_set = mix_by_weights(train_sets, [s.weight or 0.0 for s in sources], seed)
+    else:
+        train_set = [e for part in train_sets for e in part]
+    records = [part.sources[0] for part in parts]
+    shares = Counter(id(train_sets[i]) for i in _source_of(train_set, train_sets))
+    for record, part in zip(records, train_sets, strict=True):
+        record["mixed_examples"] = shares.get(id(part), 0)
+    reporter.info(
+        f"mixture ({recipe.data.mix}): "
+        + "; ".join(
+            f"{r['source']}: {r['mixed_examples']} of {len(train_set)} training examples"
+            for r in records
+        )
+    )
+    return Data(
+        first.rows,
+        train_set,
+        [e for part in parts for e in part.eval_set],
+        first.eval_rows,
+        sum(part.truncated for part in parts),
+        sum(part.dropped for part in parts),
+        first.samples,
+        [b for part in parts for b in part.bad_rows],
+        first.commit,
+        records,
+    )
+
+
+def mix_by_weights(
+    sets: Sequence[Sequence[Encoded]], weights: Sequence[float], seed: int
+) -> list[Encoded]:
+    """As many examples as the sources have together, each drawn from a source chosen with
+    probability proportional to its weight (seeded), the source's examples taken in a shuffled
+    order and reused once it runs out (a small source with a large weight repeats)."""
+    rng = random.Random(seed)
+    orders = [rng.sample(range(len(s)), len(s)) for s in sets]
+    cursors = [0] * len(sets)
+    usable = [i for i, s in enumerate(sets) if s]
+    mixed = []
+    for _ in range(sum(len(s) for s in sets)):
+        i = rng.choices(usable, weights=[weights[j] for j in usable])[0]
+        mixed.append(sets[i][orders[i][cursors[i] % len(sets[i])]])
+        cursors[i] += 1
+    return mixed
+
+
+def _source_of(mixed: Sequence[Encoded], sets: Sequence[Sequence[Encoded]]) -> list[int]:
+    """Which source each mixed example came from."""
+    owner = {id(e): i for i, s in enumerate(sets) for e in s}
+    return [owner[id(e)] for e in mixed]
+
+
+def _source_record(
+    source: DataSection, formatter: Any, commit: str | None, rows: Any, train: list, held: list
+) -> dict[str, Any]:
+    """What the manifest records of one source."""
+    return {
+        "source": source.source,
+        "split": source.split,
+        "config": source.config,
+        "revision": source.revision,
+        "commit": commit,
+        "formatter": formatter.name,
+        "options": dict(source.options),
+        "weight": source.weight,
+        "rows": len(rows),
+        "train_examples": len(train),
+        "eval_examples": len(held),
+        "tokens": sum(len(e.input_ids) for e in train),
+        "trained_tokens": sum(e.trained_tokens for e in train),
+    }
+
+
+def _load_source(
+    source: DataSection, formatter: Any, tokenizer: Any, seed: int, reporter: Reporter
+) -> Data:
+    """Load, check, split and encode one source (DataError on bad data)."""
+    commit = dataset_commit(source)  # resolved once: the rows loaded are the ones pinned
+    rows = load_rows(source, commit=commit)
+    check_columns(rows, formatter, source.source)
+    split = split_rows(rows, source.eval_fraction, seed)
     train_set, dropped, truncated, bad = _encode(
-        split.train, split.train_positions, formatter, tokenizer, recipe
+        split.train, split.train_positions, formatter, tokenizer, source
     )
     eval_set: list[Encoded] = []
     eval_rows = split.eval
     if eval_rows is not None:
         eval_set, _, _, bad_eval = _encode(
-            eval_rows, split.eval_positions, formatter, tokenizer, recipe
+            eval_rows, split.eval_positions, formatter, tokenizer, source
         )
         bad += bad_eval
         if bad_eval:  # the held-out rows eval will score: the ones the formatter takes
@@ -105,23 +200,23 @@ def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter
             eval_rows = eval_rows.select(keep)
     if not train_set:
         raise DataError(
-            f"none of the {len(split.train)} training rows of {recipe.data.source} leaves a "
+            f"none of the {len(split.train)} training rows of {source.source} leaves a "
             f"completion token to train on (formatter '{formatter.name}', max_length = "
-            f"{recipe.data.max_length}): `adaptool check` shows the examples."
+            f"{source.max_length}): `adaptool check` shows the examples."
         )
     if formatter.chunks:
         tokens = sum(len(e.input_ids) for e in train_set + eval_set)
         shape = (
             f"{len(train_set)} train and {len(eval_set)} eval blocks of up to "
-            f"{recipe.data.max_length} tokens ({tokens:,} tokens, none truncated)"
+            f"{source.max_length} tokens ({tokens:,} tokens, none truncated)"
         )
     else:
         shape = (
             f"{len(train_set)} train, {len(eval_set)} eval; {truncated} truncated to "
-            f"max_length = {recipe.data.max_length}"
+            f"max_length = {source.max_length}"
         )
     reporter.info(
-        f"data: {len(rows)} rows from {recipe.data.source} -> {shape}"
+        f"data: {len(rows)} rows from {source.source} -> {shape}"
         + (f"; {dropped} skipped (nothing left to train on)" if dropped else "")
         + (f"; {len(bad)} bad rows skipped (first: row {bad[0].row})" if bad else "")
     )
@@ -135,6 +230,7 @@ def load_data(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter
         _samples(rows, formatter, tokenizer),
         bad,
         commit,
+        [_source_record(source, formatter, commit, rows, train_set, eval_set)],
     )
 
 
@@ -170,7 +266,8 @@ def setup(
         revision=model_section.revision,
         trust_remote_code=model_section.trust_remote_code,
     )
-    data = load_data(recipe, plugins.formatter, tokenizer, reporter)
+    formatters = plugins.source_formatters or (plugins.formatter,)
+    data = load_data(recipe, formatters, tokenizer, reporter)
 
     torch.manual_seed(t.seed)
     random.seed(t.seed)
@@ -258,9 +355,9 @@ def _first_batches(plan: BatchPlan, train_set: list[Encoded], tokenizer: Any) ->
 
 
 def _encode(
-    rows: Any, positions: list[int], formatter: Any, tokenizer: Any, recipe: Recipe
+    rows: Any, positions: list[int], formatter: Any, tokenizer: Any, source: DataSection
 ) -> tuple[list[Encoded], int, int, list[BadRow]]:
-    encoded, bad = encode_rows(rows, formatter, tokenizer, recipe.data, positions=positions)
+    encoded, bad = encode_rows(rows, formatter, tokenizer, source, positions=positions)
     kept = [e for e in encoded if e.trained_tokens > 0]
     return kept, len(encoded) - len(kept), sum(e.truncated for e in encoded), bad
 

@@ -311,3 +311,50 @@ def test_unreadable_recipe_files_are_recipe_errors(tmp_path, registry):
     deep.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(RecipeError, match=r"nested too deeply|not valid TOML"):
         load_recipe(deep)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (
+            'mix = "weights"\n[[data.sources]]\nsource = "a.jsonl"\nformatter = "text"',
+            "needs a weight in every source",
+        ),
+        (
+            '[[data.sources]]\nsource = "a.jsonl"\nformatter = "text"\nweight = 2.0',
+            'set data.mix = "weights"',
+        ),
+        (
+            'source = "x.jsonl"\n[[data.sources]]\nsource = "a.jsonl"\nformatter = "text"',
+            "set it in each source's table",
+        ),
+        (
+            '[[data.sources]]\nsource = "a.jsonl"\nformatter = "text"\ncolumnn = "t"',
+            r"data\.sources\[0\]\.columnn",
+        ),
+    ],
+)
+def test_a_mixture_is_checked_source_by_source(tmp_path, registry, data, problem):
+    path = tmp_path / "r.toml"
+    path.write_text(f'[model]\nname = "m"\n[output]\ndir = "o"\n[data]\n{data}\n')
+    with pytest.raises(RecipeError, match=problem):
+        load_recipe(path)
+
+
+def test_a_mixture_round_trips_and_resolves_each_sources_path(tmp_path, registry):
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[model]\nname = "m"\n[output]\ndir = "o"\n[data]\nmax_length = 99\nmix = "weights"\n'
+        '[[data.sources]]\nsource = "a.jsonl"\nformatter = "text"\nweight = 3.0\n'
+        '[[data.sources]]\nsource = "alice/chats"\nformatter = "chat"\nweight = 1.0\n'
+        'chat_template = "zephyr"\n'
+    )
+    recipe = load_recipe(path)
+    first, second = recipe.data.all_sources
+    assert first.source == str(tmp_path / "a.jsonl") and second.source == "alice/chats"
+    assert (first.max_length, second.max_length) == (99, 99)  # [data]'s keys are defaults
+    assert second.options["chat_template"] == "zephyr"
+    assert recipe.data.source == first.source and recipe.data.formatter == "text"
+    again = tmp_path / "again.toml"
+    again.write_text(recipe.to_toml())
+    assert load_recipe(again).data == recipe.data

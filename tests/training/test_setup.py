@@ -118,3 +118,81 @@ class _FakeRows:
 
     def select(self, indices):
         return list(indices)
+
+
+def test_weighted_mixing_gives_each_source_its_share():
+    """0.75 / 0.25 over two sources of 400 and 200 examples: the shares within three standard
+    deviations of the weights (a binomial count), the small source's examples reused."""
+    import math
+
+    from adaptool.training.setup import mix_by_weights
+
+    big, small = [object() for _ in range(400)], [object() for _ in range(200)]
+    mixed = mix_by_weights([big, small], [0.75, 0.25], seed=3)
+    n = len(mixed)
+    from_big = sum(1 for e in mixed if e in set(big))
+    assert n == 600
+    assert abs(from_big - 0.75 * n) <= 3 * math.sqrt(n * 0.75 * 0.25)
+    assert mix_by_weights([big, small], [0.75, 0.25], seed=3) == mixed  # seeded
+
+
+MIXTURE = """
+[model]
+name = "{base}"
+dtype = "float32"
+
+[data]
+eval_fraction = 0.1
+max_length = 64
+mix = "weights"
+
+[[data.sources]]
+source = "alice/quotes-a"
+formatter = "quote-tags"
+weight = 0.75
+
+[[data.sources]]
+source = "alice/quotes-b"
+revision = "{pinned}"
+formatter = "quote-tags"
+weight = 0.25
+
+[training]
+max_steps = 1
+batch_size = 2
+
+[output]
+dir = "{out}"
+"""
+
+
+def test_a_mixture_of_two_hub_sources_trains_and_pins_both_revisions(
+    tmp_path, hub, tiny_bloom_dir, plugins
+):
+    import json
+    import math
+
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import GOOD
+    from tests.hubserver import hub_env
+
+    def quotes(prefix, n):
+        lines = (json.dumps({"quote": f"{prefix} {i}.", "tags": ["t"]}) for i in range(n))
+        return {"train.jsonl": "".join(line + "\n" for line in lines).encode()}
+
+    a = hub.put_files("alice/quotes-a", quotes("A", 200), repo_type="dataset")
+    b = hub.put_files("alice/quotes-b", quotes("B", 200), repo_type="dataset")
+    hub.put_files("alice/quotes-b", quotes("Newer", 50), repo_type="dataset")  # not pinned
+    path = tmp_path / "mix.toml"
+    path.write_text(MIXTURE.format(base=tiny_bloom_dir, pinned=b, out=tmp_path / "out"))
+    with hub_env(hub, GOOD, tmp_path / "home"):
+        result = train(load_recipe(path))
+    sources = result.manifest.data["sources"]
+    assert [s["commit"] for s in sources] == [a, b]
+    assert [s["rows"] for s in sources] == [200, 200]  # b at its pinned commit
+    n = sum(s["mixed_examples"] for s in sources)
+    assert n == 360 and abs(sources[0]["mixed_examples"] - 0.75 * n) <= 3 * math.sqrt(
+        n * 0.75 * 0.25
+    )
+    assert result.manifest.data["mix"] == "weights"
