@@ -162,6 +162,19 @@ class ChatTemplateFormatter(Formatter):
     prompt_has_special_tokens: ClassVar[bool] = True
     Options: ClassVar[type[Options]] = ChatOptions
 
+    def recipe_problems(self, recipe: Recipe, plugins: RecipePlugins) -> list[RecipeProblem]:
+        """A ``chat_template`` that is neither a built-in nor a file is refused up front."""
+        from adaptool.chat_templates import resolve_template
+        from adaptool.errors import DataError, RecipeProblem
+
+        override = self.option("chat_template")
+        if override:
+            try:
+                resolve_template(override)
+            except DataError as exc:
+                return [RecipeProblem("data.chat_template", str(exc))]
+        return []
+
     def messages(self, raw: str | Mapping[str, Any]) -> list[dict[str, Any]]:
         """The conversation in ``raw`` (a dataset row, or a string a user typed) as
         ``{"role", "content"}`` messages. Raise :class:`adaptool.DataError` for a row that is
@@ -266,8 +279,12 @@ class ChatTemplateFormatter(Formatter):
         indices = [i for i, m in enumerate(messages) if m["role"] in roles]
         for i in indices[-1:] if last_only else indices:
             message = messages[i]
-            before = self.render(
-                tokenizer, messages[:i], prompt=message["role"] == "assistant", tools=tools
+            before = (
+                self.render(
+                    tokenizer, messages[:i], prompt=message["role"] == "assistant", tools=tools
+                )
+                if i
+                else ""  # nothing before it (a template renders no empty conversation)
             )
             through = self.render(tokenizer, messages[: i + 1], prompt=False, tools=tools)
             for part in (before, through):
@@ -681,7 +698,7 @@ class Callback(Plugin):
     def recipe_problems(self, recipe: Recipe, plugins: RecipePlugins) -> list[RecipeProblem]:
         from adaptool.errors import RecipeProblem
 
-        if self.needs_eval and recipe.data.eval_fraction == 0:
+        if self.needs_eval and all(s.eval_fraction == 0 for s in recipe.data.all_sources):
             return [
                 RecipeProblem(
                     f"callbacks.{self.name}",

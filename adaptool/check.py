@@ -153,7 +153,7 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
             "the tokenizer has no EOS token: completions cannot end with one, so the model "
             "will not learn to stop (generation runs on to max_new_tokens)."
         )
-    elif report.without_eos:
+    elif report.without_eos and not formatter.chunks:  # a block ends wherever it ends
         report.warnings.append(
             f"{report.without_eos} of {report.rows} examples do not end with a trained EOS "
             f"(cut by max_length): those teach the model not to stop."

@@ -41,10 +41,11 @@ def load_rows(data: DataSection, *, commit: str | None = None) -> datasets.Datas
     ``data.split``. Raises DataError naming the source when it cannot be read."""
     ds = _quiet_datasets()
     source = data.source
-    if data.is_local and GLOB_CHARS & set(source):
+    if data.is_local and GLOB_CHARS & set(source) and not Path(source).exists():
         if data.config is not None or data.revision is not None:
             raise DataError("data.config and data.revision are for Hub datasets, not files.")
-        return load_files(sorted(Path(p) for p in glob.glob(source)), pattern=source)
+        split = data.split if data.split.startswith("train") else "train"
+        return load_files(sorted(Path(p) for p in glob.glob(source)), split=split, pattern=source)
     if data.is_local:
         path = Path(source)
         builder = BUILDERS.get(path.suffix.lower())
@@ -83,15 +84,18 @@ def dataset_commit(data: DataSection) -> str | None:
     local file."""
     if data.is_local:
         return None
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
+    if constants.HF_HUB_OFFLINE:  # HF_HUB_OFFLINE=1: datasets reads its cache, nothing to pin
+        return None
     try:
         return HfApi().dataset_info(data.source, revision=data.revision).sha
     except Exception as exc:
         raise DataError(
             f"data.source: the Hub dataset '{data.source}'"
             f"{f' at revision {data.revision}' if data.revision else ''} cannot be resolved: "
-            f"{describe(exc)}. Without a network, point data.source at a local file."
+            f"{describe(exc).rstrip('.')}. Without a network, point data.source at a local "
+            f"file (or set HF_HUB_OFFLINE=1 to use a cached copy)."
         ) from None
 
 

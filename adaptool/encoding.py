@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -105,9 +106,14 @@ def encode_spans(
     its characters lie inside one of ``example.spans`` (every assistant turn). EOS is appended
     (trained) unless the last turn already holds it, so the model learns to stop."""
     text = example.prompt + example.completion
-    encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
     spans = example.spans
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(
+            text, add_special_tokens=add_special_tokens, return_offsets_mapping=True
+        )
+        ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+    else:  # no character offsets: the pieces between span edges, tokenized one by one
+        ids, offsets = _pieces(text, spans, tokenizer, add_special_tokens)
 
     def trained(start: int, end: int) -> bool:
         return end > start and any(a <= start and end <= b for a, b in spans)
@@ -131,6 +137,21 @@ def encode_spans(
         completion_tokens=len(ids) - prompt_tokens,
         truncated=len(ids) > max_length,
     )
+
+
+def _pieces(
+    text: str, spans: Sequence[tuple[int, int]], tokenizer: Any, add_special_tokens: bool
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids with the character range of the piece each came from, for a tokenizer that
+    gives no offsets: the text cut at every span edge, each piece tokenized on its own."""
+    edges = sorted({0, len(text), *(e for span in spans for e in span)})
+    ids, offsets = [], []
+    for start, end in itertools.pairwise(edges):
+        first = start == 0 and add_special_tokens
+        piece = tokenizer(text[start:end], add_special_tokens=first)["input_ids"]
+        ids += piece
+        offsets += [(start, end)] * len(piece)
+    return ids, offsets
 
 
 #: what a formatter raises for a row it cannot render (a null or wrongly typed field)

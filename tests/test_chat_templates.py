@@ -274,3 +274,54 @@ def test_conversations_with_tool_calls_train_from_a_jsonl_file(tmp_path, tiny_bl
     assert "get_weather" in shown[1] and "sunny, 21 C" not in shown[1]
     result = train(load_recipe(path))
     assert result.step == 2 and (result.output_dir / "adaptool.json").is_file()
+
+
+def test_a_tokenizer_without_offsets_trains_the_same_turns(chat_tokenizer):
+    """A slow (Python) tokenizer gives no character offsets: the text is cut at the span
+    edges and each piece tokenized on its own — the same turns are trained."""
+
+    class Slow:
+        is_fast = False
+
+        def __init__(self, fast):
+            self.fast = fast
+            self.eos_token, self.eos_token_id = fast.eos_token, fast.eos_token_id
+
+        def __call__(self, text, add_special_tokens=True):
+            return {
+                "input_ids": self.fast(text, add_special_tokens=add_special_tokens)["input_ids"]
+            }
+
+    example = chat(chat_template="chatml").format({"messages": CONVERSATION}, chat_tokenizer)
+    encoded = encode_spans(example, Slow(chat_tokenizer), max_length=512)
+    trained = chat_tokenizer.decode([t for t in encoded.labels if t != IGNORE_INDEX])
+    for reply in ("Blue.", "Green, mostly.", "White!"):
+        assert reply in trained
+    assert "Colour of the sky?" not in trained and "one word" not in trained
+
+
+def test_a_conversation_may_open_with_the_assistant(chat_tokenizer):
+    messages = [
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Bye."},
+    ]
+    example = chat(chat_template="chatml").format({"messages": messages}, chat_tokenizer)
+    text = example.prompt + example.completion
+    assert [text[a:b].split("<|im_end|>")[0].split("\n")[-1] for a, b in example.spans] == [
+        "Hello!",
+        "Bye.",
+    ]
+
+
+def test_an_unknown_chat_template_is_a_recipe_problem(tmp_path, registry):
+    from adaptool.errors import RecipeError
+    from adaptool.recipe import load_recipe
+
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[model]\nname = "m"\n[output]\ndir = "o"\n'
+        '[data]\nsource = "c.jsonl"\nformatter = "chat"\nchat_template = "llama-9"\n'
+    )
+    with pytest.raises(RecipeError, match="neither a built-in template"):
+        load_recipe(path)

@@ -277,3 +277,21 @@ def test_a_glob_reads_every_matching_file_in_order_and_txt_reads_paragraphs(tmp_
         '[data]\nsource = "*.jsonl"\nformatter = "quote-tags"\n'
     )
     assert load_recipe(recipe).data.source == str(tmp_path / "*.jsonl")
+
+
+def test_offline_a_hub_dataset_is_read_from_the_cache_without_a_pin(monkeypatch):
+    from huggingface_hub import constants
+
+    from adaptool.data import dataset_commit
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert dataset_commit(DataSection(source="alice/quotes", formatter="quote-tags")) is None
+
+
+def test_a_globs_split_is_applied(tmp_path):
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text(json.dumps({"quote": name, "tags": []}) + "\n")
+    source = str(tmp_path / "*.jsonl")
+    assert (
+        len(load_rows(DataSection(source=source, formatter="quote-tags", split="train[:1]"))) == 1
+    )

@@ -129,6 +129,12 @@ def validate_recipe(
             continue
         if name == "data" and "sources" in data[name]:
             section = _validate_sources(data[name], problems)
+        elif name == "data" and {"mix", "weight"} & set(data[name]):
+            for key in sorted({"mix", "weight"} & set(data[name])):
+                problems.append(
+                    RecipeProblem(f"data.{key}", "mixes [[data.sources]]; this recipe has one")
+                )
+            section = None
         else:
             section = _validate_section(name, cls, data[name], problems)
         if section is not None:
@@ -242,6 +248,8 @@ def _validate_sources(values: dict[str, Any], problems: list[RecipeProblem]) -> 
             problems.append(RecipeProblem(f"data.{key}", "unknown key beside [[data.sources]]"))
     sources = []
     for i, table in enumerate(tables):
+        for key in sorted({"sources", "mix"} & set(table)):
+            problems.append(RecipeProblem(f"data.sources[{i}].{key}", "belongs in [data]"))
         section = _validate_section(f"data.sources[{i}]", DataSection, shared | table, problems)
         if section is not None:
             sources.append(section)
@@ -249,7 +257,6 @@ def _validate_sources(values: dict[str, Any], problems: list[RecipeProblem]) -> 
         problems.append(
             RecipeProblem("data.mix", f"expected concatenate or weights, found {mix!r}")
         )
-    before = len(problems)
     weighted = [s.weight is not None for s in sources]
     if mix == "weights" and not all(weighted):
         problems.append(RecipeProblem("data.mix", 'mix = "weights" needs a weight in every source'))

@@ -233,7 +233,11 @@ class Recipe(BaseModel):
                 continue
             # [peft]: only the common keys the recipe set (a method reads the others from its own
             # defaults, so a written default would change what a re-run trains, or be refused)
-            data = section.model_dump(exclude={"options", "sources"}, exclude_unset=name == "peft")
+            single = name == "data" and not section.sources  # no mixture: no mix keys
+            data = section.model_dump(
+                exclude={"options", "sources"} | ({"mix", "weight"} if single else set()),
+                exclude_unset=name == "peft",
+            )
             data.update(getattr(section, "options", {}))
             if getattr(section, "sources", None):  # the shared keys, the mix, each source
                 data = {k: data[k] for k in SHARED_KEYS if k in data} | {"mix": data["mix"]}

@@ -358,3 +358,21 @@ def test_a_mixture_round_trips_and_resolves_each_sources_path(tmp_path, registry
     again = tmp_path / "again.toml"
     again.write_text(recipe.to_toml())
     assert load_recipe(again).data == recipe.data
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ('source = "a.jsonl"\nformatter = "text"\nmix = "weights"', r"data\.mix"),
+        ('source = "a.jsonl"\nformatter = "text"\nweight = 2.0', r"data\.weight"),
+        (
+            '[[data.sources]]\nsource = "a.jsonl"\nformatter = "text"\nmix = "weights"',
+            r"data\.sources\[0\]\.mix: belongs in \[data\]",
+        ),
+    ],
+)
+def test_mixture_keys_without_a_mixture_are_refused(tmp_path, registry, data, problem):
+    path = tmp_path / "r.toml"
+    path.write_text(f'[model]\nname = "m"\n[output]\ndir = "o"\n[data]\n{data}\n')
+    with pytest.raises(RecipeError, match=problem):
+        load_recipe(path)
