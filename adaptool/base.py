@@ -190,11 +190,20 @@ class ChatTemplateFormatter(Formatter):
         from adaptool.errors import ModelError
 
         override = self.option("chat_template")
+        template = getattr(tokenizer, "chat_template", None)
         if override:
             from adaptool.chat_templates import resolve_template
+            from adaptool.errors import DataError
 
-            return resolve_template(override)
-        template = getattr(tokenizer, "chat_template", None)
+            try:
+                return resolve_template(override)
+            except DataError:
+                # an adapter's tokenizer carries the template it was trained with (training
+                # saves it there), where the file it came from may not be; when training, the
+                # recipe check has already refused a file that is not there
+                if template:
+                    return str(template)
+                raise
         if not template:
             raise ModelError(
                 f"formatter '{self.name}' needs a tokenizer with a chat template; "

@@ -325,3 +325,25 @@ def test_an_unknown_chat_template_is_a_recipe_problem(tmp_path, registry):
     )
     with pytest.raises(RecipeError, match="neither a built-in template"):
         load_recipe(path)
+
+
+def test_a_template_file_travels_with_the_adapter(tmp_path, tiny_bloom_dir, plugins):
+    """Trained with chat_template = a .jinja file: the adapter's tokenizer carries it, so
+    generating later works where the file is not."""
+    from adaptool.artifacts.loading import open_target
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import recipe_file
+
+    template = tmp_path / "mine.jinja"
+    template.write_text(BUILTIN["zephyr"])
+    data = tmp_path / "chats.jsonl"
+    data.write_text((json.dumps({"messages": CONVERSATION[:3]}) + "\n") * 8)
+    path = recipe_file(tmp_path, tiny_bloom_dir, source=data, steps=1)
+    lines = f'formatter = "chat"\nchat_template = "{template}"'
+    path.write_text(path.read_text().replace('formatter = "quote-tags"', lines))
+    out = train(load_recipe(path)).output_dir
+    template.unlink()
+    target = open_target(out)
+    prompt = target.formatter.generation_prompt("Colour of the sky?", target.tokenizer)
+    assert prompt == "<|user|>\nColour of the sky?</s>\n<|assistant|>\n"

@@ -23,6 +23,7 @@ from adaptool.artifacts.manifest import (
     write_manifest,
 )
 from adaptool.artifacts.outputs import sync, sync_tree
+from adaptool.base import ChatTemplateFormatter
 from adaptool.modeling import device
 from adaptool.plugins import registry
 from adaptool.training.plot import plot_losses
@@ -151,6 +152,10 @@ def write_output(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     session.plugins.method.save(session.model, tmp, initial=session.initial)
+    formatter = session.plugins.formatter
+    if isinstance(formatter, ChatTemplateFormatter) and formatter.option("chat_template"):
+        # the template trained with travels with the adapter (a file may not be there later)
+        session.tokenizer.chat_template = formatter.template(session.tokenizer)
     session.tokenizer.save_pretrained(str(tmp))
     (tmp / RECIPE).write_text(recipe.to_toml(), encoding="utf-8")
     plot_losses(
