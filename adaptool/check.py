@@ -164,17 +164,24 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
             f"completion, or the prompt alone fills max_length): they add nothing to training."
         )
     if len(recipe.data.all_sources) > 1:
-        report.sources = _mixture(recipe, plugins, tokenizer)
+        report.sources = _mixture(recipe, plugins, tokenizer, (rows, encoded, bad))
     return report
 
 
-def _mixture(recipe: Recipe, plugins: RecipePlugins, tokenizer: Any) -> list[dict[str, Any]]:
-    """Each source of a mixture as training will take it: rows, tokens, trained tokens."""
+def _mixture(
+    recipe: Recipe, plugins: RecipePlugins, tokenizer: Any, first: tuple[Any, list, list]
+) -> list[dict[str, Any]]:
+    """Each source of a mixture as training will take it: rows, tokens, trained tokens
+    (``first``: the first source's rows and encoding, already made)."""
     out = []
-    for source, formatter in zip(recipe.data.all_sources, plugins.source_formatters, strict=True):
-        rows = load_rows(source)
-        check_columns(rows, formatter, source.source)
-        encoded, bad = encode_rows(rows, formatter, tokenizer, source)
+    pairs = zip(recipe.data.all_sources, plugins.source_formatters, strict=True)
+    for i, (source, formatter) in enumerate(pairs):
+        if i == 0:
+            rows, encoded, bad = first
+        else:
+            rows = load_rows(source)
+            check_columns(rows, formatter, source.source)
+            encoded, bad = encode_rows(rows, formatter, tokenizer, source)
         out.append(
             {
                 "source": source.source,

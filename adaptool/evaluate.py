@@ -64,25 +64,22 @@ def evaluate(
         source = f"{recorded.get('source')} (held out at training)"
     check_columns(rows, formatter, source)
     rows = [rows[i] for i in range(len(rows) if limit is None else min(limit, len(rows)))]
-    metrics, outputs = score_rows(
-        opened.model,
-        opened.tokenizer,
-        formatter,
-        rows,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
+
+    def run() -> tuple[dict[str, float], list[Generation]]:
+        return score_rows(
+            opened.model,
+            opened.tokenizer,
+            formatter,
+            rows,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+
+    metrics, outputs = run()
     result = EvalResult(str(opened.path), source, metrics, generations=outputs)
     if compare_base and opened.kind == "adapter":
         with opened.model.disable_adapter():
-            result.base_metrics, _ = score_rows(
-                opened.model,
-                opened.tokenizer,
-                formatter,
-                rows,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-            )
+            result.base_metrics, _ = run()
     return result
 
 

@@ -12,6 +12,7 @@ from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.fit import check_fits
 from adaptool.artifacts.layout import Kind
 from adaptool.artifacts.manifest import Manifest
+from adaptool.artifacts.method import recreate
 from adaptool.errors import AdapterError, PluginError, describe, param
 from adaptool.modeling import load_base, load_tokenizer, runtime_dtype
 from adaptool.plugins import registry
@@ -25,15 +26,7 @@ def recorded_formatter(manifest: Manifest | None, origin: str) -> Formatter | No
     Options the installed formatter no longer accepts are a PluginError."""
     if manifest is None or manifest.formatter is None:
         return None
-    spec = manifest.formatter
-    return registry().create(
-        "formatter",
-        spec.name,
-        spec.options,
-        recorded_version=spec.version,
-        origin=origin,
-        distribution=(spec.distribution, spec.distribution_version),
-    )
+    return recreate("formatter", manifest.formatter.name, manifest.formatter, origin)
 
 
 def recorded_quantizer(manifest: Manifest | None, origin: str, override: str | None = None):
@@ -44,14 +37,7 @@ def recorded_quantizer(manifest: Manifest | None, origin: str, override: str | N
     spec = manifest.quantization if manifest is not None else None
     if spec is None:
         return registry().create("quantizer", "none", {})
-    return registry().create(
-        "quantizer",
-        spec.name,
-        spec.options,
-        recorded_version=spec.version,
-        origin=origin,
-        distribution=(spec.distribution, spec.distribution_version),
-    )
+    return recreate("quantizer", spec.name, spec, origin)
 
 
 @dataclass

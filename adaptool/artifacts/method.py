@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from adaptool.artifacts.artifact import Artifact
     from adaptool.base import PeftMethod
 
-__all__ = ["describe_method", "format_hyperparameters", "recorded_method"]
+__all__ = ["describe_method", "format_hyperparameters", "recorded_method", "recreate"]
 
 
 def recorded_method(artifact: Artifact) -> PeftMethod:
@@ -23,14 +23,7 @@ def recorded_method(artifact: Artifact) -> PeftMethod:
     manifest = artifact.manifest
     spec = manifest.peft if manifest is not None else None
     if spec is not None and spec.method:
-        return registry().create(
-            "peft-method",
-            spec.method,
-            spec.options,
-            recorded_version=spec.version,
-            origin=origin,
-            distribution=(spec.distribution, spec.distribution_version),
-        )
+        return recreate("peft-method", spec.method, spec, origin)
     peft_type = str(artifact.config.get("peft_type", ""))
     name = registry().method_for_peft_type(peft_type)
     if name is None:
@@ -39,6 +32,20 @@ def recorded_method(artifact: Artifact) -> PeftMethod:
             f"(`adaptool plugins` lists what is installed)."
         )
     return registry().create("peft-method", name, {}, origin=origin)
+
+
+def recreate(kind: str, name: str, spec: Any, origin: str) -> Any:
+    """The plugin a manifest record (``spec``: options, version, package) describes, as it
+    was made: its options checked by the installed plugin, its version and package compared
+    with the recorded ones."""
+    return registry().create(
+        kind,
+        name,
+        spec.options,
+        recorded_version=spec.version,
+        origin=origin,
+        distribution=(spec.distribution, spec.distribution_version),
+    )
 
 
 def describe_method(name: str | None, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
