@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from adaptool.base import RunInfo
-from adaptool.data import check_columns, load_rows, split_eval
 from adaptool.encoding import IGNORE_INDEX, Encoded, encode_rows
 from adaptool.modeling import load_tokenizer
 from adaptool.recipe.resolve import RecipePlugins, resolve_plugins
+from adaptool.training.sources import Data, load_source
 
 if TYPE_CHECKING:
     from adaptool.recipe.schema import Recipe
@@ -53,7 +53,7 @@ class CheckReport:
     sources: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        counts = self.token_counts
+        counts = self.token_counts or [0]
         return {
             "recipe": str(self.recipe.path),
             "formatter": self.formatter,
@@ -102,13 +102,15 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
     tokenizer = load_tokenizer(
         model.name, revision=model.revision, trust_remote_code=model.trust_remote_code
     )
-    rows = load_rows(recipe.data)
-    check_columns(rows, formatter, recipe.data.source)
-    train_rows, eval_rows = split_eval(rows, recipe.data.eval_fraction, recipe.training.seed)
-
+    seed = recipe.training.seed
+    source = recipe.data.all_sources[0]
+    data = load_source(source, formatter, tokenizer, seed, None, require_trained=False)
+    rows, sets = data.rows, (data.train_set, data.eval_set)
     hyperparameters, trainable = _method_report(recipe, plugins)
-    encoded, bad = encode_rows(rows, formatter, tokenizer, recipe.data)
+    first = [rows[i] for i in range(min(examples, len(rows)))]
+    shown, _ = encode_rows(first, formatter, tokenizer, source, collect=True)
     eos = tokenizer.eos_token_id
+    bad = data.bad_rows
     report = CheckReport(
         recipe=recipe,
         formatter=formatter.name,
@@ -119,13 +121,13 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
         trainable_params=trainable,
         tokenizer=str(getattr(tokenizer, "name_or_path", "")),
         rows=len(rows),
-        train_rows=len(train_rows),
-        eval_rows=len(eval_rows) if eval_rows is not None else 0,
-        examples=[_view(i, e, tokenizer) for i, e in enumerate(encoded[:examples])],
-        token_counts=[len(e.input_ids) for e in encoded],
-        over_max_length=sum(e.truncated for e in encoded),
-        without_eos=sum(not e.ends_with_eos(eos) for e in encoded),
-        fully_masked=sum(e.trained_tokens == 0 for e in encoded),
+        train_rows=data.split_rows[0],
+        eval_rows=data.split_rows[1],
+        examples=[_view(i, e, tokenizer) for i, e in enumerate(shown[:examples])],
+        token_counts=[int(n) for s in sets for n in s.lengths],
+        over_max_length=sum(int(s.truncated.sum()) for s in sets),
+        without_eos=sum(int((~s.ends_with_eos).sum()) for s in sets),
+        fully_masked=data.dropped,
     )
     if not method.mergeable:
         report.warnings.append(
@@ -140,7 +142,7 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
     if formatter.chunks:
         report.warnings.append(
             f"formatter '{formatter.name}' chunks: {report.rows} documents make "
-            f"{len(encoded)} blocks of up to {recipe.data.max_length} tokens "
+            f"{sum(len(s) for s in sets)} blocks of up to {recipe.data.max_length} tokens "
             f"({sum(report.token_counts):,} tokens, EOS between documents, none truncated)."
         )
     if report.over_max_length:
@@ -164,33 +166,32 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
             f"completion, or the prompt alone fills max_length): they add nothing to training."
         )
     if len(recipe.data.all_sources) > 1:
-        report.sources = _mixture(recipe, plugins, tokenizer, (rows, encoded, bad))
+        report.sources = _mixture(recipe, plugins, tokenizer, data)
     return report
 
 
 def _mixture(
-    recipe: Recipe, plugins: RecipePlugins, tokenizer: Any, first: tuple[Any, list, list]
+    recipe: Recipe, plugins: RecipePlugins, tokenizer: Any, first: Data
 ) -> list[dict[str, Any]]:
     """Each source of a mixture as training will take it: rows, tokens, trained tokens
-    (``first``: the first source's rows and encoding, already made)."""
+    (``first``: the first source, already loaded)."""
     out = []
     pairs = zip(recipe.data.all_sources, plugins.source_formatters, strict=True)
     for i, (source, formatter) in enumerate(pairs):
-        if i == 0:
-            rows, encoded, bad = first
-        else:
-            rows = load_rows(source)
-            check_columns(rows, formatter, source.source)
-            encoded, bad = encode_rows(rows, formatter, tokenizer, source)
+        data = first
+        if i:
+            seed = recipe.training.seed
+            data = load_source(source, formatter, tokenizer, seed, None, require_trained=False)
+        sets = (data.train_set, data.eval_set)
         out.append(
             {
                 "source": source.source,
                 "formatter": formatter.name,
                 "weight": source.weight,
-                "rows": len(rows),
-                "bad_rows": len(bad),
-                "tokens": sum(len(e.input_ids) for e in encoded),
-                "trained_tokens": sum(e.trained_tokens for e in encoded),
+                "rows": len(data.rows),
+                "bad_rows": len(data.bad_rows),
+                "tokens": sum(s.tokens for s in sets),
+                "trained_tokens": sum(s.trained_tokens for s in sets),
             }
         )
     return out

@@ -11,6 +11,8 @@ from adaptool.errors import DataError, describe
 from adaptool.hub.client import bounded_requests
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import datasets
 
     from adaptool.base import Formatter
@@ -193,8 +195,8 @@ class Split:
 
     train: datasets.Dataset
     eval: datasets.Dataset | None
-    train_positions: list[int]
-    eval_positions: list[int]
+    train_positions: Sequence[int]
+    eval_positions: Sequence[int]
 
 
 def split_rows(rows: datasets.Dataset, fraction: float, seed: int) -> Split:
@@ -202,7 +204,7 @@ def split_rows(rows: datasets.Dataset, fraction: float, seed: int) -> Split:
     ``datasets``' ``train_test_split`` shuffles (numpy's default generator), keeping where each
     row came from."""
     if fraction <= 0:
-        return Split(rows, None, list(range(len(rows))), [])
+        return Split(rows, None, range(len(rows)), [])
     if len(rows) < 2:
         raise DataError(
             f"eval_fraction = {fraction} needs at least 2 rows; the dataset has {len(rows)}."
@@ -210,6 +212,6 @@ def split_rows(rows: datasets.Dataset, fraction: float, seed: int) -> Split:
     import numpy as np
 
     n_eval = max(1, round(len(rows) * fraction))
-    order = np.random.default_rng(seed).permutation(len(rows)).tolist()
+    order = np.random.default_rng(seed).permutation(len(rows))
     held, kept = order[:n_eval], order[n_eval:]
     return Split(rows.select(kept), rows.select(held), kept, held)

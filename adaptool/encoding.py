@@ -164,6 +164,10 @@ class BadRow:
 
     row: int  # 1-based, in the source
     message: str
+    #: the formatter raised something other than a DataError (named in the error)
+    by_plugin: bool = False
+    #: not bad data but the formatter's bug (an unexpected exception): never skipped
+    bug: bool = False
 
 
 def _plugin(formatter: Formatter) -> str:
@@ -177,18 +181,32 @@ def _plugin(formatter: Formatter) -> str:
     return f"formatter '{formatter.name}' ({provider.distribution} {provider.version})"
 
 
-def encode_rows(
+def row_error(bad: BadRow, formatter: Formatter, data: DataSection) -> AdaptoolError:
+    """The error for a refused row that is not skipped: bad data (DataError), or the
+    formatter's bug (PluginError) — one paragraph naming the row, the source and the plugin."""
+    if bad.bug:
+        return PluginError(
+            f"{_plugin(formatter)} failed on row {bad.row} of {data.source}: "
+            f"{bad.message.rstrip('.')}. This is a bug in the formatter, not in the row; "
+            f"report it to its authors (`adaptool plugins` lists what is installed)."
+        )
+    who = f"{_plugin(formatter)} raised " if bad.by_plugin else ""
+    message = bad.message if bad.message.endswith(".") else bad.message + "."
+    return DataError(
+        f"row {bad.row} of {data.source}: {who}{message} Fix the row, or set "
+        f'data.on_bad_row = "skip" to leave such rows out (they are counted).'
+    )
+
+
+def format_rows(
     rows: Iterable[Mapping[str, Any]],
     formatter: Formatter,
     tokenizer: Any,
-    data: DataSection,
     *,
     positions: Sequence[int] | None = None,
-) -> tuple[list[Encoded], list[BadRow]]:
-    """Format dataset rows with ``formatter`` and encode them as the recipe's [data] says.
-    A row the formatter refuses is a DataError naming its row (``positions``: each row's
-    place in the source) and the source — or, with ``data.on_bad_row = "skip"``, skipped and
-    returned among the bad rows."""
+) -> tuple[list[Example], list[BadRow]]:
+    """Each row through ``formatter.format``: the examples, and the rows it refused (bad data
+    or its own bug), each with its 1-based place in the source (``positions``: 0-based)."""
     examples, bad = [], []
     for i, row in enumerate(rows):
         number = (positions[i] if positions is not None else i) + 1
@@ -197,25 +215,37 @@ def encode_rows(
             if not (isinstance(example.prompt, str) and isinstance(example.completion, str)):
                 raise DataError(f"formatter '{formatter.name}' made a non-text example")
         except ROW_ERRORS as exc:
-            message = str(exc) if isinstance(exc, DataError) else describe(exc)
-            if data.on_bad_row == "skip":
-                bad.append(BadRow(number, message))
-                continue
-            who = "" if isinstance(exc, DataError) else f"{_plugin(formatter)} raised "
-            message = message if message.endswith(".") else message + "."
-            raise DataError(
-                f"row {number} of {data.source}: {who}{message} Fix the row, or set "
-                f'data.on_bad_row = "skip" to leave such rows out (they are counted).'
-            ) from None
+            data_error = isinstance(exc, DataError)
+            bad.append(BadRow(number, str(exc) if data_error else describe(exc), not data_error))
+            continue
         except (AdaptoolError, OSError, MemoryError):
             raise  # adaptool's own clean errors (a tokenizer without a chat template), the system
         except Exception as exc:  # anything else is the plugin's bug, never a bare traceback
-            raise PluginError(
-                f"{_plugin(formatter)} failed on row {number} of {data.source}: "
-                f"{describe(exc).rstrip('.')}. This is a bug in the formatter, not in the row; "
-                f"report it to its authors (`adaptool plugins` lists what is installed)."
-            ) from None
+            bad.append(BadRow(number, describe(exc), by_plugin=True, bug=True))
+            continue
         examples.append(example)
+    return examples, bad
+
+
+def encode_rows(
+    rows: Iterable[Mapping[str, Any]],
+    formatter: Formatter,
+    tokenizer: Any,
+    data: DataSection,
+    *,
+    positions: Sequence[int] | None = None,
+    collect: bool = False,
+) -> tuple[list[Encoded], list[BadRow]]:
+    """Format dataset rows with ``formatter`` and encode them as the recipe's [data] says.
+    A row the formatter refuses is a DataError naming its row (``positions``: each row's
+    place in the source) and the source — or, with ``data.on_bad_row = "skip"``, skipped and
+    returned among the bad rows. ``collect``: every refused row is returned, none raised (the
+    caller decides, as a batched map that must not stop mid-way does)."""
+    examples, bad = format_rows(rows, formatter, tokenizer, positions=positions)
+    if not collect:
+        for refused in bad:
+            if refused.bug or data.on_bad_row == "error":
+                raise row_error(refused, formatter, data)
     encoded = encode_examples(
         examples,
         tokenizer,

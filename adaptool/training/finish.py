@@ -97,7 +97,7 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             "eval_rows": len(data.eval_set),
             # pretraining text: the train/eval "rows" above are blocks of max_length tokens
             "chunked": plugins.formatter.chunks,
-            "train_tokens": sum(len(e.input_ids) for e in data.train_set),
+            "train_tokens": data.train_set.tokens,
             "truncated": data.truncated,
             "skipped": data.dropped,
             "bad_rows_skipped": len(data.bad_rows),

@@ -24,6 +24,8 @@ from adaptool.training.checkpoint import (
 from adaptool.training.metrics import append_metrics
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from adaptool.base import TrainingContext
     from adaptool.training.progress import Reporter
     from adaptool.training.setup import Session
@@ -131,9 +133,9 @@ def _loop(
             group = [
                 session.plan.batch_at(state.step * accumulation + k) for k in range(accumulation)
             ]
-            n_trained = sum(train_set[i].trained_tokens for batch in group for i in batch)
+            n_trained = int(sum(train_set.trained[batch].sum() for batch in group))
             for batch_rows in group:
-                batch = collate([train_set[i] for i in batch_rows], pad_id)
+                batch = collate(train_set.take(batch_rows), pad_id)
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 with autocast():
                     summed = loss_sum(model, batch)
@@ -298,7 +300,7 @@ def loss_sum(model: Any, batch: dict[str, Any]) -> Any:
     )
 
 
-def evaluate_loss(model: Any, data: list[Encoded], batch_size: int, pad_id: int) -> float:
+def evaluate_loss(model: Any, data: Sequence[Encoded], batch_size: int, pad_id: int) -> float:
     """Mean loss per trained token over ``data`` (no dropout, no gradients)."""
     import torch
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +14,7 @@ from adaptool.artifacts.fit import trainable_parameters
 from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
 from adaptool.base import RunInfo
-from adaptool.data import check_columns, dataset_commit, load_rows, split_rows
-from adaptool.encoding import ROW_ERRORS, BadRow, Encoded, encode_rows
-from adaptool.errors import DataError, ModelError, describe, param
+from adaptool.errors import ModelError, describe, param
 from adaptool.modeling import (
     free_memory,
     load_base,
@@ -27,38 +23,14 @@ from adaptool.modeling import (
     weights_dtype,
 )
 from adaptool.training.batching import BatchPlan
+from adaptool.training.sources import Data, load_data
 
 if TYPE_CHECKING:
-    import datasets
-
     from adaptool.base import PeftMethod
     from adaptool.recipe.resolve import RecipePlugins
-    from adaptool.recipe.schema import DataSection, Recipe
+    from adaptool.recipe.schema import Recipe
+    from adaptool.tokenized import EncodedSet
     from adaptool.training.progress import Reporter
-
-#: training examples recorded (formatted) in the manifest for later commands
-SAMPLES = 4
-
-
-@dataclass
-class Data:
-    """The recipe's rows, split and encoded."""
-
-    rows: datasets.Dataset
-    train_set: list[Encoded]
-    eval_set: list[Encoded]
-    #: the held-out rows as loaded (None without an eval split)
-    eval_rows: datasets.Dataset | None
-    truncated: int
-    dropped: int
-    #: the first rows as the formatter renders them: {"prompt", "completion"}
-    samples: list[dict[str, str]]
-    #: rows refused by the formatter and skipped (``data.on_bad_row = "skip"``)
-    bad_rows: list[BadRow]
-    #: the commit of a Hub dataset the rows were loaded at (None for a local file)
-    commit: str | None = None
-    #: what each source gave (the manifest's ``data.sources``)
-    sources: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -85,167 +57,6 @@ class Session:
     run: RunInfo | None = None
     #: where the adapter as initialised is kept, when the method converts at save (PiSSA)
     initial: Path | None = None
-
-
-def load_data(
-    recipe: Recipe, formatters: Sequence[Any], tokenizer: Any, reporter: Reporter
-) -> Data:
-    """Load, check, split and encode the recipe's data, each source with its formatter, and
-    mix the sources' training sets as the recipe says (DataError on bad data). The first
-    source's rows are the ones later commands see (samples, held-out rows)."""
-    sources, seed = recipe.data.all_sources, recipe.training.seed
-    parts = [
-        _load_source(source, formatter, tokenizer, seed, reporter)
-        for source, formatter in zip(sources, formatters, strict=True)
-    ]
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    train_sets = [part.train_set for part in parts]
-    if recipe.data.mix == "weights":
-        train_set = mix_by_weights(train_sets, [s.weight or 0.0 for s in sources], seed)
-    else:
-        train_set = [e for part in train_sets for e in part]
-    records = [part.sources[0] for part in parts]
-    shares = Counter(id(train_sets[i]) for i in _source_of(train_set, train_sets))
-    for record, part in zip(records, train_sets, strict=True):
-        record["mixed_examples"] = shares.get(id(part), 0)
-    reporter.info(
-        f"mixture ({recipe.data.mix}): "
-        + "; ".join(
-            f"{r['source']}: {r['mixed_examples']} of {len(train_set)} training examples"
-            for r in records
-        )
-    )
-    return Data(
-        first.rows,
-        train_set,
-        [e for part in parts for e in part.eval_set],
-        first.eval_rows,
-        sum(part.truncated for part in parts),
-        sum(part.dropped for part in parts),
-        first.samples,
-        [b for part in parts for b in part.bad_rows],
-        first.commit,
-        records,
-    )
-
-
-def mix_by_weights(
-    sets: Sequence[Sequence[Encoded]], weights: Sequence[float], seed: int
-) -> list[Encoded]:
-    """As many examples as the sources have together, each drawn from a source chosen with
-    probability proportional to its weight (seeded), the source's examples taken in a shuffled
-    order and reused once it runs out (a small source with a large weight repeats)."""
-    rng = random.Random(seed)
-    orders = [rng.sample(range(len(s)), len(s)) for s in sets]
-    cursors = [0] * len(sets)
-    usable = [i for i, s in enumerate(sets) if s]
-    mixed = []
-    for _ in range(sum(len(s) for s in sets)):
-        i = rng.choices(usable, weights=[weights[j] for j in usable])[0]
-        mixed.append(sets[i][orders[i][cursors[i] % len(sets[i])]])
-        cursors[i] += 1
-    return mixed
-
-
-def _source_of(mixed: Sequence[Encoded], sets: Sequence[Sequence[Encoded]]) -> list[int]:
-    """Which source each mixed example came from."""
-    owner = {id(e): i for i, s in enumerate(sets) for e in s}
-    return [owner[id(e)] for e in mixed]
-
-
-def _source_record(
-    source: DataSection, formatter: Any, commit: str | None, rows: Any, train: list, held: list
-) -> dict[str, Any]:
-    """What the manifest records of one source."""
-    return {
-        "source": source.source,
-        "split": source.split,
-        "config": source.config,
-        "revision": source.revision,
-        "commit": commit,
-        "formatter": formatter.name,
-        "options": dict(source.options),
-        "weight": source.weight,
-        "rows": len(rows),
-        "train_examples": len(train),
-        "eval_examples": len(held),
-        "tokens": sum(len(e.input_ids) for e in train),
-        "trained_tokens": sum(e.trained_tokens for e in train),
-    }
-
-
-def _load_source(
-    source: DataSection, formatter: Any, tokenizer: Any, seed: int, reporter: Reporter
-) -> Data:
-    """Load, check, split and encode one source (DataError on bad data)."""
-    commit = dataset_commit(source)  # resolved once: the rows loaded are the ones pinned
-    rows = load_rows(source, commit=commit)
-    check_columns(rows, formatter, source.source)
-    split = split_rows(rows, source.eval_fraction, seed)
-    train_set, dropped, truncated, bad = _encode(
-        split.train, split.train_positions, formatter, tokenizer, source
-    )
-    eval_set: list[Encoded] = []
-    eval_rows = split.eval
-    if eval_rows is not None:
-        eval_set, _, _, bad_eval = _encode(
-            eval_rows, split.eval_positions, formatter, tokenizer, source
-        )
-        bad += bad_eval
-        if bad_eval:  # the held-out rows eval will score: the ones the formatter takes
-            refused = {b.row - 1 for b in bad_eval}
-            keep = [i for i, pos in enumerate(split.eval_positions) if pos not in refused]
-            eval_rows = eval_rows.select(keep)
-    if not train_set:
-        raise DataError(
-            f"none of the {len(split.train)} training rows of {source.source} leaves a "
-            f"completion token to train on (formatter '{formatter.name}', max_length = "
-            f"{source.max_length}): `adaptool check` shows the examples."
-        )
-    if formatter.chunks:
-        tokens = sum(len(e.input_ids) for e in train_set + eval_set)
-        shape = (
-            f"{len(train_set)} train and {len(eval_set)} eval blocks of up to "
-            f"{source.max_length} tokens ({tokens:,} tokens, none truncated)"
-        )
-    else:
-        shape = (
-            f"{len(train_set)} train, {len(eval_set)} eval; {truncated} truncated to "
-            f"max_length = {source.max_length}"
-        )
-    reporter.info(
-        f"data: {len(rows)} rows from {source.source} -> {shape}"
-        + (f"; {dropped} skipped (nothing left to train on)" if dropped else "")
-        + (f"; {len(bad)} bad rows skipped (first: row {bad[0].row})" if bad else "")
-    )
-    return Data(
-        rows,
-        train_set,
-        eval_set,
-        eval_rows,
-        truncated,
-        dropped,
-        _samples(rows, formatter, tokenizer),
-        bad,
-        commit,
-        [_source_record(source, formatter, commit, rows, train_set, eval_set)],
-    )
-
-
-def _samples(rows: Any, formatter: Any, tokenizer: Any) -> list[dict[str, str]]:
-    """The first rows that format, as formatted: what later commands run without the data."""
-    samples: list[dict[str, str]] = []
-    for row in rows:
-        if len(samples) == SAMPLES:
-            break
-        try:
-            example = formatter.format(row, tokenizer)
-        except ROW_ERRORS:
-            continue  # a bad row, skipped in training as well
-        samples.append({"prompt": example.prompt, "completion": example.completion})
-    return samples
 
 
 def setup(
@@ -285,9 +96,7 @@ def setup(
     model = _prepare_for_training(
         model, quantized=plugins.quantizer.quantized, checkpointing=checkpointing
     )
-    plan = BatchPlan(
-        [len(e.input_ids) for e in data.train_set], t.batch_size, t.seed, t.group_by_length
-    )
+    plan = BatchPlan(data.train_set.lengths, t.batch_size, t.seed, t.group_by_length)
     total_steps = t.max_steps or max(
         1, math.ceil(t.total_epochs * plan.batches_per_epoch / t.gradient_accumulation_steps)
     )
@@ -343,23 +152,15 @@ def setup(
 INIT_BATCHES = 8
 
 
-def _first_batches(plan: BatchPlan, train_set: list[Encoded], tokenizer: Any) -> list[dict]:
+def _first_batches(plan: BatchPlan, train_set: EncodedSet, tokenizer: Any) -> list[dict]:
     """The run's first micro-batches, collated and on the device."""
     from adaptool.modeling import device
     from adaptool.training.batching import collate
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     count = min(INIT_BATCHES, plan.batches_per_epoch)
-    batches = [collate([train_set[i] for i in plan.batch_at(k)], pad) for k in range(count)]
+    batches = [collate(train_set.take(plan.batch_at(k)), pad) for k in range(count)]
     return [{k: v.to(device()) for k, v in batch.items()} for batch in batches]
-
-
-def _encode(
-    rows: Any, positions: list[int], formatter: Any, tokenizer: Any, source: DataSection
-) -> tuple[list[Encoded], int, int, list[BadRow]]:
-    encoded, bad = encode_rows(rows, formatter, tokenizer, source, positions=positions)
-    kept = [e for e in encoded if e.trained_tokens > 0]
-    return kept, len(encoded) - len(kept), sum(e.truncated for e in encoded), bad
 
 
 def _base_record(recipe: Recipe, model: Any, precision: str) -> BaseModelRecord:
@@ -374,9 +175,7 @@ def _base_record(recipe: Recipe, model: Any, precision: str) -> BaseModelRecord:
     )
 
 
-def _use_gradient_checkpointing(
-    setting: bool | str, model: Any, data: list[Encoded], t: Any
-) -> bool:
+def _use_gradient_checkpointing(setting: bool | str, model: Any, data: EncodedSet, t: Any) -> bool:
     """``auto``: on only when the activations of one micro-batch would not fit comfortably in
     the memory left after loading the model."""
     if isinstance(setting, bool):
@@ -385,7 +184,7 @@ def _use_gradient_checkpointing(
     config = model.config
     hidden = getattr(config, "hidden_size", 1024)
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 24)
-    longest = max(len(e.input_ids) for e in data)
+    longest = int(data.lengths.max())
     tokens = t.batch_size * longest
     element = 2 if str(model.dtype) in ("torch.bfloat16", "torch.float16") else 4
     need = tokens * (hidden * layers * 34 * element + getattr(config, "vocab_size", 0) * 4 * 2)

@@ -120,22 +120,6 @@ class _FakeRows:
         return list(indices)
 
 
-def test_weighted_mixing_gives_each_source_its_share():
-    """0.75 / 0.25 over two sources of 400 and 200 examples: the shares within three standard
-    deviations of the weights (a binomial count), the small source's examples reused."""
-    import math
-
-    from adaptool.training.setup import mix_by_weights
-
-    big, small = [object() for _ in range(400)], [object() for _ in range(200)]
-    mixed = mix_by_weights([big, small], [0.75, 0.25], seed=3)
-    n = len(mixed)
-    from_big = sum(1 for e in mixed if e in set(big))
-    assert n == 600
-    assert abs(from_big - 0.75 * n) <= 3 * math.sqrt(n * 0.75 * 0.25)
-    assert mix_by_weights([big, small], [0.75, 0.25], seed=3) == mixed  # seeded
-
-
 MIXTURE = """
 [model]
 name = "{base}"
