@@ -185,3 +185,63 @@ def load_base(
             f"could not load the base model '{name}' ({quantizer.name}): {describe(exc)} ({hint})."
         ) from None
     return quantizer.after_load(loaded)
+
+
+def packing_refused(model: Any) -> str | None:
+    """Why a micro-batch cannot be packed into one sequence exactly on ``model`` (None: it
+    can). Packing is exact where the model gives per-row position ids to transformers'
+    ``create_causal_mask``, which reads a restart of the position ids as a row boundary and
+    masks attention block-diagonally (Llama, Qwen2, Mistral, Gemma, Phi-3, GPT-NeoX, GPT-2,
+    Falcon, with ALiBi too: its bias only shifts a row's scores by a constant, which softmax
+    ignores; measured in tests/training/test_batching.py). Not where the model builds its
+    mask from the attention mask alone (BLOOM, OPT), nor under prompt-learning adapters,
+    whose virtual tokens every row must see."""
+    import inspect
+    import sys
+
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is not None and getattr(config, "is_prompt_learning", False):
+        return "prompt-learning adapters put virtual tokens before every row"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kind = getattr(base.config, "model_type", type(base).__name__)
+    if "position_ids" not in inspect.signature(base.forward).parameters:
+        return f"{kind} takes no position ids (its positions come from the attention mask)"
+    module = sys.modules.get(type(base).__module__)
+    if module is None or not _mask_reads_positions(module.__name__):
+        return (
+            f"{kind} does not give its position ids to transformers' create_causal_mask, "
+            f"which is what keeps packed rows apart"
+        )
+    return None
+
+
+@functools.cache
+def _mask_reads_positions(module_name: str) -> bool:
+    """True when the modeling module calls ``create_causal_mask`` (or its sliding-window twin,
+    or an alias of either) with ``position_ids``, as a keyword or in the dict it spreads
+    (``create_causal_mask(**mask_kwargs)``)."""
+    import ast
+    import inspect
+    import sys
+
+    try:
+        tree = ast.parse(inspect.getsource(sys.modules[module_name]))
+    except (OSError, TypeError, SyntaxError, KeyError):
+        return False
+    spread: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "id", None) or getattr(node.func, "attr", None) or ""
+        if "mask" not in name:  # create_causal_mask, its sliding-window twin, an alias
+            continue
+        if any(k.arg == "position_ids" for k in node.keywords):
+            return True
+        spread |= {getattr(k.value, "id", "") for k in node.keywords if k.arg is None}
+    for node in ast.walk(tree):  # mask_kwargs = {..., "position_ids": position_ids}
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+            names = {getattr(t, "id", None) for t in node.targets}
+            keys = {getattr(k, "value", None) for k in node.value.keys}
+            if names & spread and "position_ids" in keys:
+                return True
+    return False

@@ -46,6 +46,17 @@ def tiny_bloom_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """A tiny random Llama (hidden 64, 2 layers, grouped-query attention) with its tokenizer:
+    an architecture packing is exact on."""
+    from adaptool.testing import make_tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(path, tokenizer)
+    return path
+
+
 @pytest.fixture
 def plugins():
     """A fresh plugin set with the built-ins only (installed plugins are not loaded), made the

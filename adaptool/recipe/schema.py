@@ -137,6 +137,11 @@ class TrainingSection(Section):
         default=0, ge=0, le=MAX_STEPS, description="0: at every save and at the end"
     )
     group_by_length: bool = True
+    packing: bool | Literal["auto"] = Field(
+        default="auto",
+        description="each micro-batch's rows as one sequence, attention kept within each row "
+        "(no padding); auto: on where that is exact for the model",
+    )
 
     @classmethod
     def cross_key_problems(cls, values: Mapping[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ __all__ = [
     "assert_quantizer_contract",
     "install_fake_plugin",
     "make_tiny_bloom",
+    "make_tiny_llama",
     "make_tokenizer",
 ]
 
@@ -96,6 +97,50 @@ def make_tiny_bloom(
     )
     model = BloomForCausalLM(config)
     # transformers zeroes every bias; random ones keep merges that change a bias honest
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if name.endswith(".bias"):
+                tensor.normal_(0, 0.02)
+    if directory is not None:
+        model.save_pretrained(str(directory))
+        tokenizer.save_pretrained(str(directory))
+    return model
+
+
+def make_tiny_llama(
+    directory: str | Path | None,
+    tokenizer: Any,
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    seed: int = 0,
+) -> Any:
+    """A randomly initialised Llama (rotary positions, grouped-query attention, biases on
+    and random) sized for tests; saved (safetensors) with the tokenizer when ``directory``
+    is given. The architecture packing is exact on."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        attention_bias=True,
+        mlp_bias=True,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
     with torch.no_grad():
         for name, tensor in model.named_parameters():
             if name.endswith(".bias"):

@@ -77,3 +77,26 @@ def collate(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, Any]:
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_packed(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, Any]:
+    """A micro-batch packed into one sequence with no padding between its rows: each row's
+    position ids start again at 0, which is how transformers (``create_causal_mask``) knows
+    where a row ends and masks attention block-diagonally, so no token sees another row's.
+    Every row's first label is IGNORE_INDEX already (nothing in the row precedes it), so no
+    row is trained to predict the next one's start. The tail is padded to a multiple of
+    :data:`PAD_MULTIPLE` as a row of its own, never trained."""
+    import torch
+
+    ids = [t for e in examples for t in e.input_ids]
+    labels = [t for e in examples for t in e.labels]
+    positions = [p for e in examples for p in range(len(e.input_ids))]
+    pad = -len(ids) % PAD_MULTIPLE
+    ids += [pad_token_id] * pad
+    labels += [IGNORE_INDEX] * pad
+    positions += list(range(pad))
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+    }

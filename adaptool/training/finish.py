@@ -111,6 +111,7 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             "total_steps": result.total_steps,
             "device": device(),
             "gradient_checkpointing_used": session.checkpointing,
+            "packing_used": session.packing,
             "precision_used": session.precision,
             "stopped_early": result.stopped_early,
             "shipped_step": result.shipped_step or result.step,

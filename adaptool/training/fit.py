@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from adaptool.encoding import IGNORE_INDEX, Encoded
 from adaptool.errors import TrainingError
 from adaptool.modeling import device
-from adaptool.training.batching import collate
+from adaptool.training.batching import collate, collate_packed
 from adaptool.training.checkpoint import (
     capture_rng,
     latest_checkpoint,
@@ -121,6 +121,7 @@ def _loop(
     autocast, scaler = _mixed_precision(session.precision, dev)
     tokenizer = session.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pack = collate_packed if session.packing else collate
     eval_every = t.eval_steps or t.save_steps or total_steps
     window = state.window
     window.started = time.monotonic()
@@ -135,7 +136,7 @@ def _loop(
             ]
             n_trained = int(sum(train_set.trained[batch].sum() for batch in group))
             for batch_rows in group:
-                batch = collate(train_set.take(batch_rows), pad_id)
+                batch = pack(train_set.take(batch_rows), pad_id)
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 with autocast():
                     summed = loss_sum(model, batch)
@@ -148,7 +149,7 @@ def _loop(
                 if not math.isfinite(value):
                     raise _diverged(f"the loss became {value}", state.step + 1, out, t)
                 window.loss += value
-                window.real_tokens += int(batch["attention_mask"].sum())
+                window.real_tokens += int(train_set.lengths[batch_rows].sum())
             window.trained_tokens += n_trained
             if scaler is not None:
                 scaler.unscale_(optimizer)
@@ -288,7 +289,10 @@ def loss_sum(model: Any, batch: dict[str, Any]) -> Any:
     """Summed cross-entropy over the trained (label != IGNORE_INDEX) next tokens."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    if "position_ids" in batch:  # a packed batch: transformers reads rows only without a cache
+        inputs["use_cache"] = False
+    logits = model(**inputs).logits
     labels = batch["labels"][:, 1:]
     # prompt tuning and P-tuning put virtual tokens first: the inputs' logits are the last ones
     logits = logits[:, -batch["input_ids"].shape[1] : -1].float()

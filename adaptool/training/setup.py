@@ -57,6 +57,8 @@ class Session:
     run: RunInfo | None = None
     #: where the adapter as initialised is kept, when the method converts at save (PiSSA)
     initial: Path | None = None
+    #: each micro-batch packed into one sequence (training.packing, resolved for the model)
+    packing: bool = False
 
 
 def setup(
@@ -108,6 +110,7 @@ def setup(
         batches=lambda: _first_batches(plan, data.train_set, tokenizer),
     )
     model = _wrap(model, plugins.method, recipe, init_adapter, run)
+    packing = _use_packing(t.packing, model, reporter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
     reporter.info(
@@ -145,6 +148,7 @@ def setup(
         total_params=total_params,
         init_adapter=init_adapter,
         run=run,
+        packing=packing,
     )
 
 
@@ -189,6 +193,25 @@ def _use_gradient_checkpointing(setting: bool | str, model: Any, data: EncodedSe
     element = 2 if str(model.dtype) in ("torch.bfloat16", "torch.float16") else 4
     need = tokens * (hidden * layers * 34 * element + getattr(config, "vocab_size", 0) * 4 * 2)
     return need > 0.5 * free_memory()
+
+
+def _use_packing(setting: bool | str, model: Any, reporter: Reporter) -> bool:
+    """``auto``: pack where it is exact for the model; ``true`` on a model where it is not is
+    refused, naming why."""
+    from adaptool.modeling import packing_refused
+
+    if setting is False:
+        return False
+    why = packing_refused(model)
+    if why is None:
+        reporter.info("packing: each micro-batch is one sequence, attention kept within rows")
+        return True
+    if setting is True:
+        raise ModelError(
+            f"training.packing = true, but packing is not exact here: {why}. Set "
+            f'training.packing = "auto" (packs where it is exact) or false.'
+        )
+    return False
 
 
 def _prepare_for_training(model: Any, *, quantized: bool, checkpointing: bool) -> Any:

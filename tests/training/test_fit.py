@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adaptool.recipe import load_recipe
+from adaptool.training.run import train
+from tests.helpers import recipe_file, records
+
 
 def test_loss_is_taken_on_completion_tokens_only(tokenizer):
     from adaptool.base import Example
@@ -69,3 +73,38 @@ def _adapter_tensors(folder):
     from safetensors.torch import load_file
 
     return load_file(str(folder / "adapter_model.safetensors")).values()
+
+
+def test_packed_training_takes_the_steps_unpacked_training_takes(tmp_path, tiny_llama_dir, plugins):
+    """On a Llama, packing = "auto" packs each micro-batch into one sequence; with dropout off
+    the run's losses and final adapter are those of the same run unpacked (fp32)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    runs = {}
+    for packing in ("auto", "false"):
+        folder = tmp_path / packing
+        folder.mkdir()
+        path = recipe_file(folder, tiny_llama_dir, steps=4)
+        done = train(load_recipe(path, ["peft.dropout=0.0", f"training.packing={packing}"]))
+        manifest = json.loads((done.output_dir / "adaptool.json").read_text())
+        runs[packing] = (done.output_dir, manifest)
+    assert runs["auto"][1]["training"]["packing_used"] is True
+    assert runs["false"][1]["training"]["packing_used"] is False
+    packed = [r["loss"] for r in records(runs["auto"][0]) if "loss" in r]
+    padded = [r["loss"] for r in records(runs["false"][0]) if "loss" in r]
+    assert packed == pytest.approx(padded, rel=1e-4)
+    assert packed[-1] < packed[0]
+    a = load_file(runs["auto"][0] / "adapter_model.safetensors")
+    b = load_file(runs["false"][0] / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_packing_asked_for_where_it_is_not_exact_is_refused(tmp_path, tiny_bloom_dir, plugins):
+    from adaptool.errors import ModelError
+
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=1)
+    with pytest.raises(ModelError, match=r"training.packing = true.*bloom takes no position ids"):
+        train(load_recipe(path, ["training.packing=true"]))
+    assert not (tmp_path / "out").exists()
