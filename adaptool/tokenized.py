@@ -6,6 +6,7 @@ million Python lists."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -216,25 +217,12 @@ def tokenize(
     cache = _cache_file(rows, fingerprint)
     procs = processes if processes is not None else _processes(len(rows))
     cached = cache is not None and _cached(cache, procs)
-    table = rows.map(
-        _encode_batch,
-        batched=True,
-        batch_size=MAP_BATCH,
-        with_indices=True,
-        remove_columns=rows.column_names,
-        features=_features(),
-        fn_kwargs={
-            "formatter": formatter,
-            "tokenizer": tokenizer,
-            "data": data,
-            "positions": positions,
-        },
-        num_proc=procs if procs > 1 else None,
-        new_fingerprint=fingerprint,
-        cache_file_name=str(cache) if cache is not None else None,
-        load_from_cache_file=cache is not None,
-        desc="tokenizing",
-    )
+    if not cached:  # what reading the rows left in Arrow's allocator goes back to the system
+        import pyarrow
+
+        pyarrow.default_memory_pool().release_unused()
+    with _one_thread_per_worker(procs):
+        table = _map(rows, procs, fingerprint, cache, formatter, tokenizer, data, positions)
     bad_rows = column(table, "bad_row")
     refused = np.nonzero(bad_rows > 0)[0]
     bad = []
@@ -256,6 +244,61 @@ def tokenize(
     keep = np.nonzero((examples.trained > 0) & (bad_rows == 0))[0]
     usable = examples if len(keep) == len(examples) else examples.select(keep)
     return Tokenized(usable, bad, len(examples) - len(keep) - len(refused), cached)
+
+
+def _map(
+    rows: datasets.Dataset,
+    procs: int,
+    fingerprint: str,
+    cache: Path | None,
+    formatter: Formatter,
+    tokenizer: Any,
+    data: DataSection,
+    positions: Sequence[int] | None,
+) -> datasets.Dataset:
+    return rows.map(
+        _encode_batch,
+        batched=True,
+        batch_size=MAP_BATCH,
+        with_indices=True,
+        remove_columns=rows.column_names,
+        features=_features(),
+        fn_kwargs={
+            "formatter": formatter,
+            "tokenizer": tokenizer,
+            "data": data,
+            "positions": positions,
+        },
+        num_proc=procs if procs > 1 else None,
+        new_fingerprint=fingerprint,
+        cache_file_name=str(cache) if cache is not None else None,
+        load_from_cache_file=cache is not None,
+        desc="tokenizing",
+    )
+
+
+@contextlib.contextmanager
+def _one_thread_per_worker(procs: int) -> Iterator[None]:
+    """With several worker processes, each tokenizes on one thread (the cores are taken by
+    the processes; and the Rust tokenizer would warn about threads used before the fork);
+    the parent's objects are frozen out of the garbage collector, so the forked workers'
+    collections do not touch — and so copy — every page of the parent's heap (measured:
+    +250 MiB of copies for two workers without the freeze, +60 MiB with it)."""
+    if procs <= 1:
+        yield
+        return
+    import gc
+
+    own = "TOKENIZERS_PARALLELISM" not in os.environ
+    if own:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if own:
+            del os.environ["TOKENIZERS_PARALLELISM"]
 
 
 def _processes(rows: int) -> int:

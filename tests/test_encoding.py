@@ -296,3 +296,32 @@ def test_chunked_text_keeps_every_token(tmp_path, tokenizer):
         [{"text": d} for d in documents], Text(Text.Options(chunk=False)), tokenizer, data
     )
     assert len(one_each) == 3 and one_each[1].truncated  # the old way cuts the long one
+
+
+def test_token_ids_are_what_the_tokenizer_gives(tokenizer):
+    from adaptool.encoding import token_ids
+
+    texts = ["“Knowledge is power.” ->: ", "a", "", "['x', 'y']</s>", "Be yourself."]
+    for special in (True, False):
+        expected = tokenizer(texts, add_special_tokens=special)["input_ids"]
+        assert token_ids(tokenizer, texts, add_special_tokens=special) == expected
+
+
+def test_a_tokenizer_that_rewrites_its_input_in_python_is_called_the_ordinary_way(tokenizer):
+    """The Rust encoder is only trusted where it gives what the tokenizer's own call gives."""
+    import copy
+
+    from adaptool.encoding import token_ids
+
+    class Shouting(type(tokenizer)):
+        def __call__(self, text, **kw):
+            upper = [t.upper() for t in text] if isinstance(text, list) else text.upper()
+            return super().__call__(upper, **kw)
+
+    shouting = copy.copy(tokenizer)
+    shouting.__class__ = Shouting
+    texts = ["quiet words", "more quiet words", "and more", "the end"]
+    assert (
+        token_ids(shouting, texts, add_special_tokens=False)
+        == tokenizer([t.upper() for t in texts], add_special_tokens=False)["input_ids"]
+    )
