@@ -10,7 +10,7 @@ from adaptool.base import RunInfo
 from adaptool.encoding import IGNORE_INDEX, Encoded, encode_rows
 from adaptool.modeling import load_tokenizer
 from adaptool.recipe.resolve import RecipePlugins, resolve_plugins
-from adaptool.training.sources import Data, load_source
+from adaptool.training.sources import Data, load_source, load_stream
 
 if TYPE_CHECKING:
     from adaptool.recipe.schema import Recipe
@@ -104,7 +104,10 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
     )
     seed = recipe.training.seed
     source = recipe.data.all_sources[0]
-    data = load_source(source, formatter, tokenizer, seed, None, require_trained=False)
+    if source.streaming:  # the first window only: a stream's size is not known until read
+        data = load_stream(recipe, formatter, tokenizer, None)
+    else:
+        data = load_source(source, formatter, tokenizer, seed, None, require_trained=False)
     rows, sets = data.rows, (data.train_set, data.eval_set)
     hyperparameters, trainable = _method_report(recipe, plugins)
     first = [rows[i] for i in range(min(examples, len(rows)))]
@@ -129,6 +132,11 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
         without_eos=sum(int((~s.ends_with_eos).sum()) for s in sets),
         fully_masked=data.dropped,
     )
+    if data.stream is not None:
+        report.warnings.append(
+            f"data.streaming: the figures are from the first {len(data.train_set)} examples "
+            f"({len(rows)} rows read ahead); a streamed source is not counted before training."
+        )
     if not method.mergeable:
         report.warnings.append(
             f"a {method.title()} adapter cannot be merged into the base "

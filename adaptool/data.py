@@ -37,17 +37,21 @@ def _quiet_datasets() -> Any:
     return datasets
 
 
-def load_rows(data: DataSection, *, commit: str | None = None) -> datasets.Dataset:
+def load_rows(
+    data: DataSection, *, commit: str | None = None, streaming: bool = False
+) -> datasets.Dataset:
     """The rows of ``data.source`` (a local .jsonl/.json/.csv/.parquet file or a Hub dataset id,
     with ``data.config``, at ``commit`` — default: what ``data.revision`` resolves to now) for
-    ``data.split``. Raises DataError naming the source when it cannot be read."""
+    ``data.split``; ``streaming``: an IterableDataset read as it is consumed, nothing converted
+    or cached first. Raises DataError naming the source when it cannot be read."""
     ds = _quiet_datasets()
     source = data.source
     if data.is_local and GLOB_CHARS & set(source) and not Path(source).exists():
         if data.config is not None or data.revision is not None:
             raise DataError("data.config and data.revision are for Hub datasets, not files.")
         split = data.split if data.split.startswith("train") else "train"
-        return load_files(sorted(Path(p) for p in glob.glob(source)), split=split, pattern=source)
+        paths = sorted(Path(p) for p in glob.glob(source))
+        return load_files(paths, split=split, pattern=source, streaming=streaming)
     if data.is_local:
         path = Path(source)
         builder = BUILDERS.get(path.suffix.lower())
@@ -64,11 +68,16 @@ def load_rows(data: DataSection, *, commit: str | None = None) -> datasets.Datas
                 f"data.config and data.revision choose a Hub dataset's configuration and "
                 f"version; {path} is a local file: remove them."
             )
-        return load_file(path, split=data.split if data.split.startswith("train") else "train")
+        split = data.split if data.split.startswith("train") else "train"
+        return load_files([path], split=split, streaming=streaming)
     what = f"'{source}'" + (f" (config '{data.config}')" if data.config else "")
     try:
         return ds.load_dataset(
-            source, name=data.config, split=data.split, revision=commit or dataset_commit(data)
+            source,
+            name=data.config,
+            split=data.split,
+            revision=commit or dataset_commit(data),
+            streaming=streaming,
         )
     except DataError:
         raise
@@ -107,7 +116,7 @@ def load_file(path: Path, *, split: str = "train") -> datasets.Dataset:
 
 
 def load_files(
-    paths: list[Path], *, split: str = "train", pattern: str | None = None
+    paths: list[Path], *, split: str = "train", pattern: str | None = None, streaming: bool = False
 ) -> datasets.Dataset:
     """The rows of local files of one type, in order (the files a glob ``pattern`` matched)."""
     ds = _quiet_datasets()
@@ -135,7 +144,11 @@ def load_files(
     extra = {"sample_by": "paragraph"} if builder == "text" else {}
     try:
         return ds.load_dataset(
-            builder, data_files={"train": [str(p) for p in paths]}, split=split, **extra
+            builder,
+            data_files={"train": [str(p) for p in paths]},
+            split=split,
+            streaming=streaming,
+            **extra,
         )
     except Exception as exc:
         where = pattern or str(paths[0])

@@ -181,7 +181,7 @@ def _columns(
     }
 
 
-def _encode_batch(
+def encode_batch(
     batch: dict[str, list],
     indices: list[int],
     *,
@@ -257,7 +257,7 @@ def _map(
     positions: Sequence[int] | None,
 ) -> datasets.Dataset:
     return rows.map(
-        _encode_batch,
+        encode_batch,
         batched=True,
         batch_size=MAP_BATCH,
         with_indices=True,

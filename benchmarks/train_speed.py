@@ -6,6 +6,8 @@ A/B/A/B in fresh processes. Prints real (non-padding) tokens/s, peak RSS and fin
     python benchmarks/train_speed.py            # 20M-param BLOOM, 60 steps per run
     python benchmarks/train_speed.py --quick    # 20 steps per run, under 3 minutes
     python benchmarks/train_speed.py --quantization bnb-8bit   # both sides on an 8-bit base
+    python benchmarks/train_speed.py --model llama   # a Llama of the same size: adaptool packed
+                                                     # (its default there) and length-grouped
 
 adaptool runs with its defaults (precision and gradient checkpointing "auto": bf16 weights
 where the CPU computes bf16 natively, no checkpointing when memory allows); the reference
@@ -88,7 +90,7 @@ from adaptool.recipe import validate_recipe
 from adaptool.testing import peak_rss_mb
 from adaptool.training.run import train
 base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-quantization = sys.argv[5]
+quantization, packing = sys.argv[5], sys.argv[6]
 use_plugins(load_plugins(entry_points=False))
 # adaptool's defaults: dtype and precision "auto" (bf16 where the CPU computes it natively),
 # gradient checkpointing "auto", length-grouped batches
@@ -99,7 +101,8 @@ recipe = validate_recipe({
     "data": {"source": data, "formatter": "quote-tags", "train_on_prompt": True},
     "training": {"batch_size": 4, "gradient_accumulation_steps": 4, "warmup_steps": 5,
                  "max_steps": steps, "learning_rate": 2e-3, "logging_steps": 1,
-                 "save_steps": 0, "seed": 0},
+                 "save_steps": 0, "seed": 0,
+                 "packing": {"auto": "auto", "true": True, "false": False}[packing]},
     "output": {"dir": out},
 })
 result = train(recipe)
@@ -116,36 +119,60 @@ print(json.dumps({"seconds": seconds, "tokens": result.tokens, "peak": peak_rss_
 """
 
 
-def build_base(work: Path, *, hidden: int, layers: int) -> Path:
+def build_base(work: Path, *, hidden: int, layers: int, kind: str = "bloom") -> Path:
     import torch
-    from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        BloomConfig,
+        BloomForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
     torch.manual_seed(0)
-    model = BloomForCausalLM(
-        BloomConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            n_layer=layers,
-            n_head=hidden // 64,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+    special = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if kind == "llama":  # rotary positions, grouped-query attention, SwiGLU: packing is exact
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=hidden // 64,
+                num_key_value_heads=max(1, hidden // 256),
+                intermediate_size=hidden * 8 // 3 // 64 * 64,
+                tie_word_embeddings=False,
+                **special,
+            )
         )
-    )
+    else:
+        model = BloomForCausalLM(
+            BloomConfig(hidden_size=hidden, n_layer=layers, n_head=hidden // 64, **special)
+        )
     base = work / "base"
     model.save_pretrained(str(base))
     tokenizer.save_pretrained(str(base))
     print(
-        f"base: BLOOM {layers} x {hidden}, "
+        f"base: {type(model).__name__.removesuffix('ForCausalLM')} {layers} x {hidden}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params; data: {DATA.name}"
     )
     return base
 
 
-def run(code: str, base: Path, steps: int, out: Path, quantization: str) -> dict[str, float]:
+def run(
+    code: str, base: Path, steps: int, out: Path, quantization: str, packing: str = "auto"
+) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, "-c", code, str(base), str(DATA), str(steps), str(out), quantization],
+        [
+            sys.executable,
+            "-c",
+            code,
+            *(str(base), str(DATA), str(steps), str(out), quantization, packing),
+        ],
         capture_output=True,
         text=True,
     )
@@ -164,16 +191,30 @@ def main() -> None:
         default="none",
         help="the base on both sides: full precision, or bitsandbytes 8-bit as in the notebook",
     )
+    parser.add_argument(
+        "--model",
+        choices=["bloom", "llama"],
+        default="bloom",
+        help="the base: a 20M-param BLOOM (ALiBi: length-grouped batches), or a Llama of the "
+        "same width and depth, where adaptool also runs packed (the default there) against "
+        "length-grouped",
+    )
     args = parser.parse_args()
     steps = 20 if args.quick else 60
+    sides = [("reference", REFERENCE, "auto"), ("adaptool", ADAPTOOL, "auto")]
+    if args.model == "llama":
+        sides.insert(1, ("grouped", ADAPTOOL, "false"))  # adaptool, length-grouped, unpacked
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         work = Path(tmp)
-        base = build_base(work, hidden=512, layers=6)
+        base = build_base(work, hidden=512, layers=6, kind=args.model)
         print(f"base quantization on both sides: {args.quantization}")
-        results: dict[str, list[dict[str, float]]] = {"reference": [], "adaptool": []}
+        if args.model == "llama":
+            print("adaptool: packed (packing = auto); grouped: adaptool with packing = false")
+        results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in sides}
         for round_ in range(args.rounds):
-            for name, code in (("reference", REFERENCE), ("adaptool", ADAPTOOL)):
-                r = run(code, base, steps, work / f"{name}-{round_}", args.quantization)
+            for name, code, packing in sides:
+                out = work / f"{name}-{round_}"
+                r = run(code, base, steps, out, args.quantization, packing)
                 results[name].append(r)
                 print(
                     f"  round {round_ + 1} {name:<10} {r['tokens'] / r['seconds']:8.0f} real "
@@ -186,15 +227,21 @@ def main() -> None:
         return statistics.median(r[key] for r in results[name])
 
     print()
-    print(f"{'':<22}{'reference (Trainer)':>20}{'adaptool':>12}{'ratio':>8}")
+    others = [name for name, _, _ in sides if name != "reference"]
+    header = "".join(f"{name:>12}{'ratio':>8}" for name in others)
+    print(f"{'':<22}{'reference (Trainer)':>20}{header}")
     for label, key in (
         ("real tokens/s", "rate"),
         ("peak RSS (MB)", "peak"),
         ("final loss", "loss"),
         ("real tokens", "tokens"),
     ):
-        theirs, ours = med("reference", key), med("adaptool", key)
-        print(f"{label:<22}{theirs:>20.2f}{ours:>12.2f}{ours / theirs:>8.2f}")
+        theirs = med("reference", key)
+        cells = "".join(f"{med(n, key):>12.2f}{med(n, key) / theirs:>8.2f}" for n in others)
+        print(f"{label:<22}{theirs:>20.2f}{cells}")
+    if args.model == "llama":
+        packed, grouped = med("adaptool", "rate"), med("grouped", "rate")
+        print(f"packed vs length-grouped: {packed / grouped:.2f}x real tokens/s")
     print(f"speedup: {med('adaptool', 'rate') / med('reference', 'rate'):.2f}")
 
 

@@ -140,6 +140,7 @@ def validate_recipe(
         if section is not None:
             sections[name] = section
 
+    problems += _streaming_problems(sections)
     if problems:
         raise RecipeError(label, problems)
     recipe = Recipe(**sections, path=Path(path).resolve() if path is not None else None)
@@ -267,6 +268,35 @@ def _validate_sources(values: dict[str, Any], problems: list[RecipeProblem]) -> 
     if len(problems) > before or own or len(sources) != len(tables):
         return None
     return sources[0].model_copy(update={"sources": sources, "mix": mix})
+
+
+def _streaming_problems(sections: Mapping[str, Section]) -> list[RecipeProblem]:
+    """A streamed source has no length until it is read: training needs a step count, and
+    nothing can be held out of it or mixed with it by size."""
+    data, training = sections.get("data"), sections.get("training")
+    streamed = [s for s in data.all_sources if s.streaming] if data is not None else []
+    if not streamed:
+        return []
+    problems = []
+    if len(data.all_sources) > 1:
+        problems.append(
+            RecipeProblem("data.streaming", "a streamed source must be the recipe's only source")
+        )
+    if any(s.eval_fraction for s in streamed):
+        problems.append(
+            RecipeProblem(
+                "data.eval_fraction",
+                "a streamed source has no size to hold a fraction of out: set it to 0",
+            )
+        )
+    if training is not None and training.max_steps is None:
+        problems.append(
+            RecipeProblem(
+                "training.max_steps",
+                "a streamed source has no known length: set max_steps (epochs cannot be counted)",
+            )
+        )
+    return problems
 
 
 def _validate_plugin_tables(

@@ -90,6 +90,10 @@ class DataSection(Section):
     on_bad_row: Literal["error", "skip"] = Field(
         default="error", description="a null or wrongly typed field: stop, or skip the row"
     )
+    #: read the source as training consumes it (a Hub dataset or file larger than memory or
+    #: disk): shuffled in a bounded buffer, tokenized on the fly, nothing cached; needs
+    #: training.max_steps, no eval split, and is the recipe's only source
+    streaming: bool = False
     #: in a mixture, this source's sampling probability (relative to the others')
     weight: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     #: several sources: ``[[data.sources]]`` tables, each a source with its own formatter,

@@ -100,3 +100,19 @@ def collate_packed(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, 
         "position_ids": torch.tensor([positions], dtype=torch.long),
         "labels": torch.tensor([labels], dtype=torch.long),
     }
+
+
+@dataclass
+class PlannedFeed:
+    """The micro-batches of a tokenized (in-table) training set, in the plan's order."""
+
+    plan: BatchPlan
+    examples: Any  # an EncodedSet
+
+    def batch(self, index: int) -> list[Encoded]:
+        """The ``index``-th micro-batch of the endless stream epoch 0, epoch 1, ..."""
+        return self.examples.take(self.plan.batch_at(index))
+
+    def epoch(self, index: int) -> float | None:
+        """Epochs done once micro-batch ``index`` is reached."""
+        return index / self.plan.batches_per_epoch

@@ -55,6 +55,7 @@ class TrainResult:
 def build_manifest(session: Session, result: TrainResult) -> Manifest:
     """What the run did, for ``adaptool.json``."""
     recipe, plugins, data = session.recipe, session.plugins, session.data
+    streamed = data.stream is not None
     t = recipe.training
     quantizer, method, formatter = plugins.quantizer, plugins.method, plugins.formatter
     return new_manifest(
@@ -91,16 +92,18 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             # every source (the keys above are the first one's), and how they were mixed
             "sources": data.sources,
             "mix": recipe.data.mix,
-            "fingerprint": getattr(data.rows, "_fingerprint", None),
-            "rows": len(data.rows),
-            "train_rows": len(data.train_set),
+            "fingerprint": None if streamed else getattr(data.rows, "_fingerprint", None),
+            # a streamed source's size is not known (it was read as training went)
+            "streaming": streamed,
+            "rows": None if streamed else len(data.rows),
+            "train_rows": None if streamed else len(data.train_set),
             "eval_rows": len(data.eval_set),
             # pretraining text: the train/eval "rows" above are blocks of max_length tokens
             "chunked": plugins.formatter.chunks,
-            "train_tokens": data.train_set.tokens,
+            "train_tokens": None if streamed else data.train_set.tokens,
             "truncated": data.truncated,
             "skipped": data.dropped,
-            "bad_rows_skipped": len(data.bad_rows),
+            "bad_rows_skipped": data.stream.bad_rows if streamed else len(data.bad_rows),
             "eval_fraction": recipe.data.eval_fraction,
             "max_length": recipe.data.max_length,
             "train_on_prompt": recipe.data.train_on_prompt,

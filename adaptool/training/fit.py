@@ -115,7 +115,7 @@ def _loop(
     t = session.recipe.training
     model, optimizer, scheduler = session.model, session.optimizer, session.scheduler
     method = session.plugins.method
-    train_set, eval_set = session.data.train_set, session.data.eval_set
+    feed, eval_set = session.feed, session.data.eval_set
     total_steps, accumulation = session.total_steps, t.gradient_accumulation_steps
     dev = device()
     autocast, scaler = _mixed_precision(session.precision, dev)
@@ -131,12 +131,10 @@ def _loop(
     with StopOnInterrupt(reporter) as stop:
         while state.step < total_steps and not stop.requested and context.stop_reason is None:
             model.train()
-            group = [
-                session.plan.batch_at(state.step * accumulation + k) for k in range(accumulation)
-            ]
-            n_trained = int(sum(train_set.trained[batch].sum() for batch in group))
-            for batch_rows in group:
-                batch = pack(train_set.take(batch_rows), pad_id)
+            group = [feed.batch(state.step * accumulation + k) for k in range(accumulation)]
+            n_trained = sum(e.trained_tokens for examples in group for e in examples)
+            for examples in group:
+                batch = pack(examples, pad_id)
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 with autocast():
                     summed = loss_sum(model, batch)
@@ -149,7 +147,7 @@ def _loop(
                 if not math.isfinite(value):
                     raise _diverged(f"the loss became {value}", state.step + 1, out, t)
                 window.loss += value
-                window.real_tokens += int(train_set.lengths[batch_rows].sum())
+                window.real_tokens += sum(len(e.input_ids) for e in examples)
             window.trained_tokens += n_trained
             if scaler is not None:
                 scaler.unscale_(optimizer)
@@ -172,9 +170,10 @@ def _loop(
             if step % t.logging_steps == 0 or step == total_steps:
                 elapsed = max(time.monotonic() - window.started, 1e-9)
                 state.tokens += window.real_tokens
+                epoch = feed.epoch(step * accumulation)
                 record = {
                     "step": step,
-                    "epoch": round(step * accumulation / session.plan.batches_per_epoch, 4),
+                    **({"epoch": round(epoch, 4)} if epoch is not None else {}),
                     "loss": window.loss / max(window.trained_tokens, 1),
                     "lr": scheduler.get_last_lr()[0],
                     "tokens": state.tokens,

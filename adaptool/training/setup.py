@@ -22,14 +22,13 @@ from adaptool.modeling import (
     resolve_precision,
     weights_dtype,
 )
-from adaptool.training.batching import BatchPlan
+from adaptool.training.batching import BatchPlan, PlannedFeed
 from adaptool.training.sources import Data, load_data
 
 if TYPE_CHECKING:
     from adaptool.base import PeftMethod
     from adaptool.recipe.resolve import RecipePlugins
     from adaptool.recipe.schema import Recipe
-    from adaptool.tokenized import EncodedSet
     from adaptool.training.progress import Reporter
 
 
@@ -48,7 +47,8 @@ class Session:
     params: list[Any]
     optimizer: Any
     scheduler: Any
-    plan: BatchPlan
+    #: the micro-batches in training order (a planned table, or a stream)
+    feed: Any
     total_steps: int
     trainable: int
     total_params: int
@@ -94,20 +94,24 @@ def setup(
         trust_remote_code=model_section.trust_remote_code,
     )
     base = _base_record(recipe, model, precision)
-    checkpointing = _use_gradient_checkpointing(t.gradient_checkpointing, model, data.train_set, t)
+    checkpointing = _use_gradient_checkpointing(t.gradient_checkpointing, model, data, t)
     model = _prepare_for_training(
         model, quantized=plugins.quantizer.quantized, checkpointing=checkpointing
     )
-    plan = BatchPlan(data.train_set.lengths, t.batch_size, t.seed, t.group_by_length)
-    total_steps = t.max_steps or max(
-        1, math.ceil(t.total_epochs * plan.batches_per_epoch / t.gradient_accumulation_steps)
-    )
+    if data.stream is not None:  # no length: the recipe gives max_steps
+        feed, total_steps = data.stream, t.max_steps
+    else:
+        plan = BatchPlan(data.train_set.lengths, t.batch_size, t.seed, t.group_by_length)
+        feed = PlannedFeed(plan, data.train_set)
+        total_steps = t.max_steps or max(
+            1, math.ceil(t.total_epochs * plan.batches_per_epoch / t.gradient_accumulation_steps)
+        )
     run = RunInfo(
         total_steps=total_steps,
         quantized=plugins.quantizer.quantized,
         learning_rate=t.learning_rate,
         tokenizer=model_section.name,
-        batches=lambda: _first_batches(plan, data.train_set, tokenizer),
+        batches=lambda: _first_batches(feed, tokenizer),
     )
     model = _wrap(model, plugins.method, recipe, init_adapter, run)
     packing = _use_packing(t.packing, model, reporter)
@@ -142,7 +146,7 @@ def setup(
         params=params,
         optimizer=optimizer,
         scheduler=scheduler,
-        plan=plan,
+        feed=feed,
         total_steps=total_steps,
         trainable=trainable,
         total_params=total_params,
@@ -156,14 +160,16 @@ def setup(
 INIT_BATCHES = 8
 
 
-def _first_batches(plan: BatchPlan, train_set: EncodedSet, tokenizer: Any) -> list[dict]:
+def _first_batches(feed: Any, tokenizer: Any) -> list[dict]:
     """The run's first micro-batches, collated and on the device."""
     from adaptool.modeling import device
     from adaptool.training.batching import collate
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    count = min(INIT_BATCHES, plan.batches_per_epoch)
-    batches = [collate(train_set.take(plan.batch_at(k)), pad) for k in range(count)]
+    count = INIT_BATCHES
+    if isinstance(feed, PlannedFeed):  # an epoch's batches at most
+        count = min(count, feed.plan.batches_per_epoch)
+    batches = [collate(feed.batch(k), pad) for k in range(count)]
     return [{k: v.to(device()) for k, v in batch.items()} for batch in batches]
 
 
@@ -179,7 +185,7 @@ def _base_record(recipe: Recipe, model: Any, precision: str) -> BaseModelRecord:
     )
 
 
-def _use_gradient_checkpointing(setting: bool | str, model: Any, data: EncodedSet, t: Any) -> bool:
+def _use_gradient_checkpointing(setting: bool | str, model: Any, data: Data, t: Any) -> bool:
     """``auto``: on only when the activations of one micro-batch would not fit comfortably in
     the memory left after loading the model."""
     if isinstance(setting, bool):
@@ -188,7 +194,9 @@ def _use_gradient_checkpointing(setting: bool | str, model: Any, data: EncodedSe
     config = model.config
     hidden = getattr(config, "hidden_size", 1024)
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 24)
-    longest = int(data.lengths.max())
+    # a stream's rows are not known ahead: the longest a row may be
+    stream = data.stream
+    longest = int(data.train_set.lengths.max()) if stream is None else stream.source.max_length
     tokens = t.batch_size * longest
     element = 2 if str(model.dtype) in ("torch.bfloat16", "torch.float16") else 4
     need = tokens * (hidden * layers * 34 * element + getattr(config, "vocab_size", 0) * 4 * 2)

@@ -4,6 +4,7 @@ weight into one set of examples, without a Python list per row."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,8 @@ from adaptool.data import check_columns, dataset_commit, load_rows, split_rows
 from adaptool.encoding import ROW_ERRORS, BadRow
 from adaptool.errors import DataError
 from adaptool.tokenized import EncodedSet, tokenize
+from adaptool.training.batching import GROUP_WINDOW
+from adaptool.training.stream import SHUFFLE_BUFFER, StreamFeed
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 
 #: training examples recorded (formatted) in the manifest for later commands
 SAMPLES = 4
+#: rows of a streamed source read ahead, to check its columns and take samples from
+SAMPLE_ROWS = 64
 
 
 @dataclass
@@ -47,6 +52,8 @@ class Data:
     #: rows in the training and held-out splits (before formatting: a chunking formatter's
     #: blocks and the refused rows make the sets' own sizes differ)
     split_rows: tuple[int, int] = (0, 0)
+    #: a streamed source's batches (``train_set`` then holds only its first window's)
+    stream: StreamFeed | None = None
 
 
 def load_data(
@@ -56,6 +63,8 @@ def load_data(
     mix the sources' training sets as the recipe says (DataError on bad data). The first
     source's rows are the ones later commands see (samples, held-out rows)."""
     sources, seed = recipe.data.all_sources, recipe.training.seed
+    if sources[0].streaming:  # the only source (the recipe is checked for it)
+        return load_stream(recipe, formatters[0], tokenizer, reporter)
     parts = [
         load_source(source, formatter, tokenizer, seed, reporter)
         for source, formatter in zip(sources, formatters, strict=True)
@@ -230,6 +239,49 @@ def load_source(
         [_source_record(source, formatter, commit, rows, train_set, eval_set)],
         (len(split.train), len(split.eval) if split.eval is not None else 0),
     )
+
+
+def load_stream(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Reporter | None) -> Data:
+    """A streamed source: its first batches read now (the columns checked, the samples and
+    the shapes for the memory estimate taken from them), the rest as training consumes it."""
+    source, t = recipe.data.all_sources[0], recipe.training
+    commit = dataset_commit(source)
+    stream = StreamFeed(
+        source, formatter, tokenizer, t.batch_size, t.seed, t.group_by_length, commit
+    )
+    head = list(itertools.islice(load_rows(source, commit=commit, streaming=True), SAMPLE_ROWS))
+    if not head:
+        raise DataError(f"the dataset {source.source} has no rows (formatter '{formatter.name}').")
+    missing = [c for c in formatter.columns() if c not in head[0]]
+    if missing:
+        check_columns(datasets_of(head), formatter, source.source)
+    first = [e for batch in stream.first(GROUP_WINDOW) for e in batch]
+    if reporter is not None:
+        reporter.info(
+            f"data: streaming {source.source} (shuffled {SHUFFLE_BUFFER:,} rows at a time, "
+            f"tokenized as training reads it; nothing cached)"
+        )
+    record = _source_record(source, formatter, commit, [], EncodedSet.of([]), EncodedSet.of([]))
+    record.update(rows=None, train_examples=None, tokens=None, trained_tokens=None)
+    return Data(
+        rows=datasets_of(head),
+        train_set=EncodedSet.of(first),
+        eval_set=EncodedSet.of([]),
+        eval_rows=None,
+        truncated=0,
+        dropped=0,
+        samples=_samples(head, formatter, tokenizer),
+        bad_rows=[],
+        commit=commit,
+        sources=[record | {"streaming": True}],
+        stream=stream,
+    )
+
+
+def datasets_of(rows: list[dict[str, Any]]) -> datasets.Dataset:
+    import datasets
+
+    return datasets.Dataset.from_list(rows)
 
 
 def _samples(rows: Any, formatter: Any, tokenizer: Any) -> list[dict[str, str]]:
