@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,6 +25,12 @@ class Options(BaseModel):
     """Base of every plugin's options schema: typed as TOML is typed, unknown keys refused."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RecipeRelative:
+    """Marks an option that may name a file: ``Annotated[str, RecipeRelative()]``. A relative
+    value that names a file beside the recipe is made absolute when the recipe is loaded, as
+    ``data.source`` is (a value that is not such a file — a built-in name — is left alone)."""
 
 
 class Plugin:
@@ -131,8 +137,8 @@ class ChatOptions(Options):
     #: or dropped before rendering
     reasoning: Literal["keep", "drop"] = "keep"
     #: a template for a base model that has none, or to use instead of its own: a built-in
-    #: name (chatml, chatml-generation, zephyr) or a .jinja file
-    chat_template: str | None = None
+    #: name (chatml, chatml-generation, zephyr) or a .jinja file (relative to the recipe)
+    chat_template: Annotated[str, RecipeRelative()] | None = None
 
 
 class ChatTemplateFormatter(Formatter):

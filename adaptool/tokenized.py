@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 MAP_BATCH = 1000
 #: below this many rows one process does it: starting workers costs more than it saves
 PARALLEL_ROWS = 20_000
+#: examples hashed at a time by :meth:`EncodedSet.content_hash`
+HASH_BLOCK = 100_000
 #: bump when what a cached table holds changes
 LAYOUT = 2
 
@@ -136,6 +138,22 @@ class EncodedSet(Sequence[Encoded]):
     @property
     def trained_tokens(self) -> int:
         return int(self.trained.sum())
+
+    def content_hash(self) -> str:
+        """A hash of every example's tokens and labels, in order (read through Arrow a block
+        at a time: about a second per 10 million tokens here). Unlike the table's
+        fingerprint, it ignores a source file's timestamp and sees only what training sees."""
+        import xxhash
+
+        digest = xxhash.xxh3_128()
+        arrow = self.table.with_format("arrow")
+        for start in range(0, len(self), HASH_BLOCK):
+            block = arrow[start : start + HASH_BLOCK]
+            for name in ("input_ids", "labels"):
+                column = block.column(name).combine_chunks()
+                digest.update(column.offsets.to_numpy().tobytes())
+                digest.update(column.values.to_numpy().tobytes())
+        return digest.hexdigest()
 
     def select(self, indices: Sequence[int] | np.ndarray) -> EncodedSet:
         return EncodedSet(self.table.select(indices))

@@ -347,3 +347,24 @@ def test_a_template_file_travels_with_the_adapter(tmp_path, tiny_bloom_dir, plug
     target = open_target(out)
     prompt = target.formatter.generation_prompt("Colour of the sky?", target.tokenizer)
     assert prompt == "<|user|>\nColour of the sky?</s>\n<|assistant|>\n"
+
+
+def test_a_template_file_is_found_beside_the_recipe(tmp_path, registry, monkeypatch):
+    """chat_template = "mine.jinja" names the file next to the recipe, whatever the working
+    directory; a built-in name is left as it is."""
+    from adaptool.recipe import load_recipe
+    from tests.helpers import write_recipe
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.jinja").write_text(BUILTIN["zephyr"])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    text = (
+        '[model]\nname = "gpt2"\n[data]\nsource = "chats.jsonl"\nformatter = "chat"\n'
+        'chat_template = "{template}"\n[output]\ndir = "out"\n'
+    )
+    path = write_recipe(tmp_path / "recipes", text.format(template="mine.jinja"))
+    recipe = load_recipe(path)
+    assert recipe.data.options["chat_template"] == str(tmp_path / "recipes" / "mine.jinja")
+    named = write_recipe(tmp_path / "recipes", text.format(template="zephyr"), "named.toml")
+    assert load_recipe(named).data.options["chat_template"] == "zephyr"

@@ -148,3 +148,17 @@ def test_an_encoded_set_reads_examples_by_index_and_slice():
     with pytest.raises(IndexError):
         kept[5]
     assert kept.select([2]).take([0]) == [examples[2]]
+
+
+def test_the_content_hash_sees_tokens_labels_and_order_only():
+    from adaptool.encoding import Encoded
+
+    examples = [Encoded([i, i + 1, 2], [-100, i + 1, 2], 1, 2, False) for i in range(5)]
+    same = EncodedSet.of(examples).content_hash()
+    assert EncodedSet.of(list(examples)).content_hash() == same
+    assert EncodedSet.of(examples[::-1]).content_hash() != same
+    relabelled = [*examples[:4], Encoded([4, 5, 2], [-100, -100, 2], 1, 2, False)]
+    assert EncodedSet.of(relabelled).content_hash() != same
+    assert EncodedSet.of(examples).select([0, 1]).content_hash() == (
+        EncodedSet.of(examples[:2]).content_hash()
+    )

@@ -370,10 +370,40 @@ def _resolve_paths(data: dict[str, Any], base: Path, problems: list[RecipeProble
             problems.append(
                 RecipeProblem(f"{section}.{key}", f"cannot be a path here ({describe(exc)})")
             )
+    if isinstance(data.get("data"), dict):
+        _resolve_option_paths(data["data"], base)
     sources = data.get("data", {}).get("sources") if isinstance(data.get("data"), dict) else None
     for table in sources if isinstance(sources, list) else []:
         if isinstance(table, dict):
             _resolve_paths({"data": table}, base, problems)
+
+
+def _resolve_option_paths(values: dict[str, Any], base: Path) -> None:
+    """A formatter option marked :class:`~adaptool.base.RecipeRelative` whose relative value
+    names a file beside the recipe: made absolute (in place)."""
+    from adaptool.base import RecipeRelative
+
+    try:
+        options = registry().entry("formatter", str(values.get("formatter"))).cls.Options
+    except (PluginError, AttributeError, KeyError):
+        return  # an unknown plugin is reported by validation
+    for field_name, field in options.model_fields.items():
+        value = values.get(field_name)
+        marked = any(isinstance(m, RecipeRelative) for m in _metadata(field))
+        if marked and isinstance(value, str) and value and not Path(value).is_absolute():
+            candidate = base / Path(value).expanduser()
+            if candidate.is_file():
+                values[field_name] = str(candidate.resolve())
+
+
+def _metadata(field: Any) -> list[Any]:
+    """A field's Annotated metadata, also inside ``Annotated[...] | None``."""
+    import typing
+
+    found = list(field.metadata)
+    for arg in typing.get_args(field.annotation):
+        found += list(getattr(arg, "__metadata__", ()))
+    return found
 
 
 def _key(name: object) -> str:

@@ -209,6 +209,7 @@ def _loop(
                     extra=state.to_checkpoint(total_steps)
                     | {
                         "recipe": resume_key(session.recipe),
+                        "data": session.data.key(),
                         "callbacks": {c.name: c.state_dict() for c in callbacks},
                         "convert_at_save": session.initial is not None,
                     },

@@ -89,6 +89,7 @@ def train(
             scheduler=session.scheduler,
         )
         state = LoopState.from_checkpoint(saved)
+        _check_same_data(saved.get("data"), session.data.key(), checkpoint)
         if saved.get("total_steps") not in (None, session.total_steps):
             reporter.info(
                 f"warning: the checkpoint's run had {saved['total_steps']} steps, this recipe "
@@ -170,6 +171,23 @@ def train(
     result.manifest = build_manifest(session, result)
     write_output(out, session, result.manifest, outcome.records)
     return result
+
+
+def _check_same_data(saved: dict | None, now: dict, checkpoint: Path) -> None:
+    """A resumed run must train on the examples the checkpoint's run did: other rows (an
+    edited file, a moved Hub revision), formatter or tokenizer would make different batches,
+    and the run would end somewhere neither run would have."""
+    if saved is None or saved == now:  # a checkpoint of an earlier version records none
+        return
+    if saved.get("sources") != now["sources"]:
+        what = f"its sources were {saved.get('sources')}, now {now['sources']}"
+    else:
+        what = "its examples changed (the rows, the formatter, the tokenizer or [data] settings)"
+    raise AdaptoolError(
+        f"{param('resume', 'True')}: the training data is not what the run of {checkpoint} "
+        f"trained on: {what}. Resume with the data it started with, or start a new run "
+        f"({param('overwrite', 'True')})."
+    )
 
 
 def _check_output(out: Path, *, resume: bool, overwrite: bool, inputs: list) -> Path | None:

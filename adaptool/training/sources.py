@@ -55,6 +55,18 @@ class Data:
     #: a streamed source's batches (``train_set`` then holds only its first window's)
     stream: StreamFeed | None = None
 
+    def key(self) -> dict[str, Any]:
+        """What a resumed run must find again to see the same batches: each source (and the
+        commit it was read at) and a hash of the training examples' tokens and labels, in
+        order, which changes with the rows, the formatter, the tokenizer or the [data]
+        settings (computed once)."""
+        if "_key" not in self.__dict__:
+            self.__dict__["_key"] = {
+                "sources": [[r["source"], r["commit"]] for r in self.sources],
+                "examples": None if self.stream else self.train_set.content_hash(),
+            }
+        return self.__dict__["_key"]
+
 
 def load_data(
     recipe: Recipe, formatters: Sequence[Any], tokenizer: Any, reporter: Reporter

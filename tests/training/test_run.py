@@ -153,3 +153,22 @@ def test_a_torn_checkpoint_and_a_cut_log_line_still_resume(tmp_path, tiny_bloom_
     assert resumed.step == 10
     steps = [r["step"] for r in records(out)]
     assert steps == sorted(steps) and steps[-1] == 10
+
+
+def test_resume_on_changed_data_is_refused(tmp_path, tiny_bloom_dir, plugins):
+    """An edited source would make other batches: the resumed run is refused, naming why,
+    before anything is touched; with the data as it was, it resumes."""
+    import json
+
+    source = tmp_path / "quotes.jsonl"
+    source.write_text((DATA / "quotes.jsonl").read_text())
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=8, source=source)
+    recipe = load_recipe(path)
+    first = train(recipe, reporter=InterruptAt(5))
+    assert first.interrupted
+    original = source.read_text()
+    source.write_text(original + json.dumps({"quote": "“New.”", "tags": ["new"]}) + "\n")
+    with pytest.raises(AdaptoolError, match="training data is not what the run of"):
+        train(load_recipe(path), resume=True)
+    source.write_text(original)
+    assert train(load_recipe(path), resume=True).step == 8
