@@ -190,3 +190,31 @@ def test_prompt_learning_adapters_are_never_packed(tokenizer):
     assert packing_refused(model) is None
     wrapped = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     assert "virtual tokens" in packing_refused(wrapped)
+
+
+# -- the batch plan ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_every_row_once_an_epoch_in_a_seeded_order(group):
+    import random
+
+    from adaptool.training.batching import BatchPlan
+
+    rng = random.Random(1)
+    lengths = [rng.randint(1, 90) for _ in range(1003)]
+    plan = BatchPlan(lengths, 4, seed=5, group_by_length=group)
+    for epoch in (0, 1):
+        batches = plan.batches(epoch)
+        assert len(batches) == plan.batches_per_epoch == 251
+        assert sorted(i for b in batches for i in b) == list(range(1003))
+        assert all(1 <= len(b) <= 4 for b in batches)
+        assert [plan.batch_at(epoch * 251 + k) for k in range(251)] == batches
+    assert plan.batches(0) != plan.batches(1)
+    assert BatchPlan(lengths, 4, seed=5, group_by_length=group).batches(0) == plan.batches(0)
+    if group:  # rows of a batch have neighbouring lengths: little padding
+        padded = sum(4 * max(lengths[i] for i in b) for b in plan.batches(0))
+        ungrouped = BatchPlan(lengths, 4, seed=5, group_by_length=False).batches(0)
+        assert padded < 0.8 * sum(4 * max(lengths[i] for i in b) for b in ungrouped)
+        for b in plan.batches(0):
+            assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
