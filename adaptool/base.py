@@ -30,7 +30,18 @@ class Options(BaseModel):
 class RecipeRelative:
     """Marks an option that may name a file: ``Annotated[str, RecipeRelative()]``. A relative
     value that names a file beside the recipe is made absolute when the recipe is loaded, as
-    ``data.source`` is (a value that is not such a file — a built-in name — is left alone)."""
+    ``data.source`` is (a value that is not such a file — a built-in name — is left alone),
+    and the file's content is part of the tokenization cache's key."""
+
+
+def option_metadata(field: Any) -> list[Any]:
+    """An Options field's ``Annotated`` metadata, also inside ``Annotated[...] | None``."""
+    import typing
+
+    found = list(field.metadata)
+    for arg in typing.get_args(field.annotation):
+        found += list(getattr(arg, "__metadata__", ()))
+    return found
 
 
 class Plugin:

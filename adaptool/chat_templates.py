@@ -100,13 +100,17 @@ def resolve_template(name_or_path: str, base: Path | None = None) -> str:
     """The template text of a built-in ``name`` or of a template file (``.jinja``)."""
     if name_or_path in BUILTIN:
         return BUILTIN[name_or_path]
-    path = Path(name_or_path).expanduser()
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
+    try:  # a pasted template or an unknown ~user is not a file either
+        path = Path(name_or_path).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    except (OSError, RuntimeError, ValueError):
+        pass
+    shown = name_or_path if len(name_or_path) <= 80 else name_or_path[:77] + "..."
     raise DataError(
-        f"chat_template = '{name_or_path}' is neither a built-in template "
+        f"chat_template = '{shown}' is neither a built-in template "
         f"({', '.join(BUILTIN)}) nor a template file."
     )
 

@@ -123,7 +123,7 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
         hyperparameters=hyperparameters,
         trainable_params=trainable,
         tokenizer=str(getattr(tokenizer, "name_or_path", "")),
-        rows=len(rows),
+        rows=len(data.train_set) if data.stream is not None else len(rows),
         train_rows=data.split_rows[0],
         eval_rows=data.split_rows[1],
         examples=[_view(i, e, tokenizer) for i, e in enumerate(shown[:examples])],
@@ -134,8 +134,9 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
     )
     if data.stream is not None:
         report.warnings.append(
-            f"data.streaming: the figures are from the first {len(data.train_set)} examples "
-            f"({len(rows)} rows read ahead); a streamed source is not counted before training."
+            f"data.streaming: the counts below are of the first {len(data.train_set)} "
+            f"examples the stream gives (its first window); a streamed source is not counted "
+            f"before training."
         )
     if not method.mergeable:
         report.warnings.append(

@@ -225,6 +225,11 @@ def split_rows(rows: datasets.Dataset, fraction: float, seed: int) -> Split:
     import numpy as np
 
     n_eval = max(1, round(len(rows) * fraction))
+    if n_eval >= len(rows):
+        raise DataError(
+            f"eval_fraction = {fraction} of the {len(rows)} rows holds out {n_eval}, leaving "
+            f"none to train on; lower eval_fraction."
+        )
     order = np.random.default_rng(seed).permutation(len(rows))
     held, kept = order[:n_eval], order[n_eval:]
     return Split(rows.select(kept), rows.select(held), kept, held)

@@ -104,7 +104,11 @@ def token_ids(tokenizer: Any, texts: list[str], *, add_special_tokens: bool) -> 
     Python work (twice as fast on short rows). The first and last texts of every batch are
     also tokenized the ordinary way; any difference (a tokenizer that rewrites its input in
     Python first) and the whole batch goes the ordinary way."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if texts else None
+    if not texts:  # a batch whose every row was refused
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if getattr(backend, "truncation", None) or getattr(backend, "padding", None):
+        backend = None  # a stored truncation or padding the call would undo: the call it is
     encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
     if encode is not None:
         try:

@@ -159,11 +159,12 @@ class EncodedSet(Sequence[Encoded]):
         return EncodedSet(self.table.select(indices))
 
     @classmethod
-    def of(cls, examples: Sequence[Encoded]) -> EncodedSet:
-        """A set of examples made in memory (tests, a handful of rows)."""
+    def of(cls, examples: Sequence[Encoded], eos: int | None = None) -> EncodedSet:
+        """A set of examples made in memory (tests, a handful of rows); ``eos``: the
+        tokenizer's EOS id, for ``ends_with_eos``."""
         import datasets
 
-        table = datasets.Dataset.from_dict(_columns(examples, []), features=_features())
+        table = datasets.Dataset.from_dict(_columns(examples, [], eos), features=_features())
         return cls(table)
 
 
@@ -231,9 +232,13 @@ def tokenize(
     A refused row raises as :func:`~adaptool.encoding.encode_rows` does, or is skipped."""
     import numpy as np
 
+    if len(rows) == 0:
+        return Tokenized(EncodedSet.of([]), [], 0, False)
     fingerprint = _fingerprint(rows, formatter, tokenizer, data)
     cache = _cache_file(rows, fingerprint)
     procs = processes if processes is not None else _processes(len(rows))
+    if formatter.chunks:  # blocks are cut within a map batch: one process cuts them the same
+        procs = 1  # whatever the machine (a cache and a resume that do not depend on cores)
     cached = cache is not None and _cached(cache, procs)
     if not cached:  # what reading the rows left in Arrow's allocator goes back to the system
         import pyarrow
@@ -359,6 +364,8 @@ def _fingerprint(rows: datasets.Dataset, formatter: Formatter, tokenizer: Any, d
         "formatter": [formatter.name, getattr(formatter, "version", None)],
         "formatter_code": _source_hash([type(formatter)]),
         "options": _plain(getattr(formatter, "options", None)),
+        "option_files": _option_files(formatter),
+        "transformers": _version("transformers"),
         "tokenizer": _tokenizer_hash(tokenizer),
         "data": {
             key: getattr(data, key)
@@ -367,6 +374,34 @@ def _fingerprint(rows: datasets.Dataset, formatter: Formatter, tokenizer: Any, d
     }
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _option_files(formatter: Formatter) -> dict[str, str]:
+    """A hash of each file a path-valued option names (an edited chat template re-encodes)."""
+    from adaptool.base import RecipeRelative, option_metadata
+
+    options = getattr(formatter, "options", None)
+    found = {}
+    for name, field in getattr(type(options), "model_fields", {}).items():
+        value = getattr(options, name, None)
+        marked = any(isinstance(m, RecipeRelative) for m in option_metadata(field))
+        if marked and isinstance(value, str):
+            try:
+                path = Path(value)
+                if path.is_file():
+                    found[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def _encoding_modules() -> list[Any]:
@@ -404,8 +439,10 @@ def _tokenizer_hash(tokenizer: Any) -> str:
     normalisation), special tokens and chat template — or, for a slow one, its pickle hash."""
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        digest.update(backend.to_str().encode())
+    if backend is not None:  # without the truncation and padding a call switches on and off
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None), definition.pop("padding", None)
+        digest.update(json.dumps(definition, sort_keys=True).encode())
     else:
         from datasets.fingerprint import Hasher
 

@@ -368,3 +368,18 @@ def test_a_template_file_is_found_beside_the_recipe(tmp_path, registry, monkeypa
     assert recipe.data.options["chat_template"] == str(tmp_path / "recipes" / "mine.jinja")
     named = write_recipe(tmp_path / "recipes", text.format(template="zephyr"), "named.toml")
     assert load_recipe(named).data.options["chat_template"] == "zephyr"
+
+
+def test_an_odd_chat_template_value_is_a_problem_not_a_crash(tmp_path, registry):
+    from adaptool.errors import RecipeError
+    from adaptool.recipe import load_recipe
+    from tests.helpers import write_recipe
+
+    pasted = "{% for m in messages %}" * 400  # a template pasted where a name or file goes
+    for value in ("~nosuchuser/t.jinja", pasted):
+        text = (
+            '[model]\nname = "gpt2"\n[data]\nsource = "c.jsonl"\nformatter = "chat"\n'
+            f"chat_template = '{value}'\n[output]\ndir = \"out\"\n"
+        )
+        with pytest.raises(RecipeError, match="chat_template"):
+            load_recipe(write_recipe(tmp_path, text))

@@ -295,3 +295,8 @@ def test_a_globs_split_is_applied(tmp_path):
     assert (
         len(load_rows(DataSection(source=source, formatter="quote-tags", split="train[:1]"))) == 1
     )
+
+
+def test_an_eval_fraction_that_leaves_nothing_to_train_on_is_refused():
+    with pytest.raises(DataError, match="leaving none to train on"):
+        split_eval(rows_of(3), 0.9, seed=1)

@@ -325,3 +325,19 @@ def test_a_tokenizer_that_rewrites_its_input_in_python_is_called_the_ordinary_wa
         token_ids(shouting, texts, add_special_tokens=False)
         == tokenizer([t.upper() for t in texts], add_special_tokens=False)["input_ids"]
     )
+
+
+def test_a_truncation_stored_in_the_tokenizer_never_cuts_the_rust_path(tokenizer):
+    """A tokenizer.json saved with truncation on: the call switches it off, and so does
+    token_ids — it goes the ordinary way."""
+    import copy
+
+    from adaptool.encoding import token_ids
+
+    stored = copy.deepcopy(tokenizer)
+    stored.backend_tokenizer.enable_truncation(3)
+    texts = ["a", "b", "a much longer text than three tokens, in the middle", "c", "d"]
+    assert (
+        token_ids(stored, texts, add_special_tokens=False)
+        == tokenizer(texts, add_special_tokens=False)["input_ids"]
+    )

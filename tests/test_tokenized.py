@@ -162,3 +162,39 @@ def test_the_content_hash_sees_tokens_labels_and_order_only():
     assert EncodedSet.of(examples).select([0, 1]).content_hash() == (
         EncodedSet.of(examples[:2]).content_hash()
     )
+
+
+def test_an_edited_chat_template_file_makes_a_new_table(tmp_path, tokenizer, registry):
+    """The option names a file: its content, not only its path, keys the cache."""
+    from adaptool.chat_templates import BUILTIN
+
+    template = tmp_path / "mine.jinja"
+    template.write_text(BUILTIN["zephyr"])
+    path = tmp_path / "chats.jsonl"
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    path.write_text((json.dumps({"messages": conversation}) + "\n") * 4)
+    data = DataSection(source=str(path), formatter="chat", max_length=64)
+    formatter = make(registry, "formatter", "chat", chat_template=str(template))
+    first = tokenize(load_file(path), formatter, tokenizer, data)
+    assert tokenize(load_file(path), formatter, tokenizer, data).cached
+    template.write_text(BUILTIN["chatml"])
+    again = tokenize(load_file(path), formatter, tokenizer, data)
+    assert not again.cached and list(again.examples) != list(first.examples)
+
+
+def test_the_tokenizer_key_does_not_change_when_the_tokenizer_is_called(tokenizer):
+    from adaptool.tokenized import _tokenizer_hash
+
+    before = _tokenizer_hash(tokenizer)
+    tokenizer(["some text"], truncation=True, max_length=4, padding="max_length")
+    tokenizer(["some text"])
+    assert _tokenizer_hash(tokenizer) == before
+
+
+def test_an_empty_split_gives_an_empty_set(tokenizer, registry):
+    import datasets
+
+    formatter = make(registry, "formatter", "quote-tags")
+    rows = datasets.Dataset.from_list([{"quote": "q", "tags": ["t"]}]).select([])
+    done = tokenize(rows, formatter, tokenizer, _data("x.jsonl"))
+    assert len(done.examples) == 0 and done.bad == []

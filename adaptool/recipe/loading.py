@@ -381,7 +381,7 @@ def _resolve_paths(data: dict[str, Any], base: Path, problems: list[RecipeProble
 def _resolve_option_paths(values: dict[str, Any], base: Path) -> None:
     """A formatter option marked :class:`~adaptool.base.RecipeRelative` whose relative value
     names a file beside the recipe: made absolute (in place)."""
-    from adaptool.base import RecipeRelative
+    from adaptool.base import RecipeRelative, option_metadata
 
     try:
         options = registry().entry("formatter", str(values.get("formatter"))).cls.Options
@@ -389,21 +389,15 @@ def _resolve_option_paths(values: dict[str, Any], base: Path) -> None:
         return  # an unknown plugin is reported by validation
     for field_name, field in options.model_fields.items():
         value = values.get(field_name)
-        marked = any(isinstance(m, RecipeRelative) for m in _metadata(field))
-        if marked and isinstance(value, str) and value and not Path(value).is_absolute():
+        marked = any(isinstance(m, RecipeRelative) for m in option_metadata(field))
+        if not (marked and isinstance(value, str) and value):
+            continue
+        try:  # anything that is not a file here (a name, a pasted template) is left alone
             candidate = base / Path(value).expanduser()
-            if candidate.is_file():
+            if not Path(value).is_absolute() and candidate.is_file():
                 values[field_name] = str(candidate.resolve())
-
-
-def _metadata(field: Any) -> list[Any]:
-    """A field's Annotated metadata, also inside ``Annotated[...] | None``."""
-    import typing
-
-    found = list(field.metadata)
-    for arg in typing.get_args(field.annotation):
-        found += list(getattr(arg, "__metadata__", ()))
-    return found
+        except (OSError, RuntimeError, ValueError):
+            continue
 
 
 def _key(name: object) -> str:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,3 +143,24 @@ class PlannedFeed:
     def epoch(self, index: int) -> float | None:
         """Epochs done once micro-batch ``index`` is reached."""
         return index / self.plan.batches_per_epoch
+
+
+def collate_for(packing: bool | str) -> Callable[[Sequence[Encoded], int], dict[str, Any]]:
+    """How the loop makes a micro-batch: padded (``False``), always packed (``True``), or —
+    ``"auto"`` — packed when that costs no more attention than padding: a packed sequence of
+    T tokens attends over T² positions, a padded batch of B rows of width L over B·L², so a
+    batch is packed when T² ≤ B·L² (rows of mixed lengths), padded when its rows are alike
+    (as length grouping makes them). Both are exact, so the choice changes speed only."""
+    if packing is False:
+        return collate
+    if packing is True:
+        return collate_packed
+
+    def either(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, Any]:
+        lengths = [len(e.input_ids) for e in examples]
+        total, width = sum(lengths), max(lengths)
+        if total * total <= len(lengths) * width * width:
+            return collate_packed(examples, pad_token_id)
+        return collate(examples, pad_token_id)
+
+    return either

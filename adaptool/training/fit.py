@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from adaptool.encoding import IGNORE_INDEX, Encoded
 from adaptool.errors import TrainingError
 from adaptool.modeling import device
-from adaptool.training.batching import collate, collate_packed
+from adaptool.training.batching import collate, collate_for
 from adaptool.training.checkpoint import (
     capture_rng,
     latest_checkpoint,
@@ -121,7 +121,7 @@ def _loop(
     autocast, scaler = _mixed_precision(session.precision, dev)
     tokenizer = session.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pack = collate_packed if session.packing else collate
+    pack = collate_for(session.packing)
     eval_every = t.eval_steps or t.save_steps or total_steps
     window = state.window
     window.started = time.monotonic()

@@ -57,8 +57,9 @@ class Session:
     run: RunInfo | None = None
     #: where the adapter as initialised is kept, when the method converts at save (PiSSA)
     initial: Path | None = None
-    #: each micro-batch packed into one sequence (training.packing, resolved for the model)
-    packing: bool = False
+    #: micro-batches packed into one sequence: always (True), where it costs no more
+    #: attention ("auto"), never (False) — training.packing resolved for the model
+    packing: bool | str = False
 
 
 def setup(
@@ -203,23 +204,33 @@ def _use_gradient_checkpointing(setting: bool | str, model: Any, data: Data, t: 
     return need > 0.5 * free_memory()
 
 
-def _use_packing(setting: bool | str, model: Any, reporter: Reporter) -> bool:
-    """``auto``: pack where it is exact for the model; ``true`` on a model where it is not is
-    refused, naming why."""
+def _use_packing(setting: bool | str, model: Any, reporter: Reporter) -> bool | str:
+    """``True``: every micro-batch packed (refused, naming why, where packing is not exact);
+    ``"auto"``: where it is exact, each micro-batch packed when that costs no more attention
+    than padding (always, with a variable-length attention that never builds the mask);
+    ``False``: padded."""
     from adaptool.modeling import packing_refused
 
     if setting is False:
         return False
     why = packing_refused(model)
-    if why is None:
-        reporter.info("packing: each micro-batch is one sequence, attention kept within rows")
-        return True
-    if setting is True:
+    if why is not None and setting is True:
         raise ModelError(
             f"training.packing = true, but packing is not exact here: {why}. Set "
             f'training.packing = "auto" (packs where it is exact) or false.'
         )
-    return False
+    if why is not None:
+        return False
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if setting is True or attention in VARLEN_ATTENTION:
+        reporter.info("packing: each micro-batch is one sequence, attention kept within rows")
+        return True
+    reporter.info("packing: micro-batches of rows of mixed lengths packed into one sequence")
+    return "auto"
+
+
+#: attention implementations that take packed rows as variable-length sequences (no T² mask)
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 def _prepare_for_training(model: Any, *, quantized: bool, checkpointing: bool) -> Any:

@@ -213,6 +213,13 @@ def load_source(
             refused = {b.row - 1 for b in held.bad}
             keep = [i for i, pos in enumerate(split.eval_positions) if pos not in refused]
             eval_rows = eval_rows.select(keep)
+    if not len(train_set) and require_trained and len(train.bad) == len(split.train):
+        first = train.bad[0]
+        raise DataError(
+            f"all {len(split.train)} training rows of {source.source} are refused by "
+            f"formatter '{formatter.name}' (skipped, as data.on_bad_row = \"skip\" says); the "
+            f"first, row {first.row}: {first.message}"
+        )
     if not len(train_set) and require_trained:
         raise DataError(
             f"none of the {len(split.train)} training rows of {source.source} leaves a "
@@ -268,6 +275,7 @@ def load_stream(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Report
     if missing:
         check_columns(datasets_of(head), formatter, source.source)
     first = [e for batch in stream.first(GROUP_WINDOW) for e in batch]
+    eos = tokenizer.eos_token_id
     if reporter is not None:
         reporter.info(
             f"data: streaming {source.source} (shuffled {SHUFFLE_BUFFER:,} rows at a time, "
@@ -277,7 +285,7 @@ def load_stream(recipe: Recipe, formatter: Any, tokenizer: Any, reporter: Report
     record.update(rows=None, train_examples=None, tokens=None, trained_tokens=None)
     return Data(
         rows=datasets_of(head),
-        train_set=EncodedSet.of(first),
+        train_set=EncodedSet.of(first, eos),
         eval_set=EncodedSet.of([]),
         eval_rows=None,
         truncated=0,

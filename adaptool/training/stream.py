@@ -42,18 +42,23 @@ class StreamFeed:
     seed: int
     group_by_length: bool = True
     commit: str | None = None
-    #: rows refused by the formatter and skipped so far (``data.on_bad_row = "skip"``)
-    bad_rows: int = 0
+    #: the rows refused by the formatter and skipped so far (``data.on_bad_row = "skip"``),
+    #: each counted once however many epochs read it
+    refused: set[int] = field(default_factory=set)
     _next: int = field(default=0, repr=False)
     _batches: Iterator[list[Encoded]] | None = field(default=None, repr=False)
 
     def batch(self, index: int) -> list[Encoded]:
         if self._batches is None or index < self._next:
-            self._batches, self._next, self.bad_rows = self._all_batches(), 0, 0
+            self._batches, self._next = self._all_batches(), 0
         for _ in range(index - self._next):
             next(self._batches)
         self._next = index + 1
         return next(self._batches)
+
+    @property
+    def bad_rows(self) -> int:
+        return len(self.refused)
 
     def epoch(self, index: int) -> float | None:
         """Unknown: a stream has no length until it has been read."""
@@ -95,7 +100,7 @@ class StreamFeed:
                     if kind == 2 or data.on_bad_row == "error":
                         bad = BadRow(bad.row, bad.message, bad.by_plugin, kind == 2)
                         raise row_error(bad, formatter, data)
-                    self.bad_rows += 1
+                    self.refused.add(bad.row)
                     continue
                 if columns["trained"][i]:
                     yield Encoded(

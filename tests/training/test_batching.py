@@ -218,3 +218,20 @@ def test_every_row_once_an_epoch_in_a_seeded_order(group):
         assert padded < 0.8 * sum(4 * max(lengths[i] for i in b) for b in ungrouped)
         for b in plan.batches(0):
             assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+
+
+def test_auto_packs_a_batch_when_that_costs_no_more_attention():
+    """Rows of mixed lengths are packed (T² ≤ B·L²); rows alike, as grouping makes them, are
+    padded; true and false always do one thing."""
+    from adaptool.encoding import Encoded
+    from adaptool.training.batching import collate_for
+
+    def rows(*lengths):
+        return [Encoded(list(range(5, 5 + n)), [-100] * n, 0, n, False) for n in lengths]
+
+    auto = collate_for("auto")
+    assert "position_ids" in auto(rows(200, 20, 20, 20), 0)
+    assert "position_ids" in auto(rows(100, 10), 0)
+    assert "attention_mask" in auto(rows(40, 38, 36, 35), 0)
+    assert "position_ids" in collate_for(True)(rows(40, 38, 36, 35), 0)
+    assert "attention_mask" in collate_for(False)(rows(200, 20, 20, 20), 0)

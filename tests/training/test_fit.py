@@ -76,27 +76,29 @@ def _adapter_tensors(folder):
 
 
 def test_packed_training_takes_the_steps_unpacked_training_takes(tmp_path, tiny_llama_dir, plugins):
-    """On a Llama, packing = "auto" packs each micro-batch into one sequence; with dropout off
-    the run's losses and final adapter are those of the same run unpacked (fp32)."""
+    """On a Llama, packing = true packs every micro-batch into one sequence; with dropout off
+    the run's losses and final adapter are those of the same run unpacked (fp32). "auto" is
+    recorded as such (it packs the batches of mixed lengths); BLOOM is never packed."""
     import json
 
     from safetensors.torch import load_file
 
     runs = {}
-    for packing in ("auto", "false"):
+    for packing in ("true", "false", "auto"):
         folder = tmp_path / packing
         folder.mkdir()
         path = recipe_file(folder, tiny_llama_dir, steps=4)
         done = train(load_recipe(path, ["peft.dropout=0.0", f"training.packing={packing}"]))
         manifest = json.loads((done.output_dir / "adaptool.json").read_text())
         runs[packing] = (done.output_dir, manifest)
-    assert runs["auto"][1]["training"]["packing_used"] is True
+    assert runs["true"][1]["training"]["packing_used"] is True
     assert runs["false"][1]["training"]["packing_used"] is False
-    packed = [r["loss"] for r in records(runs["auto"][0]) if "loss" in r]
-    padded = [r["loss"] for r in records(runs["false"][0]) if "loss" in r]
-    assert packed == pytest.approx(padded, rel=1e-4)
-    assert packed[-1] < packed[0]
-    a = load_file(runs["auto"][0] / "adapter_model.safetensors")
+    assert runs["auto"][1]["training"]["packing_used"] == "auto"
+    losses = {k: [r["loss"] for r in records(out) if "loss" in r] for k, (out, _) in runs.items()}
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+    assert losses["auto"] == pytest.approx(losses["false"], rel=1e-4)
+    assert losses["true"][-1] < losses["true"][0]
+    a = load_file(runs["true"][0] / "adapter_model.safetensors")
     b = load_file(runs["false"][0] / "adapter_model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 

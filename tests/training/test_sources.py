@@ -42,3 +42,21 @@ def test_combine_takes_each_example_from_its_source():
     assert [e.input_ids[0] for e in joined] == [201, 102, 100, 200, 102]
     assert joined.lengths.tolist() == [2] * 5 and joined.tokens == 10
     assert joined.trained_tokens == 5
+
+
+def test_a_source_whose_every_row_is_refused_says_so(tmp_path, tokenizer, registry):
+    import json
+
+    import pytest
+
+    from adaptool.errors import DataError
+    from adaptool.recipe.schema import DataSection
+    from adaptool.training.sources import load_source
+    from tests.helpers import make
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text((json.dumps({"quote": "“Q.”", "tags": None}) + "\n") * 5)
+    source = DataSection(source=str(path), formatter="quote-tags", on_bad_row="skip")
+    formatter = make(registry, "formatter", "quote-tags")
+    with pytest.raises(DataError, match=r"all 5 training rows .* are refused .* row 1: column"):
+        load_source(source, formatter, tokenizer, 0, None)

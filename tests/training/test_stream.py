@@ -115,3 +115,17 @@ def test_check_reports_a_stream_from_its_first_window(tmp_path, tiny_bloom_dir, 
     report = check(load_recipe(recipe_file(tmp_path, tiny_bloom_dir), STREAM))
     assert any("data.streaming" in w for w in report.warnings)
     assert report.examples and sum(report.token_counts) > 0
+    assert report.rows == len(report.token_counts)  # counted in examples of the window
+    assert report.without_eos == 0  # every example ends with its trained EOS
+
+
+def test_a_skipped_bad_row_counts_once_however_many_epochs_read_it(tmp_path, registry, tokenizer):
+    rows = [json.loads(line) for line in (DATA / "quotes.jsonl").read_text().splitlines()]
+    rows[2]["tags"] = None
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    feed = _feed(registry, tokenizer, path, on_bad_row="skip")
+    per_epoch = -(-(len(rows) - 1) // 2)
+    for i in range(3 * per_epoch):
+        feed.batch(i)
+    assert feed.bad_rows == 1
