@@ -51,6 +51,8 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     #: with several sources: rows, tokens and trained tokens of each, and its weight
     sources: list[dict[str, Any]] = field(default_factory=list)
+    #: across processes: how many, the strategy, the effective batch, what each holds
+    world: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         counts = self.token_counts or [0]
@@ -90,10 +92,11 @@ class CheckReport:
             ],
             "warnings": self.warnings,
             "sources": self.sources,
+            "world": self.world,
         }
 
 
-def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
+def check(recipe: Recipe, *, examples: int = 3, processes: int = 1) -> CheckReport:
     """Resolve the recipe's plugins, load its tokenizer and dataset, format and tokenize every
     row, and report what training would see. Raises AdaptoolError subclasses on bad input."""
     plugins = resolve_plugins(recipe)
@@ -176,7 +179,32 @@ def check(recipe: Recipe, *, examples: int = 3) -> CheckReport:
         )
     if len(recipe.data.all_sources) > 1:
         report.sources = _mixture(recipe, plugins, tokenizer, data)
+    report.world = world_report(recipe, processes, trainable)
     return report
+
+
+#: bytes per trainable parameter a process holds: fp32 weight, gradient, AdamW's two moments
+TRAINING_BYTES = 16
+
+
+def world_report(recipe: Recipe, processes: int, trainable: int | None) -> dict[str, Any]:
+    """How ``processes`` training processes would share the recipe's work."""
+    t, strategy = recipe.training, recipe.distributed.strategy
+    adapter = f"{trainable:,} trainable params" if trainable else "the adapter"
+    state = f" ({trainable * TRAINING_BYTES / 2**20:.1f} MiB)" if trainable else ""
+    holds = {
+        "ddp": f"the whole base, {adapter}, their gradients and optimizer state{state}",
+        "fsdp": f"1/{processes} of the base, of {adapter} and of its optimizer state",
+        "deepspeed": f"ZeRO stage {recipe.distributed.zero_stage}: its share of the state",
+    }[strategy]
+    return {
+        "processes": processes,
+        "strategy": strategy if processes > 1 else None,
+        "effective_batch": t.batch_size * t.gradient_accumulation_steps * processes,
+        "rows_per_micro_batch": t.batch_size,
+        "micro_batches_per_step": t.gradient_accumulation_steps,
+        "each_holds": holds if processes > 1 else f"the whole base, {adapter}",
+    }
 
 
 def _mixture(

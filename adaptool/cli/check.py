@@ -18,6 +18,10 @@ def check_cli(
     set_: SetOpt = None,
     examples: Annotated[int, typer.Option("--examples", "-n", min=0, help="Examples to show.")] = 3,
     as_json: JsonOpt = False,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="Training processes per machine to plan for.")
+    ] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Machines to plan for.")] = 1,
 ) -> None:
     """Validate RECIPE and show its data as training will see it.
 
@@ -28,7 +32,7 @@ def check_cli(
     from adaptool.check import check
     from adaptool.recipe import load_recipe
 
-    report = check(load_recipe(recipe, set_ or []), examples=examples)
+    report = check(load_recipe(recipe, set_ or []), examples=examples, processes=nproc * nnodes)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
         return
@@ -46,6 +50,16 @@ def check_cli(
     )
     out.print(f"  formatter    {report.formatter} v{report.formatter_version}", markup=False)
     out.print(f"  output       {r.output.dir}", markup=False)
+    world = report.world
+    out.print(
+        f"  processes    {world['processes']}"
+        + (f" ({world['strategy']})" if world["strategy"] else "")
+        + f": effective batch {world['effective_batch']} rows per optimizer step "
+        f"({world['rows_per_micro_batch']} x {world['micro_batches_per_step']} micro-batches"
+        + (f" x {world['processes']} processes" if world["processes"] > 1 else "")
+        + f"); each holds {world['each_holds']}",
+        markup=False,
+    )
     out.print(
         f"Data: {report.rows} rows from {r.data.source} "
         f"(train {report.train_rows}, eval {report.eval_rows})",

@@ -29,6 +29,20 @@ def train_cli(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing output dir.")
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option("--nproc", min=1, help="Processes on this machine (torchrun; DDP)."),
+    ] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Machines in the run.")] = 1,
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", min=0, help="This machine's place (0: the first).")
+    ] = 0,
+    master_addr: Annotated[
+        str | None, typer.Option("--master-addr", help="The first machine's address.")
+    ] = None,
+    master_port: Annotated[
+        int | None, typer.Option("--master-port", help="A free port on the first machine.")
+    ] = None,
 ) -> None:
     """Train an adapter as RECIPE describes.
 
@@ -36,6 +50,25 @@ def train_cli(
     tokenizer, the resolved recipe.toml, metrics.jsonl, loss.png and the adaptool.json manifest.
     Ctrl-C writes a checkpoint; --resume continues from it.
     """
+    from adaptool.distributed import current
+
+    if (nproc > 1 or nnodes > 1) and not current().distributed:
+        from adaptool.launch import launch
+
+        argv = ["train", str(recipe), *[a for s in set_ or [] for a in ("--set", s)]]
+        argv += ["--output", str(output)] if output else []
+        argv += ["--init-adapter", init_adapter] if init_adapter else []
+        argv += ["--resume"] * resume + ["--overwrite"] * overwrite
+        raise typer.Exit(
+            launch(
+                argv,
+                nproc=nproc,
+                nnodes=nnodes,
+                node_rank=node_rank,
+                master_addr=master_addr,
+                master_port=master_port,
+            )
+        )
     from adaptool.hub.locate import locate
     from adaptool.recipe import load_recipe
     from adaptool.training.progress import ConsoleReporter
@@ -51,6 +84,8 @@ def train_cli(
         overwrite=overwrite,
         reporter=ConsoleReporter(out),
     )
+    if not current().main:  # the main process reports for the world
+        raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
         out.print(
             f"interrupted at step {result.step}/{result.total_steps}; a checkpoint is saved. "

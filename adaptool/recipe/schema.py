@@ -185,6 +185,21 @@ class OutputSection(Section):
     dir: PathText = Field(min_length=1)
 
 
+class DistributedSection(Section):
+    """How several training processes share the work (``adaptool train --nproc N``, or
+    torchrun / accelerate launch). Handed to accelerate's own plugins."""
+
+    #: ddp: each process holds the whole model, gradients averaged; fsdp: parameters,
+    #: gradients and optimizer state sharded across GPUs; deepspeed: ZeRO
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    #: fsdp: shard each transformer block (``transformer``), or by parameter count
+    auto_wrap: Literal["transformer", "size"] = "transformer"
+    #: fsdp: keep sharded parameters in CPU memory between uses
+    cpu_offload: bool = False
+    #: deepspeed: the ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters)
+    zero_stage: int = Field(default=2, ge=0, le=3)
+
+
 class HubSection(Section):
     repo_id: str | None = Field(None, description="where `adaptool push` puts the adapter")
     private: bool = True
@@ -211,6 +226,7 @@ SECTIONS: dict[str, type[Section]] = {
     "hub": HubSection,
     "logging": LoggingSection,
     "callbacks": CallbacksSection,
+    "distributed": DistributedSection,
 }
 REQUIRED_SECTIONS = ("model", "data", "output")
 
@@ -230,6 +246,7 @@ class Recipe(BaseModel):
     hub: HubSection | None = None
     logging: LoggingSection = LoggingSection()
     callbacks: CallbacksSection = CallbacksSection()
+    distributed: DistributedSection = DistributedSection()
     path: Path | None = None
 
     # -- serialization --------------------------------------------------------------------
@@ -238,7 +255,7 @@ class Recipe(BaseModel):
         out: dict[str, Any] = {}
         for name in SECTIONS:
             section = getattr(self, name)
-            if section is None:
+            if section is None or (name == "distributed" and section == DistributedSection()):
                 continue
             # [peft]: only the common keys the recipe set (a method reads the others from its own
             # defaults, so a written default would change what a re-run trains, or be refused)

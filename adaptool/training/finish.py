@@ -115,6 +115,10 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             "device": device(),
             "gradient_checkpointing_used": session.checkpointing,
             "packing_used": session.packing,
+            # across processes: how many, how, and the optimizer step's rows
+            "world_size": session.world.size,
+            "strategy": "ddp" if session.world.distributed else None,
+            "effective_batch": t.batch_size * t.gradient_accumulation_steps * session.world.size,
             "precision_used": session.precision,
             "stopped_early": result.stopped_early,
             "shipped_step": result.shipped_step or result.step,

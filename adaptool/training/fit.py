@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptool.distributed import all_sum, from_main
 from adaptool.encoding import IGNORE_INDEX, Encoded
 from adaptool.errors import TrainingError
 from adaptool.modeling import device
@@ -128,26 +129,43 @@ def _loop(
     reporter.start(total=total_steps, initial=state.step)
     grad_norm: float | None = None
     context.step = state.step
-    with StopOnInterrupt(reporter) as stop:
-        while state.step < total_steps and not stop.requested and context.stop_reason is None:
-            model.train()
-            group = [feed.batch(state.step * accumulation + k) for k in range(accumulation)]
-            n_trained = sum(e.trained_tokens for examples in group for e in examples)
-            for examples in group:
+    world = session.world
+    runner = session.runner  # the model as it trains: DDP-wrapped across processes
+    main = world.main
+    stopping = False  # agreed by every process: a Ctrl-C any of them saw in the last step
+    with StopOnInterrupt(reporter, launched=world.distributed) as stop:
+        while state.step < total_steps and not stopping and context.stop_reason is None:
+            runner.train()
+            # an optimizer step takes accumulation x world micro-batches of the plan; this
+            # process takes every world.size-th, so together they take what one process with
+            # world.size times the accumulation would
+            per_step = accumulation * world.size
+            first = state.step * per_step
+            group = [feed.batch(first + k) for k in range(world.rank, per_step, world.size)]
+            local_trained = sum(e.trained_tokens for examples in group for e in examples)
+            n_trained = int(all_sum([local_trained])[0])
+            step_loss = step_real = 0.0
+            for i, examples in enumerate(group):
                 batch = pack(examples, pad_id)
                 batch = {k: v.to(dev) for k, v in batch.items()}
-                with autocast():
-                    summed = loss_sum(model, batch)
-                scaled = summed / n_trained
-                extra = method.loss_term(model)
-                if extra is not None:  # a method's regulariser, once per optimizer step
-                    scaled = scaled + extra / accumulation
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                value = summed.item()
-                if not math.isfinite(value):
-                    raise _diverged(f"the loss became {value}", state.step + 1, out, t)
-                window.loss += value
-                window.real_tokens += sum(len(e.input_ids) for e in examples)
+                last_micro = i == len(group) - 1
+                with _sync_unless(runner, last_micro), autocast():
+                    summed = loss_sum(runner, batch)
+                    # the mean over the trained tokens of the whole step, on every process;
+                    # DDP averages gradients over the world, hence the world.size
+                    scaled = summed * world.size / n_trained
+                    extra = method.loss_term(model)
+                    if extra is not None:  # a method's regulariser, once per optimizer step
+                        scaled = scaled + extra / len(group)
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                step_loss += summed.item()
+                step_real += sum(len(e.input_ids) for e in examples)
+            step_loss, step_real, asked = all_sum([step_loss, step_real, stop.requested])
+            stopping = asked > 0  # the same on every process, whenever each saw the signal
+            if not math.isfinite(step_loss):
+                raise _diverged(f"the loss became {step_loss}", state.step + 1, out, t)
+            window.loss += step_loss
+            window.real_tokens += int(step_real)
             window.trained_tokens += n_trained
             if scaler is not None:
                 scaler.unscale_(optimizer)
@@ -170,7 +188,7 @@ def _loop(
             if step % t.logging_steps == 0 or step == total_steps:
                 elapsed = max(time.monotonic() - window.started, 1e-9)
                 state.tokens += window.real_tokens
-                epoch = feed.epoch(step * accumulation)
+                epoch = feed.epoch(step * accumulation * world.size)
                 record = {
                     "step": step,
                     **({"epoch": round(epoch, 4)} if epoch is not None else {}),
@@ -182,22 +200,26 @@ def _loop(
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 window = state.window = Window()
-            if eval_set and (step % eval_every == 0 or step == total_steps):
+            # the main process evaluates, logs, runs the callbacks and writes; the others go
+            # on to the next step's collectives and wait for it there
+            if main and eval_set and (step % eval_every == 0 or step == total_steps):
                 state.last_eval = evaluate_loss(model, eval_set, t.batch_size, pad_id)
                 record = (record or {"step": step}) | {"eval_loss": state.last_eval}
                 for callback in callbacks:
                     record |= callback.on_eval(context, record)
-            if record is not None:
+            if main and record is not None:
                 records.append(record)
                 append_metrics(out, record)
                 reporter.log(record)
                 for logger in loggers:
                     logger.log(record)
-            for callback in callbacks:
+            for callback in callbacks if main else []:
                 callback.on_step(context, record)
+            if callbacks and world.distributed:  # a callback's stop ends every process
+                context.stop_reason = from_main(context.stop_reason)
             at_save = t.save_steps and step % t.save_steps == 0
             ending = context.stop_reason is not None
-            if step < total_steps and not ending and (at_save or stop.requested):
+            if main and step < total_steps and not ending and (at_save or stopping):
                 saved = save_checkpoint(
                     out,
                     step=step,
@@ -212,15 +234,26 @@ def _loop(
                         "data": session.data.key(),
                         "callbacks": {c.name: c.state_dict() for c in callbacks},
                         "convert_at_save": session.initial is not None,
+                        "world_size": world.size,
                     },
                 )
                 for callback in callbacks:
                     callback.on_save(context, saved)
         # a run a callback ended is finished (its output is written), Ctrl-C or not
-        interrupted = stop.requested and state.step < total_steps and context.stop_reason is None
+        interrupted = stopping and state.step < total_steps and context.stop_reason is None
     reporter.finish()
     early = context.stop_reason if state.step < total_steps else None
     return FitOutcome(state, records, interrupted, early)
+
+
+def _sync_unless(runner: Any, last: bool) -> Any:
+    """Gradients are averaged across processes once per optimizer step, at its last
+    micro-batch (DDP's ``no_sync`` for the others)."""
+    import contextlib
+
+    if last or not hasattr(runner, "no_sync"):
+        return contextlib.nullcontext()
+    return runner.no_sync()
 
 
 def _diverged(what: str, step: int, out: Path, t: Any) -> TrainingError:
@@ -234,19 +267,31 @@ def _diverged(what: str, step: int, out: Path, t: Any) -> TrainingError:
     )
 
 
+#: seconds within which a launched process takes a second SIGINT for the agent's copy
+FORWARDED_WITHIN = 2.0
+
+
 class StopOnInterrupt:
     """Ctrl-C (SIGINT) asks the loop to stop after the current optimizer step, which is then
-    checkpointed; a second Ctrl-C stops at once. Outside the main thread it does nothing."""
+    checkpointed; a second Ctrl-C stops at once. Outside the main thread it does nothing.
+    In a launched world (``launched``), torchrun's agent forwards the terminal's Ctrl-C to
+    every process, which so gets it twice at once: a second one within
+    :data:`FORWARDED_WITHIN` seconds is that copy, not a second Ctrl-C."""
 
-    def __init__(self, reporter: Reporter) -> None:
+    def __init__(self, reporter: Reporter, *, launched: bool = False) -> None:
         self.reporter = reporter
         self.requested = False
+        self.launched = launched
+        self._at = 0.0
         self._previous: Any = None
 
     def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if self.requested and self.launched and now - self._at < FORWARDED_WITHIN:
+            return
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self._at = True, now
         self.reporter.info(
             "interrupt: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)"
         )

@@ -20,6 +20,7 @@ from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.layout import MANIFEST, Kind
 from adaptool.artifacts.outputs import check_output, mark
 from adaptool.base import TrainingContext
+from adaptool.distributed import barrier, current
 from adaptool.errors import AdaptoolError, OutputExists, param
 from adaptool.evaluate import score_rows
 from adaptool.modeling import release_memory
@@ -58,7 +59,8 @@ def train(
     ``interrupted=True``; ``resume=True`` continues from the newest checkpoint there. Nothing
     is written to the output dir until data and model have loaded."""
     started = time.monotonic()
-    reporter = reporter or Reporter()
+    world = current()  # set by torchrun / accelerate launch; a world of one otherwise
+    reporter = (reporter or Reporter()) if world.main else Reporter()
     out = Path(output_dir).resolve() if output_dir is not None else Path(recipe.output.dir)
     if resume and init_adapter is not None:
         raise AdaptoolError(
@@ -78,7 +80,9 @@ def train(
     )
     if checkpoint is not None:
         check_resumable(checkpoint, recipe)
-    session = setup(recipe, resolve_plugins(recipe), init_adapter=init_adapter, reporter=reporter)
+    session = setup(
+        recipe, resolve_plugins(recipe), init_adapter=init_adapter, reporter=reporter, world=world
+    )
     state, records = LoopState(), []
     if checkpoint is not None:
         saved = load_checkpoint(
@@ -89,6 +93,7 @@ def train(
             scheduler=session.scheduler,
         )
         state = LoopState.from_checkpoint(saved)
+        _check_same_world(saved.get("world_size", 1), world.size, checkpoint)
         _check_same_data(saved.get("data"), session.data.key(), checkpoint)
         if saved.get("total_steps") not in (None, session.total_steps):
             reporter.info(
@@ -111,10 +116,12 @@ def train(
     elif init_adapter is None and session.plugins.method.needs_initial_state():
         session.initial = initial_adapter(out)
 
-    # everything loaded and checked: only now is the output dir touched
-    _claim_output(out, checkpoint=checkpoint, overwrite=overwrite)
-    write_metrics(out, records)
-    if checkpoint is None and session.initial is not None:
+    # everything loaded and checked: only now is the output dir touched (by the main process)
+    barrier()
+    if world.main:
+        _claim_output(out, checkpoint=checkpoint, overwrite=overwrite)
+        write_metrics(out, records)
+    if world.main and checkpoint is None and session.initial is not None:
         # before the first step: the adapter as initialised, for the conversion at save
         tmp = session.initial.with_name(session.initial.name + ".tmp")
         session.model.save_pretrained(str(tmp))
@@ -148,7 +155,7 @@ def train(
         wall_time=time.monotonic() - started,
         records=outcome.records,
     )
-    if outcome.interrupted:
+    if outcome.interrupted or not world.main:  # only the main process writes the output
         return result
     if outcome.stopped_early:
         reporter.info(f"{outcome.stopped_early}; stopped at step {outcome.state.step}")
@@ -171,6 +178,18 @@ def train(
     result.manifest = build_manifest(session, result)
     write_output(out, session, result.manifest, outcome.records)
     return result
+
+
+def _check_same_world(saved: int, now: int, checkpoint: Path) -> None:
+    """The batches of a step are spread over the processes: another number of processes
+    would take other batches from the resumed step on."""
+    if saved != now:
+        raise AdaptoolError(
+            f"{param('resume', 'True')}: the run of {checkpoint} trained in {saved} "
+            f"process{'es' if saved != 1 else ''}, this one runs in {now}; resume with "
+            f"{saved} (the same effective batch and data order), or start a new run "
+            f"({param('overwrite', 'True')})."
+        )
 
 
 def _check_same_data(saved: dict | None, now: dict, checkpoint: Path) -> None:

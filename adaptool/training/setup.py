@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +14,7 @@ from adaptool.artifacts.fit import trainable_parameters
 from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
 from adaptool.base import RunInfo
+from adaptool.distributed import World, main_first, start
 from adaptool.errors import ModelError, describe, param
 from adaptool.modeling import (
     free_memory,
@@ -57,6 +58,10 @@ class Session:
     run: RunInfo | None = None
     #: where the adapter as initialised is kept, when the method converts at save (PiSSA)
     initial: Path | None = None
+    #: this process's place among the training processes (a world of one by default)
+    world: World = field(default_factory=World)
+    #: the model as the loop runs it: ``model`` itself, or DDP-wrapped across processes
+    runner: Any = None
     #: micro-batches packed into one sequence: always (True), where it costs no more
     #: attention ("auto"), never (False) — training.packing resolved for the model
     packing: bool | str = False
@@ -68,6 +73,7 @@ def setup(
     *,
     init_adapter: Path | None,
     reporter: Reporter,
+    world: World | None = None,
 ) -> Session:
     """Everything a run needs, loaded and checked; nothing written."""
     import torch
@@ -81,7 +87,10 @@ def setup(
         trust_remote_code=model_section.trust_remote_code,
     )
     formatters = plugins.source_formatters or (plugins.formatter,)
-    data = load_data(recipe, formatters, tokenizer, reporter)
+    world = world or World()
+    accelerator = start(world, recipe.distributed.strategy)
+    with main_first(world):  # the main process tokenizes into the cache, the others read it
+        data = load_data(recipe, formatters, tokenizer, reporter)
 
     torch.manual_seed(t.seed)
     random.seed(t.seed)
@@ -154,6 +163,8 @@ def setup(
         init_adapter=init_adapter,
         run=run,
         packing=packing,
+        world=world,
+        runner=accelerator.prepare_model(model) if accelerator is not None else model,
     )
 
 

@@ -1,0 +1,136 @@
+"""Training across processes: the world adaptool runs in (set by torchrun, or by accelerate,
+which launches with torchrun), started through accelerate, and the few collectives the loop
+needs. One process is a world of one, and every helper here is then a no-op."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from adaptool.errors import ModelError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The process that writes (the output dir, logs, trackers, checkpoints)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def current() -> World:
+    """The world the launcher (torchrun, ``accelerate launch``) set up, from its environment;
+    a world of one when there is none."""
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1:
+        return World()
+    return World(
+        rank=int(os.environ.get("RANK", "0")),
+        size=size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+_accelerator: Any = None
+
+
+def start(world: World, strategy: str = "ddp") -> Any:
+    """Join the world through accelerate (it creates the process group: NCCL on GPUs, gloo
+    on CPUs) and return the Accelerator; None in a world of one (nothing to share, whatever
+    the strategy)."""
+    global _accelerator
+    if not world.distributed:
+        return None
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if strategy != "ddp":
+        name = {"fsdp": "FSDP", "deepspeed": "DeepSpeed"}[strategy]
+        if not gpu:
+            raise ModelError(
+                f'distributed.strategy = "{strategy}": accelerate {version("accelerate")} '
+                f"runs {name} on GPUs only (it shards over NCCL; on CPU processes it falls "
+                f"back to plain data parallelism), and this machine has none. Use strategy = "
+                f'"ddp" on CPUs: each process holds the whole model, which is what LoRA on a '
+                f"CPU needs."
+            )
+        raise ModelError(
+            f'distributed.strategy = "{strategy}": adaptool trains with "ddp" so far; {name} '
+            f'(sharding the base across GPUs) is not in this version. Use strategy = "ddp".'
+        )
+    if _accelerator is None:
+        from accelerate import Accelerator
+
+        _accelerator = Accelerator(cpu=not gpu)
+    return _accelerator
+
+
+def version(distribution: str) -> str:
+    from importlib.metadata import version as installed
+
+    return installed(distribution)
+
+
+def _ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if _ready():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_sum(values: Sequence[float]) -> list[float]:
+    """Each value summed over the world (float64)."""
+    if not _ready():
+        return [float(v) for v in values]
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(list(values), dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def any_true(flag: bool) -> bool:
+    """True on every process when it is true on one (a Ctrl-C seen by one process)."""
+    return all_sum([1.0 if flag else 0.0])[0] > 0
+
+
+def from_main(value: Any) -> Any:
+    """The main process's ``value``, on every process (pickled: small objects only)."""
+    if not _ready():
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextmanager
+def main_first(world: World) -> Iterator[None]:
+    """The main process does the block first (tokenizing into the cache), the others after
+    it (reading the cache)."""
+    if not world.main:
+        barrier()
+    yield
+    if world.main:
+        barrier()
