@@ -72,10 +72,24 @@ def start(world: World, strategy: str = "ddp") -> Any:
             f'(sharding the base across GPUs) is not in this version. Use strategy = "ddp".'
         )
     if _accelerator is None:
-        from accelerate import Accelerator
+        from datetime import timedelta
 
-        _accelerator = Accelerator(cpu=not gpu)
+        from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
+
+        # adaptool's precision is its own (bf16 weights, not autocast), whatever an
+        # `accelerate config` says; the others wait while the main process tokenizes,
+        # evaluates or checkpoints, which may take longer than NCCL's default 10 minutes
+        _accelerator = Accelerator(
+            cpu=not gpu,
+            mixed_precision="no",
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=WAIT_HOURS))],
+        )
     return _accelerator
+
+
+#: how long a process waits for the others at a collective before giving up
+WAIT_HOURS = 6
 
 
 def version(distribution: str) -> str:
@@ -104,7 +118,9 @@ def all_sum(values: Sequence[float]) -> list[float]:
     import torch
     import torch.distributed as dist
 
-    tensor = torch.tensor(list(values), dtype=torch.float64)
+    # NCCL reduces GPU tensors only; gloo CPU ones
+    on = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=on)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
 
@@ -123,6 +139,18 @@ def from_main(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_to_main(value: Any) -> list[Any] | None:
+    """Every process's ``value``, in rank order, on the main process (None on the others;
+    ``[value]`` in a world of one)."""
+    if not _ready():
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(value, out, dst=0)
+    return out
 
 
 @contextmanager

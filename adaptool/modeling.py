@@ -164,7 +164,10 @@ def load_base(
     kwargs = dict(quantizer.from_pretrained_kwargs())
     kwargs.setdefault("dtype", weights_dtype(dtype, precision))
     if device() == "cuda":
-        kwargs.setdefault("device_map", {"": 0})
+        import torch
+
+        # this process's GPU (torch.cuda.current_device(): a training process's own)
+        kwargs.setdefault("device_map", {"": torch.cuda.current_device()})
     try:
         loaded = AutoModelForCausalLM.from_pretrained(
             name,

@@ -99,11 +99,12 @@ def test_a_two_process_run_resumed_from_its_checkpoint_ends_where_it_ended(
     tmp_path, tiny_bloom_dir, plugins
 ):
     """adaptool train --nproc 2, then --resume from its step-3 checkpoint: steps 4-6 again,
-    in two processes, give the adapter the uninterrupted run gave."""
+    in two processes, give the adapter the uninterrupted run gave — with dropout on, so each
+    process's generator is restored, not only the main one's."""
     from safetensors.torch import load_file
 
     path = recipe_file(tmp_path, tiny_bloom_dir, steps=6)
-    sets = [a for s in SAME for a in ("--set", s)]
+    sets = [a for s in [*SAME, "peft.dropout=0.2"] for a in ("--set", s)]
     first = cli("train", str(path), "--nproc", "2", *sets)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("done: 6 steps") == 1  # the main process reports

@@ -42,7 +42,9 @@ def first_to_say(message: str) -> bool:
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return True
-    world = f"{os.getppid()}-{os.environ.get('MASTER_PORT', '')}"
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    world = hashlib.sha256(f"{run}-{os.getppid()}-{os.environ.get('MASTER_PORT')}".encode())
+    world = world.hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"adaptool-said-{world}"
     name = hashlib.sha256(message.encode()).hexdigest()[:32]
     try:

@@ -53,7 +53,14 @@ def train_cli(
     from adaptool.distributed import current
 
     if (nproc > 1 or nnodes > 1) and not current().distributed:
+        from adaptool.errors import AdaptoolError, param
         from adaptool.launch import launch
+
+        if nnodes > 1 and not master_addr:
+            raise AdaptoolError(
+                f"{param('nnodes', str(nnodes))} needs {param('master_addr', 'ADDR')}: the "
+                f"address of the first machine (node rank 0), the same on every machine."
+            )
 
         argv = ["train", str(recipe), *[a for s in set_ or [] for a in ("--set", s)]]
         argv += ["--output", str(output)] if output else []

@@ -95,6 +95,7 @@ def save_checkpoint(
     scheduler: Any,
     rng_state: dict[str, Any],
     extra: dict[str, Any],
+    other_ranks: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write the checkpoint for ``step`` and keep only the newest ``KEEP``. Written to a
     ``.tmp`` folder, synced to disk, renamed, then named in ``latest``: a crash at any point
@@ -118,6 +119,11 @@ def save_checkpoint(
     tensors["rng.torch"] = rng_state["torch"]
     if rng_state.get("cuda") is not None:
         tensors["rng.cuda"] = rng_state["cuda"]
+    # the other training processes' generators (their dropout), so each resumes its own
+    for rank, other in enumerate(other_ranks or [], start=1):
+        tensors[f"rng.rank{rank}.torch"] = other["torch"]
+        if other.get("cuda") is not None:
+            tensors[f"rng.rank{rank}.cuda"] = other["cuda"]
     save_file(tensors, str(tmp / OPTIMIZER))
     state = {
         "step": step,
@@ -125,6 +131,7 @@ def save_checkpoint(
         "optimizer_scalars": scalars,
         "scheduler": scheduler.state_dict(),
         "python_random": _jsonable(rng_state["python"]),
+        "python_random_ranks": [_jsonable(o["python"]) for o in other_ranks or []],
         **extra,
     }
     (tmp / STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
@@ -144,16 +151,23 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    directory: Path, *, model: Any, method: PeftMethod, optimizer: Any, scheduler: Any
+    directory: Path,
+    *,
+    model: Any,
+    method: PeftMethod,
+    optimizer: Any,
+    scheduler: Any,
+    rank: int = 0,
 ) -> dict:
-    """Restore adapter weights, optimizer, scheduler and RNG from ``directory``; return its
-    state (``step`` and the extras saved with it)."""
+    """Restore adapter weights, optimizer, scheduler and RNG (this process's, ``rank``, in a
+    multi-process run) from ``directory``; return its state (``step`` and the extras saved
+    with it)."""
     state = read_state(directory)
     if state is None:
         raise AdaptoolError(f"the checkpoint {directory} is torn: its {STATE} does not read.")
     try:
         method.load_checkpoint(model, directory)
-        _restore(directory, state, optimizer, scheduler)
+        _restore(directory, state, optimizer, scheduler, rank)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise AdaptoolError(
             f"the checkpoint {directory} cannot be restored into this run ({describe(exc)}); "
@@ -162,7 +176,7 @@ def load_checkpoint(
     return state
 
 
-def _restore(directory: Path, state: dict, optimizer: Any, scheduler: Any) -> None:
+def _restore(directory: Path, state: dict, optimizer: Any, scheduler: Any, rank: int) -> None:
     import torch
     from safetensors.torch import load_file
 
@@ -176,10 +190,13 @@ def _restore(directory: Path, state: dict, optimizer: Any, scheduler: Any) -> No
         opt_state.setdefault(int(index), {}).update(values)
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    random.setstate(_tupled(state["python_random"]))
+    prefix = f"rng.rank{rank}." if rank and f"rng.rank{rank}.torch" in tensors else "rng."
+    torch.set_rng_state(tensors[prefix + "torch"])
+    if prefix + "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[prefix + "cuda"])
+    ranks = state.get("python_random_ranks") or []
+    python = ranks[rank - 1] if 0 < rank <= len(ranks) else state["python_random"]
+    random.setstate(_tupled(python))
 
 
 def resume_key(recipe: Recipe) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptool.distributed import all_sum, from_main
+from adaptool.distributed import all_sum, from_main, gather_to_main
 from adaptool.encoding import IGNORE_INDEX, Encoded
 from adaptool.errors import TrainingError
 from adaptool.modeling import device
@@ -92,7 +92,7 @@ def fit(
     logging to the output dir's metrics and the recipe's loggers, checkpointing there."""
     started = []
     try:
-        for logger in session.plugins.loggers:
+        for logger in session.plugins.loggers if session.world.main else []:
             logger.start(context)
             started.append(logger)
         return _loop(session, context, state, records, reporter)
@@ -149,8 +149,9 @@ def _loop(
                 batch = pack(examples, pad_id)
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 last_micro = i == len(group) - 1
-                with _sync_unless(runner, last_micro), autocast():
-                    summed = loss_sum(runner, batch)
+                with _sync_unless(runner, last_micro):
+                    with autocast():
+                        summed = loss_sum(runner, batch)
                     # the mean over the trained tokens of the whole step, on every process;
                     # DDP averages gradients over the world, hence the world.size
                     scaled = summed * world.size / n_trained
@@ -219,7 +220,12 @@ def _loop(
                 context.stop_reason = from_main(context.stop_reason)
             at_save = t.save_steps and step % t.save_steps == 0
             ending = context.stop_reason is not None
-            if main and step < total_steps and not ending and (at_save or stopping):
+            if not world.distributed:  # one process: a Ctrl-C up to now is this step's
+                stopping = stop.requested
+            checkpointing = step < total_steps and not ending and (at_save or stopping)
+            # every process's generators, for a resume that draws the same dropout on each
+            rngs = gather_to_main(capture_rng()) if checkpointing else None
+            if main and checkpointing:
                 saved = save_checkpoint(
                     out,
                     step=step,
@@ -227,7 +233,8 @@ def _loop(
                     method=method,
                     optimizer=optimizer,
                     scheduler=scheduler,
-                    rng_state=capture_rng(),
+                    rng_state=rngs[0],
+                    other_ranks=rngs[1:],
                     extra=state.to_checkpoint(total_steps)
                     | {
                         "recipe": resume_key(session.recipe),
@@ -274,8 +281,9 @@ FORWARDED_WITHIN = 2.0
 class StopOnInterrupt:
     """Ctrl-C (SIGINT) asks the loop to stop after the current optimizer step, which is then
     checkpointed; a second Ctrl-C stops at once. Outside the main thread it does nothing.
-    In a launched world (``launched``), torchrun's agent forwards the terminal's Ctrl-C to
-    every process, which so gets it twice at once: a second one within
+    In a launched world (``launched``) the launcher passes the terminal's Ctrl-C on to every
+    process; where the processes share the terminal's session too (a launcher that does not
+    start them in their own) each gets it twice at once: a second one within
     :data:`FORWARDED_WITHIN` seconds is that copy, not a second Ctrl-C."""
 
     def __init__(self, reporter: Reporter, *, launched: bool = False) -> None:

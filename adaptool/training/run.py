@@ -30,6 +30,7 @@ from adaptool.training.checkpoint import (
     initial_adapter,
     latest_checkpoint,
     load_checkpoint,
+    read_state,
 )
 from adaptool.training.finish import TrainResult, build_manifest, write_output
 from adaptool.training.fit import LoopState, fit
@@ -80,6 +81,7 @@ def train(
     )
     if checkpoint is not None:
         check_resumable(checkpoint, recipe)
+        _check_same_world(checkpoint, world.size)  # before the model is loaded
     session = setup(
         recipe, resolve_plugins(recipe), init_adapter=init_adapter, reporter=reporter, world=world
     )
@@ -91,9 +93,9 @@ def train(
             method=session.plugins.method,
             optimizer=session.optimizer,
             scheduler=session.scheduler,
+            rank=world.rank,
         )
         state = LoopState.from_checkpoint(saved)
-        _check_same_world(saved.get("world_size", 1), world.size, checkpoint)
         _check_same_data(saved.get("data"), session.data.key(), checkpoint)
         if saved.get("total_steps") not in (None, session.total_steps):
             reporter.info(
@@ -180,9 +182,10 @@ def train(
     return result
 
 
-def _check_same_world(saved: int, now: int, checkpoint: Path) -> None:
+def _check_same_world(checkpoint: Path, now: int) -> None:
     """The batches of a step are spread over the processes: another number of processes
     would take other batches from the resumed step on."""
+    saved = (read_state(checkpoint) or {}).get("world_size", 1)
     if saved != now:
         raise AdaptoolError(
             f"{param('resume', 'True')}: the run of {checkpoint} trained in {saved} "

@@ -113,8 +113,9 @@ def setup(
     else:
         plan = BatchPlan(data.train_set.lengths, t.batch_size, t.seed, t.group_by_length)
         feed = PlannedFeed(plan, data.train_set)
+        per_step = t.gradient_accumulation_steps * world.size  # micro-batches of the plan
         total_steps = t.max_steps or max(
-            1, math.ceil(t.total_epochs * plan.batches_per_epoch / t.gradient_accumulation_steps)
+            1, math.ceil(t.total_epochs * plan.batches_per_epoch / per_step)
         )
     run = RunInfo(
         total_steps=total_steps,
@@ -124,6 +125,8 @@ def setup(
         batches=lambda: _first_batches(feed, tokenizer),
     )
     model = _wrap(model, plugins.method, recipe, init_adapter, run)
+    if world.distributed:  # the same initial adapter everywhere, each process its own dropout
+        torch.manual_seed(t.seed + world.rank)
     packing = _use_packing(t.packing, model, reporter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
