@@ -198,3 +198,16 @@ def test_ctrl_c_stops_every_process_at_one_step_and_the_resume_ends_where_it_wou
     a = load_file(tmp_path / "whole" / "out" / "adapter_model.safetensors")
     b = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_a_method_that_skips_modules_at_random_trains_in_two_processes(
+    tmp_path, tiny_bloom_dir, plugins
+):
+    """LoHa's module_dropout leaves a module's parameters out of some steps: DDP is told,
+    instead of stopping at the next step for gradients that never came."""
+    from tests.helpers import method_recipe
+
+    lines = 'r = 4\nmodule_dropout = 0.9\ntarget_modules = "all-linear"'
+    path = method_recipe(tmp_path, tiny_bloom_dir, "loha", lines, steps=3)
+    done = cli("train", str(path), "--nproc", "2")
+    assert done.returncode == 0, done.stderr[-3000:]

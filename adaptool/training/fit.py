@@ -133,6 +133,10 @@ def _loop(
     runner = session.runner  # the model as it trains: DDP-wrapped across processes
     main = world.main
     stopping = False  # agreed by every process: a Ctrl-C any of them saw in the last step
+    # a method that skips modules at random (LoHa's, LoKr's, OFT's module_dropout) can leave
+    # a micro-batch's loss without a trainable parameter (nothing to backpropagate), or a
+    # parameter out of a step (DDP waits for its gradient): each gets a zero term instead
+    anchored = bool(getattr(model.peft_config.get("default"), "module_dropout", 0))
     with StopOnInterrupt(reporter, launched=world.distributed) as stop:
         while state.step < total_steps and not stopping and context.stop_reason is None:
             runner.train()
@@ -158,6 +162,8 @@ def _loop(
                     extra = method.loss_term(model)
                     if extra is not None:  # a method's regulariser, once per optimizer step
                         scaled = scaled + extra / len(group)
+                    if anchored:  # every trainable parameter in the graph, with no effect
+                        scaled = scaled + 0.0 * sum(p.reshape(-1)[0] for p in session.params)
                     (scaler.scale(scaled) if scaler else scaled).backward()
                 step_loss += summed.item()
                 step_real += sum(len(e.input_ids) for e in examples)

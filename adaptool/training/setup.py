@@ -167,8 +167,18 @@ def setup(
         run=run,
         packing=packing,
         world=world,
-        runner=accelerator.prepare_model(model) if accelerator is not None else model,
+        runner=_parallel(accelerator, model) if accelerator is not None else model,
     )
+
+
+def _parallel(accelerator: Any, model: Any) -> Any:
+    """The model wrapped for data parallelism (DDP) by accelerate. The frozen base is left
+    out of DDP's start-up broadcast (every process loaded the same weights: a 7B base would
+    otherwise cross the wire whole)."""
+    model._ddp_params_and_buffers_to_ignore = [
+        name for name, p in model.named_parameters() if not p.requires_grad
+    ]
+    return accelerator.prepare_model(model)
 
 
 #: training batches a data-driven initialisation (EVA) sees

@@ -110,3 +110,13 @@ def test_packing_asked_for_where_it_is_not_exact_is_refused(tmp_path, tiny_bloom
     with pytest.raises(ModelError, match=r"training.packing = true.*bloom takes no position ids"):
         train(load_recipe(path, ["training.packing=true"]))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_step_whose_modules_were_all_skipped_trains_on(tmp_path, tiny_bloom_dir, plugins):
+    """LoHa with module_dropout = 0.95 often skips every adapted module of a micro-batch:
+    its loss then has no trainable parameter, and the step goes on instead of crashing."""
+    from tests.helpers import method_recipe
+
+    lines = 'r = 4\nmodule_dropout = 0.95\ntarget_modules = "all-linear"'
+    done = train(load_recipe(method_recipe(tmp_path, tiny_bloom_dir, "loha", lines, steps=4)))
+    assert done.step == 4
