@@ -31,17 +31,35 @@ class World:
         return self.size > 1
 
 
+#: where launchers put the world's size, this process's rank and its rank on the machine:
+#: torchrun (and accelerate launch on GPUs), then MPI (accelerate launch on CPUs, mpirun)
+ENVIRONMENT = {
+    "size": ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"),
+    "rank": ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK"),
+    "local_rank": (
+        "LOCAL_RANK",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "MV2_COMM_WORLD_LOCAL_RANK",
+    ),
+}
+
+
+def _from_environment(key: str) -> int:
+    for name in ENVIRONMENT[key]:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return 1 if key == "size" else 0
+
+
 def current() -> World:
-    """The world the launcher (torchrun, ``accelerate launch``) set up, from its environment;
-    a world of one when there is none."""
-    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    """The world the launcher (torchrun, ``accelerate launch``, mpirun) set up, from its
+    environment; a world of one when there is none."""
+    size = _from_environment("size")
     if size <= 1:
         return World()
-    return World(
-        rank=int(os.environ.get("RANK", "0")),
-        size=size,
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-    )
+    return World(_from_environment("rank"), size, _from_environment("local_rank"))
 
 
 _accelerator: Any = None

@@ -54,6 +54,12 @@ def test_a_world_of_one_needs_no_collectives(monkeypatch):
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert current() == World(rank=2, size=4, local_rank=0) and not current().main
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")  # accelerate launch on CPUs runs mpirun
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")
+    assert current() == World(rank=1, size=2, local_rank=1)
 
 
 def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
@@ -150,6 +156,11 @@ def test_check_plans_for_several_processes(tmp_path, tiny_bloom_dir, plugins):
     assert report.world["processes"] == 4 and report.world["strategy"] == "ddp"
     assert report.world["effective_batch"] == 2 * 2 * 4
     assert "the whole base" in report.world["each_holds"]
+    sharded = check(
+        load_recipe(recipe_file(tmp_path, tiny_bloom_dir), ['distributed.strategy="fsdp"']),
+        processes=2,
+    )
+    assert any("fsdp" in w for w in sharded.warnings)
 
 
 def test_ctrl_c_stops_every_process_at_one_step_and_the_resume_ends_where_it_would(

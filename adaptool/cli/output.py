@@ -40,7 +40,9 @@ def first_to_say(message: str) -> bool:
     import tempfile
     from pathlib import Path
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    from adaptool.distributed import current
+
+    if not current().distributed:
         return True
     run = os.environ.get("TORCHELASTIC_RUN_ID", "")
     world = hashlib.sha256(f"{run}-{os.getppid()}-{os.environ.get('MASTER_PORT')}".encode())
