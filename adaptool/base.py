@@ -34,13 +34,18 @@ class RecipeRelative:
     and the file's content is part of the tokenization cache's key."""
 
 
-def option_metadata(field: Any) -> list[Any]:
-    """An Options field's ``Annotated`` metadata, also inside ``Annotated[...] | None``."""
+def recipe_relative(options: Any) -> list[str]:
+    """The fields of an Options class (or instance) marked :class:`RecipeRelative`, also
+    inside ``Annotated[...] | None``."""
     import typing
 
-    found = list(field.metadata)
-    for arg in typing.get_args(field.annotation):
-        found += list(getattr(arg, "__metadata__", ()))
+    found = []
+    for name, field in getattr(options, "model_fields", {}).items():
+        metadata = list(field.metadata)
+        for arg in typing.get_args(field.annotation):
+            metadata += list(getattr(arg, "__metadata__", ()))
+        if any(isinstance(m, RecipeRelative) for m in metadata):
+            found.append(name)
     return found
 
 

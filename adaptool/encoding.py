@@ -230,6 +230,14 @@ def row_error(bad: BadRow, formatter: Formatter, data: DataSection) -> AdaptoolE
     )
 
 
+def raise_unless_skipped(bad: Iterable[BadRow], formatter: Formatter, data: DataSection) -> None:
+    """Raise :func:`row_error` for the first refused row that is not skipped: a formatter's
+    bug always, bad data unless ``data.on_bad_row = "skip"``."""
+    for refused in bad:
+        if refused.bug or data.on_bad_row == "error":
+            raise row_error(refused, formatter, data)
+
+
 def format_rows(
     rows: Iterable[Mapping[str, Any]],
     formatter: Formatter,
@@ -275,9 +283,7 @@ def encode_rows(
     caller decides, as a batched map that must not stop mid-way does)."""
     examples, bad = format_rows(rows, formatter, tokenizer, positions=positions)
     if not collect:
-        for refused in bad:
-            if refused.bug or data.on_bad_row == "error":
-                raise row_error(refused, formatter, data)
+        raise_unless_skipped(bad, formatter, data)
     encoded = encode_examples(
         examples,
         tokenizer,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from adaptool.encoding import BadRow, Encoded, encode_rows, row_error
+from adaptool.encoding import BadRow, Encoded, encode_rows, raise_unless_skipped
 
 if TYPE_CHECKING:
     import datasets
@@ -184,7 +184,7 @@ class Tokenized:
 def _columns(
     encoded: Sequence[Encoded], bad: Sequence[BadRow], eos: int | None = None
 ) -> dict[str, list]:
-    kinds = [2 if b.bug else int(b.by_plugin) for b in bad]
+    kinds = [2 if b.bug else int(b.by_plugin) for b in bad]  # read back by refusal()
     return {
         "input_ids": [e.input_ids for e in encoded] + [[] for _ in bad],
         "labels": [e.labels for e in encoded] + [[] for _ in bad],
@@ -198,6 +198,12 @@ def _columns(
         "bad_message": [""] * len(encoded) + [b.message for b in bad],
         "bad_kind": [0] * len(encoded) + kinds,
     }
+
+
+def refusal(row: int, message: str, kind: int) -> BadRow:
+    """A refused row as a table stores it (``bad_kind``: 0 bad data, 1 bad data the plugin
+    raised, 2 the plugin's bug) back as a BadRow."""
+    return BadRow(row, message, by_plugin=kind >= 1, bug=kind == 2)
 
 
 def encode_batch(
@@ -253,16 +259,14 @@ def tokenize(
         found = table.select(refused).select_columns(["bad_row", "bad_message", "bad_kind"])
         bad = sorted(
             (
-                BadRow(row, message, by_plugin=kind >= 1, bug=kind == 2)
+                refusal(row, message, kind)
                 for row, message, kind in zip(
                     found["bad_row"], found["bad_message"], found["bad_kind"], strict=True
                 )
             ),
             key=lambda b: b.row,
         )
-        for refusal in bad:
-            if refusal.bug or data.on_bad_row == "error":
-                raise row_error(refusal, formatter, data)
+        raise_unless_skipped(bad, formatter, data)
     examples = EncodedSet(table)
     keep = np.nonzero((examples.trained > 0) & (bad_rows == 0))[0]
     usable = examples if len(keep) == len(examples) else examples.select(keep)
@@ -378,14 +382,13 @@ def _fingerprint(rows: datasets.Dataset, formatter: Formatter, tokenizer: Any, d
 
 def _option_files(formatter: Formatter) -> dict[str, str]:
     """A hash of each file a path-valued option names (an edited chat template re-encodes)."""
-    from adaptool.base import RecipeRelative, option_metadata
+    from adaptool.base import recipe_relative
 
     options = getattr(formatter, "options", None)
     found = {}
-    for name, field in getattr(type(options), "model_fields", {}).items():
+    for name in recipe_relative(type(options)):
         value = getattr(options, name, None)
-        marked = any(isinstance(m, RecipeRelative) for m in option_metadata(field))
-        if marked and isinstance(value, str):
+        if isinstance(value, str):
             try:
                 path = Path(value)
                 if path.is_file():

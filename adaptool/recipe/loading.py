@@ -381,16 +381,15 @@ def _resolve_paths(data: dict[str, Any], base: Path, problems: list[RecipeProble
 def _resolve_option_paths(values: dict[str, Any], base: Path) -> None:
     """A formatter option marked :class:`~adaptool.base.RecipeRelative` whose relative value
     names a file beside the recipe: made absolute (in place)."""
-    from adaptool.base import RecipeRelative, option_metadata
+    from adaptool.base import recipe_relative
 
     try:
         options = registry().entry("formatter", str(values.get("formatter"))).cls.Options
     except (PluginError, AttributeError, KeyError):
         return  # an unknown plugin is reported by validation
-    for field_name, field in options.model_fields.items():
+    for field_name in recipe_relative(options):
         value = values.get(field_name)
-        marked = any(isinstance(m, RecipeRelative) for m in option_metadata(field))
-        if not (marked and isinstance(value, str) and value):
+        if not (isinstance(value, str) and value):
             continue
         try:  # anything that is not a file here (a name, a pasted template) is left alone
             candidate = base / Path(value).expanduser()

@@ -95,16 +95,7 @@ def make_tiny_bloom(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = BloomForCausalLM(config)
-    # transformers zeroes every bias; random ones keep merges that change a bias honest
-    with torch.no_grad():
-        for name, tensor in model.named_parameters():
-            if name.endswith(".bias"):
-                tensor.normal_(0, 0.02)
-    if directory is not None:
-        model.save_pretrained(str(directory))
-        tokenizer.save_pretrained(str(directory))
-    return model
+    return _random_biases_saved(BloomForCausalLM(config), directory, tokenizer)
 
 
 def make_tiny_llama(
@@ -140,7 +131,14 @@ def make_tiny_llama(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
+    return _random_biases_saved(LlamaForCausalLM(config), directory, tokenizer)
+
+
+def _random_biases_saved(model: Any, directory: str | Path | None, tokenizer: Any) -> Any:
+    """``model`` with random biases (transformers zeroes every bias; random ones keep merges
+    that change a bias honest), saved with ``tokenizer`` to ``directory`` when given."""
+    import torch
+
     with torch.no_grad():
         for name, tensor in model.named_parameters():
             if name.endswith(".bias"):

@@ -212,12 +212,21 @@ def resume_key(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def check_resumable(directory: Path, recipe: Recipe) -> None:
-    """Refuse (touching nothing) to resume ``directory`` with a recipe whose base,
-    quantization or PEFT settings differ from the run that wrote it."""
+def check_resumable(directory: Path, recipe: Recipe, *, world_size: int = 1) -> None:
+    """Refuse (touching nothing, before the model is loaded) to resume ``directory`` with a
+    recipe whose base, quantization or PEFT settings differ from the run that wrote it, or
+    in another number of processes (a step's batches would be spread differently)."""
     state = read_state(directory)
     if state is None:
         raise AdaptoolError(f"the checkpoint {directory} is torn: its {STATE} does not read.")
+    saved = state.get("world_size", 1)
+    if saved != world_size:
+        raise AdaptoolError(
+            f"{param('resume', 'True')}: the run of {directory} trained in {saved} "
+            f"process{'es' if saved != 1 else ''}, this one runs in {world_size}; resume with "
+            f"{saved} (the same effective batch and data order), or start a new run "
+            f"({param('overwrite', 'True')})."
+        )
     now = resume_key(recipe)
     saved = state.get("recipe")
     if saved is None:  # a checkpoint of an earlier version: its adapter config says enough

@@ -30,7 +30,6 @@ from adaptool.training.checkpoint import (
     initial_adapter,
     latest_checkpoint,
     load_checkpoint,
-    read_state,
 )
 from adaptool.training.finish import TrainResult, build_manifest, write_output
 from adaptool.training.fit import LoopState, fit
@@ -80,8 +79,7 @@ def train(
         out, resume=resume, overwrite=overwrite, inputs=[p for p in local_inputs if p]
     )
     if checkpoint is not None:
-        check_resumable(checkpoint, recipe)
-        _check_same_world(checkpoint, world.size)  # before the model is loaded
+        check_resumable(checkpoint, recipe, world_size=world.size)
     session = setup(
         recipe, resolve_plugins(recipe), init_adapter=init_adapter, reporter=reporter, world=world
     )
@@ -180,19 +178,6 @@ def train(
     result.manifest = build_manifest(session, result)
     write_output(out, session, result.manifest, outcome.records)
     return result
-
-
-def _check_same_world(checkpoint: Path, now: int) -> None:
-    """The batches of a step are spread over the processes: another number of processes
-    would take other batches from the resumed step on."""
-    saved = (read_state(checkpoint) or {}).get("world_size", 1)
-    if saved != now:
-        raise AdaptoolError(
-            f"{param('resume', 'True')}: the run of {checkpoint} trained in {saved} "
-            f"process{'es' if saved != 1 else ''}, this one runs in {now}; resume with "
-            f"{saved} (the same effective batch and data order), or start a new run "
-            f"({param('overwrite', 'True')})."
-        )
 
 
 def _check_same_data(saved: dict | None, now: dict, checkpoint: Path) -> None:

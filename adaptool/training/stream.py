@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from adaptool.encoding import BadRow, Encoded, row_error
+from adaptool.encoding import Encoded, raise_unless_skipped
 from adaptool.errors import DataError
-from adaptool.tokenized import MAP_BATCH, encode_batch
+from adaptool.tokenized import MAP_BATCH, encode_batch, refusal
 from adaptool.training.batching import GROUP_WINDOW
 
 if TYPE_CHECKING:
@@ -95,11 +95,10 @@ class StreamFeed:
             )
             for i, ids in enumerate(columns["input_ids"]):
                 if columns["bad_row"][i]:
-                    kind = columns["bad_kind"][i]
-                    bad = BadRow(columns["bad_row"][i], columns["bad_message"][i], kind >= 1)
-                    if kind == 2 or data.on_bad_row == "error":
-                        bad = BadRow(bad.row, bad.message, bad.by_plugin, kind == 2)
-                        raise row_error(bad, formatter, data)
+                    bad = refusal(
+                        columns["bad_row"][i], columns["bad_message"][i], columns["bad_kind"][i]
+                    )
+                    raise_unless_skipped([bad], formatter, data)
                     self.refused.add(bad.row)
                     continue
                 if columns["trained"][i]:

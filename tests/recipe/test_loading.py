@@ -313,6 +313,14 @@ def test_unreadable_recipe_files_are_recipe_errors(tmp_path, registry):
         load_recipe(deep)
 
 
+def _refused_with_data(tmp_path, data: str, problem: str) -> None:
+    """A recipe whose [data] section is ``data`` is refused, naming ``problem``."""
+    path = tmp_path / "r.toml"
+    path.write_text(f'[model]\nname = "m"\n[output]\ndir = "o"\n[data]\n{data}\n')
+    with pytest.raises(RecipeError, match=problem):
+        load_recipe(path)
+
+
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
@@ -335,10 +343,7 @@ def test_unreadable_recipe_files_are_recipe_errors(tmp_path, registry):
     ],
 )
 def test_a_mixture_is_checked_source_by_source(tmp_path, registry, data, problem):
-    path = tmp_path / "r.toml"
-    path.write_text(f'[model]\nname = "m"\n[output]\ndir = "o"\n[data]\n{data}\n')
-    with pytest.raises(RecipeError, match=problem):
-        load_recipe(path)
+    _refused_with_data(tmp_path, data, problem)
 
 
 def test_a_mixture_round_trips_and_resolves_each_sources_path(tmp_path, registry):
@@ -372,7 +377,4 @@ def test_a_mixture_round_trips_and_resolves_each_sources_path(tmp_path, registry
     ],
 )
 def test_mixture_keys_without_a_mixture_are_refused(tmp_path, registry, data, problem):
-    path = tmp_path / "r.toml"
-    path.write_text(f'[model]\nname = "m"\n[output]\ndir = "o"\n[data]\n{data}\n')
-    with pytest.raises(RecipeError, match=problem):
-        load_recipe(path)
+    _refused_with_data(tmp_path, data, problem)
