@@ -180,10 +180,10 @@ def check(recipe: Recipe, *, examples: int = 3, processes: int = 1) -> CheckRepo
     if len(recipe.data.all_sources) > 1:
         report.sources = _mixture(recipe, plugins, tokenizer, data)
     report.world = world_report(recipe, processes, trainable)
-    if processes > 1 and recipe.distributed.strategy != "ddp":
+    if processes > 1 and recipe.distributed.strategy == "deepspeed":
         report.warnings.append(
-            f'distributed.strategy = "{recipe.distributed.strategy}": train refuses it on CPU '
-            f'processes and does not run it on GPUs yet; use "ddp".'
+            'distributed.strategy = "deepspeed": train refuses it (not in this version); use '
+            '"fsdp" or "ddp".'
         )
     return report
 

@@ -8,9 +8,12 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adaptool.errors import ModelError
+
+if TYPE_CHECKING:
+    from adaptool.recipe.schema import DistributedSection
 
 
 @dataclass(frozen=True)
@@ -65,29 +68,30 @@ def current() -> World:
 _accelerator: Any = None
 
 
-def start(world: World, strategy: str = "ddp") -> Any:
+def start(world: World, section: DistributedSection | None = None) -> Any:
     """Join the world through accelerate (it creates the process group: NCCL on GPUs, gloo
-    on CPUs) and return the Accelerator; None in a world of one (nothing to share, whatever
-    the strategy)."""
+    on CPUs) with the recipe's strategy (``section``, default DDP), and return the
+    Accelerator; None in a world of one (nothing to share, whatever the strategy)."""
     global _accelerator
     if not world.distributed:
         return None
     import torch
 
+    from adaptool.recipe.schema import DistributedSection
+
+    section = section or DistributedSection()
     gpu = torch.cuda.is_available()
-    if strategy != "ddp":
-        name = {"fsdp": "FSDP", "deepspeed": "DeepSpeed"}[strategy]
-        if not gpu:
-            raise ModelError(
-                f'distributed.strategy = "{strategy}": accelerate {version("accelerate")} '
-                f"runs {name} on GPUs only (it shards over NCCL; on CPU processes it falls "
-                f"back to plain data parallelism), and this machine has none. Use strategy = "
-                f'"ddp" on CPUs: each process holds the whole model, which is what LoRA on a '
-                f"CPU needs."
-            )
+    if section.strategy == "deepspeed":
         raise ModelError(
-            f'distributed.strategy = "{strategy}": adaptool trains with "ddp" so far; {name} '
-            f'(sharding the base across GPUs) is not in this version. Use strategy = "ddp".'
+            'distributed.strategy = "deepspeed": adaptool trains with "ddp" and "fsdp"; '
+            'DeepSpeed is not in this version. Use strategy = "fsdp" to shard the base and '
+            "the adapter's optimizer state across the processes (ZeRO stage 3's layout), or "
+            '"ddp".'
+        )
+    if section.cpu_offload and not gpu:
+        raise ModelError(
+            "distributed.cpu_offload = true moves FSDP's shards from GPU to CPU memory "
+            "between uses; on CPU processes they are in CPU memory already. Leave it out."
         )
     if _accelerator is None:
         from datetime import timedelta
@@ -95,25 +99,30 @@ def start(world: World, strategy: str = "ddp") -> Any:
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
 
+        fsdp = None
+        if section.strategy == "fsdp":
+            from adaptool.sharding import plugin
+
+            fsdp = plugin(section, gpu=gpu)
         # adaptool's precision is its own (bf16 weights, not autocast), whatever an
         # `accelerate config` says; the others wait while the main process tokenizes,
         # evaluates or checkpoints, which may take longer than NCCL's default 10 minutes
         _accelerator = Accelerator(
             cpu=not gpu,
             mixed_precision="no",
+            fsdp_plugin=fsdp if gpu else None,
             kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=WAIT_HOURS))],
         )
+        if fsdp is not None and not gpu:
+            # accelerate hands its FSDP plugin to accelerators only (state.py), though
+            # torch's FSDP2 shards CPU tensors over gloo just as well: the plugin goes to
+            # the same FSDP2 preparation on CPU processes
+            _accelerator.state.fsdp_plugin = fsdp
     return _accelerator
 
 
 #: how long a process waits for the others at a collective before giving up
 WAIT_HOURS = 6
-
-
-def version(distribution: str) -> str:
-    from importlib.metadata import version as installed
-
-    return installed(distribution)
 
 
 def _ready() -> bool:

@@ -1,7 +1,7 @@
-"""Training in two processes (torchrun, gloo, CPU): DDP through accelerate. Both processes
-train; together they take the batches one process with twice the accumulation takes, so the
-adapter is that run's within fp32 rounding; only the main process writes; the adapter loads
-in plain peft; a resume in another number of processes is refused."""
+"""Training in two processes (torchrun, gloo, CPU): DDP and FSDP through accelerate. Both
+processes train; together they take the batches one process with twice the accumulation
+takes, so the adapter is that run's within fp32 rounding; only the main process writes; the
+adapter loads in plain peft; a resume in another number of processes is refused."""
 
 from __future__ import annotations
 
@@ -62,9 +62,13 @@ def test_a_world_of_one_needs_no_collectives(monkeypatch):
     assert current() == World(rank=1, size=2, local_rank=1)
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
-    tmp_path, tiny_bloom_dir, plugins
+    tmp_path, tiny_bloom_dir, plugins, strategy
 ):
+    """DDP (each process the whole model) and FSDP (the base, adapter and optimizer state
+    split between the two, on gloo) both give the single-process adapter. The tolerance is
+    fp32 rounding: the same sums in another order (gradients added across processes)."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -78,11 +82,13 @@ def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
     )
     (tmp_path / "two").mkdir()
     path = recipe_file(tmp_path / "two", tiny_bloom_dir, steps=6)
-    done = torchrun(path, *[a for s in SAME for a in ("--set", s)])
+    sets = [*SAME, f'distributed.strategy="{strategy}"']
+    done = torchrun(path, *[a for s in sets for a in ("--set", s)])
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "two" / "out"
     manifest = json.loads((out / "adaptool.json").read_text())
     assert manifest["training"]["world_size"] == 2
+    assert manifest["training"]["strategy"] == strategy
     assert manifest["training"]["effective_batch"] == 2 * 2 * 2
     a = load_file(one.output_dir / "adapter_model.safetensors")
     b = load_file(out / "adapter_model.safetensors")
@@ -101,16 +107,19 @@ def cli(*args, timeout=600):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_two_process_run_resumed_from_its_checkpoint_ends_where_it_ended(
-    tmp_path, tiny_bloom_dir, plugins
+    tmp_path, tiny_bloom_dir, plugins, strategy
 ):
     """adaptool train --nproc 2, then --resume from its step-3 checkpoint: steps 4-6 again,
     in two processes, give the adapter the uninterrupted run gave — with dropout on, so each
-    process's generator is restored, not only the main one's."""
+    process's generator is restored, not only the main one's. Under FSDP the checkpoint
+    holds the adapter and optimizer state whole, gathered from the shards and split again."""
     from safetensors.torch import load_file
 
     path = recipe_file(tmp_path, tiny_bloom_dir, steps=6)
-    sets = [a for s in [*SAME, "peft.dropout=0.2"] for a in ("--set", s)]
+    settings = [*SAME, "peft.dropout=0.2", f'distributed.strategy="{strategy}"']
+    sets = [a for s in settings for a in ("--set", s)]
     first = cli("train", str(path), "--nproc", "2", *sets)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("done: 6 steps") == 1  # the main process reports
@@ -137,16 +146,31 @@ def test_a_resume_in_another_number_of_processes_is_refused_once(tmp_path, tiny_
     assert "Traceback" not in refused.stderr
 
 
-def test_fsdp_on_cpu_processes_is_refused_once(tmp_path, tiny_bloom_dir, plugins):
-    """accelerate shards with FSDP over NCCL only: on CPU processes it would quietly be DDP.
-    Refused in one paragraph (exit 2), printed once; a single process ignores the strategy."""
+def test_deepspeed_is_refused_once_and_a_single_process_ignores_the_strategy(
+    tmp_path, tiny_bloom_dir, plugins
+):
+    """Refused in one paragraph (exit 2), printed once, nothing written; one process has
+    nothing to share and trains whatever the strategy."""
     path = recipe_file(tmp_path, tiny_bloom_dir, steps=1)
+    refused = cli("train", str(path), "--nproc", "2", "--set", 'distributed.strategy="deepspeed"')
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.count('distributed.strategy = "deepspeed"') == 1
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "out").exists()
+    assert train(load_recipe(path, ['distributed.strategy="deepspeed"'])).step == 1
+
+
+def test_fsdp_refuses_what_it_cannot_shard_with_the_reason(tmp_path, tiny_bloom_dir, plugins):
+    """LoHa's module_dropout drops a different set of modules on each process, which FSDP's
+    gradient reduction cannot take: refused, naming it, before anything is written."""
+    from tests.helpers import method_recipe
+
+    lines = 'r = 4\nmodule_dropout = 0.5\ntarget_modules = "all-linear"'
+    path = method_recipe(tmp_path, tiny_bloom_dir, "loha", lines, steps=1)
     refused = cli("train", str(path), "--nproc", "2", "--set", 'distributed.strategy="fsdp"')
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert refused.stderr.count('distributed.strategy = "fsdp"') == 1
-    assert "GPUs only" in refused.stderr and "Traceback" not in refused.stderr
-    assert not (tmp_path / "out").exists()
-    assert train(load_recipe(path, ['distributed.strategy="fsdp"'])).step == 1
+    assert refused.stderr.count("module_dropout > 0") == 1
+    assert "Traceback" not in refused.stderr and not (tmp_path / "out").exists()
 
 
 def test_check_plans_for_several_processes(tmp_path, tiny_bloom_dir, plugins):
@@ -160,7 +184,13 @@ def test_check_plans_for_several_processes(tmp_path, tiny_bloom_dir, plugins):
         load_recipe(recipe_file(tmp_path, tiny_bloom_dir), ['distributed.strategy="fsdp"']),
         processes=2,
     )
-    assert any("fsdp" in w for w in sharded.warnings)
+    assert sharded.world["strategy"] == "fsdp" and "1/2 of the base" in sharded.world["each_holds"]
+    assert not any("fsdp" in w for w in sharded.warnings)
+    zero = check(
+        load_recipe(recipe_file(tmp_path, tiny_bloom_dir), ['distributed.strategy="deepspeed"']),
+        processes=2,
+    )
+    assert any("deepspeed" in w for w in zero.warnings)
 
 
 def test_ctrl_c_stops_every_process_at_one_step_and_the_resume_ends_where_it_would(

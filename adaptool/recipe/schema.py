@@ -194,7 +194,9 @@ class DistributedSection(Section):
     strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
     #: fsdp: shard each transformer block (``transformer``), or by parameter count
     auto_wrap: Literal["transformer", "size"] = "transformer"
-    #: fsdp: keep sharded parameters in CPU memory between uses
+    #: fsdp, auto_wrap = "size": the parameters a module needs to become a unit of its own
+    min_num_params: int = Field(default=100_000_000, ge=1)
+    #: fsdp: keep sharded parameters in CPU memory between uses (GPUs)
     cpu_offload: bool = False
     #: deepspeed: the ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters)
     zero_stage: int = Field(default=2, ge=0, le=3)

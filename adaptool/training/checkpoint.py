@@ -10,6 +10,8 @@ import random
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,15 +93,16 @@ def save_checkpoint(
     step: int,
     model: Any,
     method: PeftMethod,
-    optimizer: Any,
+    optimizer_state: dict[str, Any],
     scheduler: Any,
     rng_state: dict[str, Any],
     extra: dict[str, Any],
     other_ranks: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write the checkpoint for ``step`` and keep only the newest ``KEEP``. Written to a
-    ``.tmp`` folder, synced to disk, renamed, then named in ``latest``: a crash at any point
-    leaves the previous checkpoint the newest complete one."""
+    """Write the checkpoint for ``step`` (``optimizer_state``: the optimizer's state dict,
+    whole) and keep only the newest ``KEEP``. Written to a ``.tmp`` folder, synced to disk,
+    renamed, then named in ``latest``: a crash at any point leaves the previous checkpoint
+    the newest complete one."""
     from safetensors.torch import save_file
 
     final = checkpoint_dir(output, step)
@@ -107,7 +110,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     method.save_checkpoint(model, tmp)
-    opt = optimizer.state_dict()
+    opt = optimizer_state
     tensors: dict[str, Any] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, state in opt["state"].items():
@@ -162,23 +165,44 @@ def load_checkpoint(
     """Restore adapter weights, optimizer, scheduler and RNG (this process's, ``rank``, in a
     multi-process run) from ``directory``; return its state (``step`` and the extras saved
     with it)."""
+    load_adapter(directory, model=model, method=method)
+    return restore_training(directory, optimizer=optimizer, scheduler=scheduler, rank=rank)
+
+
+def load_adapter(directory: Path, *, model: Any, method: PeftMethod) -> None:
+    """The checkpoint's adapter weights (and what else the method saved) into ``model``: the
+    model as the method wrapped it, before it is split between processes (FSDP)."""
+    with _restoring(directory):
+        method.load_checkpoint(model, directory)
+
+
+def restore_training(directory: Path, *, optimizer: Any, scheduler: Any, rank: int = 0) -> dict:
+    """The optimizer (whole, or each process's shards of it under FSDP), scheduler and this
+    process's generators from ``directory``; its state (``step`` and the extras)."""
     state = read_state(directory)
     if state is None:
         raise AdaptoolError(f"the checkpoint {directory} is torn: its {STATE} does not read.")
-    try:
-        method.load_checkpoint(model, directory)
+    with _restoring(directory):
         _restore(directory, state, optimizer, scheduler, rank)
+    return state
+
+
+@contextmanager
+def _restoring(directory: Path) -> Iterator[None]:
+    try:
+        yield
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise AdaptoolError(
             f"the checkpoint {directory} cannot be restored into this run ({describe(exc)}); "
             f"it is damaged or was written for other settings."
         ) from None
-    return state
 
 
 def _restore(directory: Path, state: dict, optimizer: Any, scheduler: Any, rank: int) -> None:
     import torch
     from safetensors.torch import load_file
+
+    from adaptool.sharding import load_optimizer_state
 
     tensors = load_file(str(directory / OPTIMIZER))
     opt_state: dict[int, dict[str, Any]] = {}
@@ -188,7 +212,7 @@ def _restore(directory: Path, state: dict, optimizer: Any, scheduler: Any, rank:
             opt_state.setdefault(int(index), {})[name] = value
     for index, values in state["optimizer_scalars"].items():
         opt_state.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    load_optimizer_state(optimizer, {"state": opt_state, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
     prefix = f"rng.rank{rank}." if rank and f"rng.rank{rank}.torch" in tensors else "rng."
     torch.set_rng_state(tensors[prefix + "torch"])

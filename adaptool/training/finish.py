@@ -117,7 +117,7 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             "packing_used": session.packing,
             # across processes: how many, how, and the optimizer step's rows
             "world_size": session.world.size,
-            "strategy": "ddp" if session.world.distributed else None,
+            "strategy": session.recipe.distributed.strategy if session.world.distributed else None,
             "effective_batch": t.batch_size * t.gradient_accumulation_steps * session.world.size,
             "precision_used": session.precision,
             "stopped_early": result.stopped_early,

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptool.distributed import all_sum, from_main, gather_to_main
+from adaptool.distributed import World, all_sum, from_main, gather_to_main
 from adaptool.encoding import IGNORE_INDEX, Encoded
 from adaptool.errors import TrainingError
 from adaptool.modeling import device
+from adaptool.sharding import is_sharded, whole_adapter, whole_optimizer_state
 from adaptool.training.batching import collate, collate_for
 from adaptool.training.checkpoint import (
     capture_rng,
@@ -132,6 +133,7 @@ def _loop(
     world = session.world
     runner = session.runner  # the model as it trains: DDP-wrapped across processes
     main = world.main
+    sharded = is_sharded(model)  # FSDP: every forward is a collective
     stopping = False  # agreed by every process: a Ctrl-C any of them saw in the last step
     # a method that skips modules at random (LoHa's, LoKr's, OFT's module_dropout) can leave
     # a micro-batch's loss without a trainable parameter (nothing to backpropagate), or a
@@ -178,7 +180,8 @@ def _loop(
                 scaler.unscale_(optimizer)
             if t.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(session.params, t.max_grad_norm)
-                grad_norm = norm.item()
+                # over FSDP's shards the norm is a distributed tensor: the whole one's value
+                grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
                 if scaler is None and not math.isfinite(grad_norm):
                     raise _diverged(f"the gradients became {grad_norm}", state.step + 1, out, t)
             if scaler is not None:
@@ -207,12 +210,14 @@ def _loop(
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 window = state.window = Window()
-            # the main process evaluates, logs, runs the callbacks and writes; the others go
-            # on to the next step's collectives and wait for it there
-            if main and eval_set and (step % eval_every == 0 or step == total_steps):
-                state.last_eval = evaluate_loss(model, eval_set, t.batch_size, pad_id)
+            # every process evaluates its share; the main process logs, runs the callbacks
+            # and writes, the others go on to the next step's collectives and wait there
+            if eval_set and (step % eval_every == 0 or step == total_steps):
+                state.last_eval = evaluate_loss(
+                    model, eval_set, t.batch_size, pad_id, world=world, lockstep=sharded
+                )
                 record = (record or {"step": step}) | {"eval_loss": state.last_eval}
-                for callback in callbacks:
+                for callback in callbacks if main else []:
                     record |= callback.on_eval(context, record)
             if main and record is not None:
                 records.append(record)
@@ -229,29 +234,8 @@ def _loop(
             if not world.distributed:  # one process: a Ctrl-C up to now is this step's
                 stopping = stop.requested
             checkpointing = step < total_steps and not ending and (at_save or stopping)
-            # every process's generators, for a resume that draws the same dropout on each
-            rngs = gather_to_main(capture_rng()) if checkpointing else None
-            if main and checkpointing:
-                saved = save_checkpoint(
-                    out,
-                    step=step,
-                    model=model,
-                    method=method,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    rng_state=rngs[0],
-                    other_ranks=rngs[1:],
-                    extra=state.to_checkpoint(total_steps)
-                    | {
-                        "recipe": resume_key(session.recipe),
-                        "data": session.data.key(),
-                        "callbacks": {c.name: c.state_dict() for c in callbacks},
-                        "convert_at_save": session.initial is not None,
-                        "world_size": world.size,
-                    },
-                )
-                for callback in callbacks:
-                    callback.on_save(context, saved)
+            if checkpointing:
+                _checkpoint(session, context, state, step)
         # a run a callback ended is finished (its output is written), Ctrl-C or not
         interrupted = stopping and state.step < total_steps and context.stop_reason is None
     reporter.finish()
@@ -259,11 +243,48 @@ def _loop(
     return FitOutcome(state, records, interrupted, early)
 
 
+def _checkpoint(session: Session, context: TrainingContext, state: LoopState, step: int) -> None:
+    """Every process takes part (its generators; under FSDP its shards of the adapter and
+    optimizer state, gathered whole); the main process writes."""
+    callbacks = session.plugins.callbacks
+    # every process's generators, for a resume that draws the same dropout on each
+    rngs = gather_to_main(capture_rng())
+    with whole_adapter(session.model):
+        optimizer_state = whole_optimizer_state(session.optimizer)
+        if session.world.main:
+            saved = save_checkpoint(
+                context.output_dir,
+                step=step,
+                model=session.model,
+                method=session.plugins.method,
+                optimizer_state=optimizer_state,
+                scheduler=session.scheduler,
+                rng_state=rngs[0],
+                other_ranks=rngs[1:],
+                extra=state.to_checkpoint(session.total_steps)
+                | {
+                    "recipe": resume_key(session.recipe),
+                    "data": session.data.key(),
+                    "callbacks": {c.name: c.state_dict() for c in callbacks},
+                    "convert_at_save": session.initial is not None,
+                    "world_size": session.world.size,
+                    "strategy": session.recipe.distributed.strategy
+                    if session.world.distributed
+                    else None,
+                },
+            )
+            for callback in callbacks:
+                callback.on_save(context, saved)
+
+
 def _sync_unless(runner: Any, last: bool) -> Any:
     """Gradients are averaged across processes once per optimizer step, at its last
-    micro-batch (DDP's ``no_sync`` for the others)."""
+    micro-batch (DDP's ``no_sync`` for the others; FSDP's gradient sync switched off)."""
     import contextlib
 
+    if hasattr(runner, "set_requires_gradient_sync"):  # FSDP2: set for every micro-batch
+        runner.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
     if last or not hasattr(runner, "no_sync"):
         return contextlib.nullcontext()
     return runner.no_sync()
@@ -363,18 +384,37 @@ def loss_sum(model: Any, batch: dict[str, Any]) -> Any:
     )
 
 
-def evaluate_loss(model: Any, data: Sequence[Encoded], batch_size: int, pad_id: int) -> float:
-    """Mean loss per trained token over ``data`` (no dropout, no gradients)."""
+def evaluate_loss(
+    model: Any,
+    data: Sequence[Encoded],
+    batch_size: int,
+    pad_id: int,
+    *,
+    world: World | None = None,
+    lockstep: bool = False,
+) -> float:
+    """Mean loss per trained token over ``data`` (no dropout, no gradients). Across
+    processes (``world``) each evaluates every world.size-th batch and the sums are added;
+    ``lockstep`` (FSDP, whose forward is a collective): each runs as many forwards as the
+    busiest, one it does not count where it has run out."""
     import torch
 
+    world = world or World()
     model.eval()
     dev = device()
+    starts = list(range(0, len(data), batch_size))
+    mine = starts[world.rank :: world.size]
+    rounds = math.ceil(len(starts) / world.size) if lockstep else len(mine)
     total, count = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(data), batch_size):
+        for i in range(rounds):
+            start = mine[i] if i < len(mine) else starts[0]
             chunk = data[start : start + batch_size]
             batch = {k: v.to(dev) for k, v in collate(chunk, pad_id).items()}
-            total += loss_sum(model, batch).item()
-            count += sum(e.trained_tokens for e in chunk)
+            summed = loss_sum(model, batch).item()
+            if i < len(mine):
+                total += summed
+                count += sum(e.trained_tokens for e in chunk)
     model.train()
+    total, count = all_sum([total, count])
     return total / max(count, 1)

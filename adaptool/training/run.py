@@ -25,17 +25,18 @@ from adaptool.errors import AdaptoolError, OutputExists, param
 from adaptool.evaluate import score_rows
 from adaptool.modeling import release_memory
 from adaptool.recipe.resolve import resolve_plugins
+from adaptool.sharding import whole_adapter
 from adaptool.training.checkpoint import (
     check_resumable,
     initial_adapter,
     latest_checkpoint,
-    load_checkpoint,
+    restore_training,
 )
 from adaptool.training.finish import TrainResult, build_manifest, write_output
-from adaptool.training.fit import LoopState, fit
+from adaptool.training.fit import FitOutcome, LoopState, fit
 from adaptool.training.metrics import last, read_metrics, write_metrics
 from adaptool.training.progress import Reporter
-from adaptool.training.setup import setup
+from adaptool.training.setup import Session, setup
 
 if TYPE_CHECKING:
     from adaptool.recipe.schema import Recipe
@@ -81,17 +82,17 @@ def train(
     if checkpoint is not None:
         check_resumable(checkpoint, recipe, world_size=world.size)
     session = setup(
-        recipe, resolve_plugins(recipe), init_adapter=init_adapter, reporter=reporter, world=world
+        recipe,
+        resolve_plugins(recipe),
+        init_adapter=init_adapter,
+        reporter=reporter,
+        world=world,
+        checkpoint=checkpoint,
     )
     state, records = LoopState(), []
     if checkpoint is not None:
-        saved = load_checkpoint(
-            checkpoint,
-            model=session.model,
-            method=session.plugins.method,
-            optimizer=session.optimizer,
-            scheduler=session.scheduler,
-            rank=world.rank,
+        saved = restore_training(
+            checkpoint, optimizer=session.optimizer, scheduler=session.scheduler, rank=world.rank
         )
         state = LoopState.from_checkpoint(saved)
         _check_same_data(saved.get("data"), session.data.key(), checkpoint)
@@ -121,11 +122,13 @@ def train(
     if world.main:
         _claim_output(out, checkpoint=checkpoint, overwrite=overwrite)
         write_metrics(out, records)
-    if world.main and checkpoint is None and session.initial is not None:
+    if checkpoint is None and session.initial is not None:
         # before the first step: the adapter as initialised, for the conversion at save
-        tmp = session.initial.with_name(session.initial.name + ".tmp")
-        session.model.save_pretrained(str(tmp))
-        os.replace(tmp, session.initial)
+        with whole_adapter(session.model):
+            if world.main:
+                tmp = session.initial.with_name(session.initial.name + ".tmp")
+                session.model.save_pretrained(str(tmp))
+                os.replace(tmp, session.initial)
 
     context = TrainingContext(
         output_dir=out,
@@ -155,8 +158,23 @@ def train(
         wall_time=time.monotonic() - started,
         records=outcome.records,
     )
-    if outcome.interrupted or not world.main:  # only the main process writes the output
-        return result
+    # under FSDP the adapter is gathered whole (every process takes part) for the output
+    with whole_adapter(session.model):
+        if outcome.interrupted or not world.main:  # only the main process writes the output
+            return result
+        _finish(session, context, outcome, result, reporter)
+    return result
+
+
+def _finish(
+    session: Session,
+    context: TrainingContext,
+    outcome: FitOutcome,
+    result: TrainResult,
+    reporter: Reporter,
+) -> None:
+    """The main process writes the trained adapter, manifest, card and plot."""
+    out = context.output_dir
     if outcome.stopped_early:
         reporter.info(f"{outcome.stopped_early}; stopped at step {outcome.state.step}")
     result.stopped_early = outcome.stopped_early
@@ -177,7 +195,6 @@ def train(
     session.model.config.use_cache = True
     result.manifest = build_manifest(session, result)
     write_output(out, session, result.manifest, outcome.records)
-    return result
 
 
 def _check_same_data(saved: dict | None, now: dict, checkpoint: Path) -> None:

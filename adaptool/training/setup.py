@@ -15,7 +15,7 @@ from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
 from adaptool.base import RunInfo
 from adaptool.distributed import World, main_first, start
-from adaptool.errors import ModelError, describe, param
+from adaptool.errors import AdaptoolError, ModelError, describe, param
 from adaptool.modeling import (
     free_memory,
     load_base,
@@ -24,6 +24,7 @@ from adaptool.modeling import (
     weights_dtype,
 )
 from adaptool.training.batching import BatchPlan, PlannedFeed
+from adaptool.training.checkpoint import load_adapter
 from adaptool.training.sources import Data, load_data
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ class Session:
     initial: Path | None = None
     #: this process's place among the training processes (a world of one by default)
     world: World = field(default_factory=World)
-    #: the model as the loop runs it: ``model`` itself, or DDP-wrapped across processes
+    #: the model as the loop runs it: ``model`` itself (sharded in place under FSDP), or
+    #: DDP-wrapped across processes
     runner: Any = None
     #: micro-batches packed into one sequence: always (True), where it costs no more
     #: attention ("auto"), never (False) — training.packing resolved for the model
@@ -74,8 +76,11 @@ def setup(
     init_adapter: Path | None,
     reporter: Reporter,
     world: World | None = None,
+    checkpoint: Path | None = None,
 ) -> Session:
-    """Everything a run needs, loaded and checked; nothing written."""
+    """Everything a run needs, loaded and checked; nothing written. Resuming
+    ``checkpoint``, its adapter is loaded; the rest of its state is for the caller
+    (:func:`~adaptool.training.checkpoint.restore_training`)."""
     import torch
     from transformers import get_scheduler
 
@@ -88,7 +93,7 @@ def setup(
     )
     formatters = plugins.source_formatters or (plugins.formatter,)
     world = world or World()
-    accelerator = start(world, recipe.distributed.strategy)
+    accelerator = start(world, recipe.distributed)
     with main_first(world):  # the main process tokenizes into the cache, the others read it
         data = load_data(recipe, formatters, tokenizer, reporter)
 
@@ -125,6 +130,8 @@ def setup(
         batches=lambda: _first_batches(feed, tokenizer),
     )
     model = _wrap(model, plugins.method, recipe, init_adapter, run)
+    if checkpoint is not None:  # a resume: the adapter as it was, before any sharding
+        load_adapter(checkpoint, model=model, method=plugins.method)
     if world.distributed:  # the same initial adapter everywhere, each process its own dropout
         torch.manual_seed(t.seed + world.rank)
     packing = _use_packing(t.packing, model, reporter)
@@ -135,6 +142,9 @@ def setup(
         f"trainable%: {100 * trainable / total_params:.4f}"
     )
 
+    sharded = accelerator is not None and recipe.distributed.strategy == "fsdp"
+    if sharded:  # split between the processes; the optimizer is built on the shards
+        model = _shard(accelerator, model, plugins)
     groups = plugins.method.param_groups(model, t.learning_rate)
     params = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -167,8 +177,22 @@ def setup(
         run=run,
         packing=packing,
         world=world,
-        runner=_parallel(accelerator, model) if accelerator is not None else model,
+        runner=_parallel(accelerator, model) if accelerator and not sharded else model,
     )
+
+
+def _shard(accelerator: Any, model: Any, plugins: RecipePlugins) -> Any:
+    """The model sharded by FSDP, when the recipe lets it be."""
+    from adaptool.sharding import refusals, shard
+
+    refused = refusals(plugins, model)
+    if refused:
+        raise AdaptoolError(
+            'distributed.strategy = "fsdp" cannot train this recipe: '
+            + "; ".join(refused)
+            + '. Use strategy = "ddp" (each process holds the whole model).'
+        )
+    return shard(accelerator, model)
 
 
 def _parallel(accelerator: Any, model: Any) -> Any:

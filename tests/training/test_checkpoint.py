@@ -59,7 +59,7 @@ class Run:
             step=step,
             model=self.model,
             method=Lora(),
-            optimizer=self.optimizer,
+            optimizer_state=self.optimizer.state_dict(),
             scheduler=self.scheduler,
             rng_state=capture_rng(),
             extra=extra,
