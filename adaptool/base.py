@@ -391,6 +391,14 @@ class Quantizer(Plugin):
         """Fix-ups right after the base is loaded; returns the model. Default: none."""
         return model
 
+    def for_sharding(self) -> Quantizer:
+        """This backend as FSDP needs it (``distributed.strategy = "fsdp"``): sharding splits
+        every weight as a floating-point tensor, so a backend that packs weights into
+        integers returns a copy that stores them in a floating-point container, or raises
+        :class:`~adaptool.errors.PluginError` saying why it cannot be sharded. Default:
+        itself."""
+        return self
+
     def describe(self) -> dict[str, Any]:
         """What to record in a manifest about this quantization."""
         return {"backend": self.name, **self.options.model_dump()}

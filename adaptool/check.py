@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from adaptool.base import RunInfo
 from adaptool.encoding import IGNORE_INDEX, Encoded, encode_rows
+from adaptool.errors import PluginError
 from adaptool.modeling import load_tokenizer
 from adaptool.recipe.resolve import RecipePlugins, resolve_plugins
 from adaptool.training.sources import Data, load_source, load_stream
@@ -180,6 +181,11 @@ def check(recipe: Recipe, *, examples: int = 3, processes: int = 1) -> CheckRepo
     if len(recipe.data.all_sources) > 1:
         report.sources = _mixture(recipe, plugins, tokenizer, data)
     report.world = world_report(recipe, processes, trainable)
+    if processes > 1 and recipe.distributed.strategy == "fsdp":
+        try:
+            plugins.quantizer.for_sharding()
+        except PluginError as exc:
+            report.warnings.append(f"train refuses it: {exc}")
     if processes > 1 and recipe.distributed.strategy == "deepspeed":
         report.warnings.append(
             'distributed.strategy = "deepspeed": train refuses it (not in this version); use '

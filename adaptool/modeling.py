@@ -154,16 +154,18 @@ def load_base(
     dtype: str | None = None,
     precision: str | None = None,
     trust_remote_code: bool = False,
+    on_gpu: bool = True,
 ) -> Any:
     """The base model ``name`` through the quantizer plugin, its weights in ``dtype`` (see
-    :func:`weights_dtype`), on the GPU when there is one. Errors name the model and say what to
-    try."""
+    :func:`weights_dtype`), on the GPU when there is one (unless ``on_gpu`` is False: FSDP
+    moves each process's shard of a base loaded on the CPU to its GPU). Errors name the
+    model and say what to try."""
     from transformers import AutoModelForCausalLM
 
     quiet_libraries()
     kwargs = dict(quantizer.from_pretrained_kwargs())
     kwargs.setdefault("dtype", weights_dtype(dtype, precision))
-    if device() == "cuda":
+    if device() == "cuda" and on_gpu:
         import torch
 
         # this process's GPU (torch.cuda.current_device(): a training process's own)

@@ -101,6 +101,18 @@ def _reshard(model: Any) -> None:
             module.reshard()
 
 
+def held_by_this_process(model: Any) -> tuple[int, int]:
+    """(elements this process holds, elements of the whole model) over its parameters as
+    stored (a 4-bit weight counts its packed container)."""
+    from torch.distributed.tensor import DTensor
+
+    held = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        held += param.to_local().numel() if isinstance(param, DTensor) else param.numel()
+    return held, total
+
+
 def is_sharded(model: Any) -> bool:
     return next(_sharded_parameters(model), None) is not None
 
@@ -145,8 +157,10 @@ def load_optimizer_state(optimizer: Any, saved: dict[str, Any]) -> None:
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {}
     for index, values in saved["state"].items():
         param = params[int(index)]
+        state[index] = values = dict(values)  # the caller's dict stays whole
         if not isinstance(param, DTensor):
             continue
         for key, value in values.items():
@@ -154,4 +168,4 @@ def load_optimizer_state(optimizer: Any, saved: dict[str, Any]) -> None:
                 values[key] = distribute_tensor(
                     value.to(param.dtype), param.device_mesh, param.placements, src_data_rank=None
                 )
-    optimizer.load_state_dict(saved)
+    optimizer.load_state_dict({**saved, "state": state})

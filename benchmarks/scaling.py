@@ -1,8 +1,8 @@
-"""Scaling across processes: `adaptool train` in 1 and in 2 processes (DDP through
+"""Scaling across processes: `adaptool train` in 1 and in 2 processes (DDP, and FSDP, through
 accelerate, gloo on this CPU) on the same base, data, LoRA and effective batch (2 processes x
 accumulation 2 against 1 process x accumulation 4), alternated in fresh runs. Prints real
 (non-padding) tokens/s of each, and the scaling efficiency: tokens/s with 2 processes over
-twice the tokens/s with 1.
+twice the tokens/s with 1 (DDP's last; FSDP's on the line before the speedup).
 
     python benchmarks/scaling.py           # 20M-param BLOOM, 30 steps per run, 2 rounds
     python benchmarks/scaling.py --quick   # 10 steps, 1 round
@@ -65,11 +65,12 @@ dir = "{work / name}"
     return path
 
 
-def run(path: Path, nproc: int) -> dict[str, float]:
+def run(path: Path, nproc: int, strategy: str = "ddp") -> dict[str, float]:
     cores = os.cpu_count() or 1
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // nproc)), CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "adaptool", "train", str(path), "--overwrite"]
     command += ["--nproc", str(nproc)] if nproc > 1 else []
+    command += ["--set", f'distributed.strategy="{strategy}"']
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
@@ -96,22 +97,31 @@ def main() -> None:
     args = parser.parse_args()
     steps, rounds = (10, 1) if args.quick else (30, 2)
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores")
-    rates: dict[int, list[float]] = {1: [], 2: []}
+    sides = {
+        "1 process": (1, "ddp"),
+        "2 processes, DDP": (2, "ddp"),
+        "2 processes, FSDP": (2, "fsdp"),
+    }
+    rates: dict[str, list[float]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="scaling-") as tmp:
         work = Path(tmp)
         base = build_base(work, hidden=512, layers=6)
         one = recipe(work, base, steps, 4, "one")
         two = recipe(work, base, steps, 2, "two")
         for round_ in range(rounds):
-            for nproc, path in ((1, one), (2, two)):
-                r = run(path, nproc)
-                rates[nproc].append(r["tokens"] / r["seconds"])
+            for side, (nproc, strategy) in sides.items():
+                r = run(one if nproc == 1 else two, nproc, strategy)
+                rates[side].append(r["tokens"] / r["seconds"])
                 print(
-                    f"  round {round_ + 1}, {nproc} process{'es' if nproc > 1 else ''}: "
-                    f"{rates[nproc][-1]:8.0f} real tokens/s  loss {r['loss']:.4f}"
+                    f"  round {round_ + 1}, {side}: "
+                    f"{rates[side][-1]:8.0f} real tokens/s  loss {r['loss']:.4f}"
                 )
-    single, double = statistics.median(rates[1]), statistics.median(rates[2])
-    print(f"1 process: {single:.0f} real tokens/s; 2 processes: {double:.0f} real tokens/s")
+    single, double, sharded = (statistics.median(rates[side]) for side in sides)
+    print(
+        f"1 process: {single:.0f} real tokens/s; 2 processes: {double:.0f} (DDP), "
+        f"{sharded:.0f} (FSDP: every block's weights gathered for its forward and backward)"
+    )
+    print(f"fsdp efficiency: {sharded / (2 * single):.2f}")
     print(f"speedup: {double / single:.2f}")
     print(f"efficiency: {double / (2 * single):.2f}")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -62,13 +63,16 @@ def test_a_world_of_one_needs_no_collectives(monkeypatch):
     assert current() == World(rank=1, size=2, local_rank=1)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    ("strategy", "backend"), [("ddp", "none"), ("fsdp", "none"), ("fsdp", "bnb-4bit")]
+)
 def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
-    tmp_path, tiny_bloom_dir, plugins, strategy
+    tmp_path, tiny_bloom_dir, plugins, strategy, backend
 ):
     """DDP (each process the whole model) and FSDP (the base, adapter and optimizer state
-    split between the two, on gloo) both give the single-process adapter. The tolerance is
-    fp32 rounding: the same sums in another order (gradients added across processes)."""
+    split between the two, on gloo; with QLoRA, the 4-bit weights stored in a float
+    container and split too) all give the single-process adapter. The tolerance is fp32
+    rounding: the same sums in another order (gradients added across processes)."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -76,12 +80,12 @@ def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
     (tmp_path / "one").mkdir()
     one = train(
         load_recipe(
-            recipe_file(tmp_path / "one", tiny_bloom_dir, steps=6),
+            recipe_file(tmp_path / "one", tiny_bloom_dir, steps=6, backend=backend),
             [*SAME, "training.gradient_accumulation_steps=4"],  # 2 x 2 processes
         )
     )
     (tmp_path / "two").mkdir()
-    path = recipe_file(tmp_path / "two", tiny_bloom_dir, steps=6)
+    path = recipe_file(tmp_path / "two", tiny_bloom_dir, steps=6, backend=backend)
     sets = [*SAME, f'distributed.strategy="{strategy}"']
     done = torchrun(path, *[a for s in sets for a in ("--set", s)])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -89,6 +93,9 @@ def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
     manifest = json.loads((out / "adaptool.json").read_text())
     assert manifest["training"]["world_size"] == 2
     assert manifest["training"]["strategy"] == strategy
+    if strategy == "fsdp":  # each process holds about half of the weights (4-bit ones too)
+        held = re.search(r"this one holds ([\d.]+)% of its weights", done.stdout + done.stderr)
+        assert held and 40 < float(held[1]) < 60, done.stdout[-2000:]
     assert manifest["training"]["effective_batch"] == 2 * 2 * 2
     a = load_file(one.output_dir / "adapter_model.safetensors")
     b = load_file(out / "adapter_model.safetensors")
@@ -191,6 +198,14 @@ def test_check_plans_for_several_processes(tmp_path, tiny_bloom_dir, plugins):
         processes=2,
     )
     assert any("deepspeed" in w for w in zero.warnings)
+    eight = check(
+        load_recipe(
+            recipe_file(tmp_path, tiny_bloom_dir, backend="bnb-8bit"),
+            ['distributed.strategy="fsdp"'],
+        ),
+        processes=2,
+    )
+    assert any("LLM.int8" in w for w in eight.warnings)
 
 
 def test_ctrl_c_stops_every_process_at_one_step_and_the_resume_ends_where_it_would(

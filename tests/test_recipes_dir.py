@@ -60,6 +60,7 @@ def test_bloom_qlora_is_the_qlora_script(registry):
         "double_quant": True,
         "compute_dtype": "bfloat16",
         "skip_modules": None,
+        "quant_storage": "auto",
     }
 
 

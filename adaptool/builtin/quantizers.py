@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from adaptool.base import Options, Quantizer
+from adaptool.errors import PluginError
 from adaptool.hookspecs import hookimpl
 
 
@@ -58,20 +59,40 @@ class Bnb4bit(Quantizer):
         double_quant: bool = True
         compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
         skip_modules: list[str] | None = None
+        #: the container the packed 4-bit weights are stored in: uint8, or a float dtype
+        #: FSDP can shard ("auto": uint8, the compute dtype under FSDP)
+        quant_storage: Literal["auto", "uint8", "float32", "bfloat16", "float16"] = "auto"
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         import torch
         from transformers import BitsAndBytesConfig
 
+        storage = self.options.quant_storage
         return {
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type=self.options.quant_type,
                 bnb_4bit_use_double_quant=self.options.double_quant,
                 bnb_4bit_compute_dtype=getattr(torch, self.options.compute_dtype),
+                bnb_4bit_quant_storage=getattr(torch, "uint8" if storage == "auto" else storage),
                 llm_int8_skip_modules=self.options.skip_modules,
             )
         }
+
+    def for_sharding(self) -> Bnb4bit:
+        """QLoRA under FSDP: the packed weights in a float container (the compute dtype,
+        unless the recipe names one), which FSDP splits and gathers like any weight."""
+        storage = self.options.quant_storage
+        if storage == "uint8":
+            raise PluginError(
+                'quantization.quant_storage = "uint8": FSDP shards floating-point '
+                'tensors only; leave it "auto" (the compute dtype under FSDP) or name a float '
+                "dtype."
+            )
+        if storage != "auto":
+            return self
+        update = {"quant_storage": self.options.compute_dtype}
+        return type(self)(self.options.model_copy(update=update))
 
     def after_load(self, model: Any) -> Any:
         return disable_cpu_bf16_repack(model)
@@ -114,6 +135,13 @@ class Bnb8bit(Quantizer):
 
     def after_load(self, model: Any) -> Any:
         return disable_cpu_bf16_repack(model)
+
+    def for_sharding(self) -> Bnb8bit:
+        raise PluginError(
+            'quantization.backend = "bnb-8bit" under distributed.strategy = "fsdp": LLM.int8 '
+            "weights (int8 rows with their scales) cannot be split by FSDP. Use "
+            '"bnb-4bit" (QLoRA, which FSDP shards), or strategy = "ddp".'
+        )
 
     def quantized_layers(self, model: Any) -> set[str]:
         return bnb_quantized_layers(model, self.options.skip_modules)

@@ -23,6 +23,7 @@ from adaptool.modeling import (
     resolve_precision,
     weights_dtype,
 )
+from adaptool.sharding import held_by_this_process
 from adaptool.training.batching import BatchPlan, PlannedFeed
 from adaptool.training.checkpoint import load_adapter
 from adaptool.training.sources import Data, load_data
@@ -94,6 +95,9 @@ def setup(
     formatters = plugins.source_formatters or (plugins.formatter,)
     world = world or World()
     accelerator = start(world, recipe.distributed)
+    sharded = accelerator is not None and recipe.distributed.strategy == "fsdp"
+    # FSDP splits floating-point weights: a quantizer stores its packed ones so
+    quantizer = plugins.quantizer.for_sharding() if sharded else plugins.quantizer
     with main_first(world):  # the main process tokenizes into the cache, the others read it
         data = load_data(recipe, formatters, tokenizer, reporter)
 
@@ -102,11 +106,14 @@ def setup(
     precision = resolve_precision(t.precision)
     model = load_base(
         model_section.name,
-        plugins.quantizer,
+        quantizer,
         revision=model_section.revision,
         dtype=model_section.dtype,
         precision=precision,
         trust_remote_code=model_section.trust_remote_code,
+        # FSDP takes an unquantized base from the CPU, each process its shard to its GPU (a
+        # whole one may not fit one GPU); a 4-bit one is quantized onto each GPU (it fits)
+        on_gpu=not sharded or quantizer.quantized,
     )
     base = _base_record(recipe, model, precision)
     checkpointing = _use_gradient_checkpointing(t.gradient_checkpointing, model, data, t)
@@ -127,7 +134,7 @@ def setup(
         quantized=plugins.quantizer.quantized,
         learning_rate=t.learning_rate,
         tokenizer=model_section.name,
-        batches=lambda: _first_batches(feed, tokenizer),
+        batches=lambda: _first_batches(feed, tokenizer, model.device),
     )
     model = _wrap(model, plugins.method, recipe, init_adapter, run)
     if checkpoint is not None:  # a resume: the adapter as it was, before any sharding
@@ -142,9 +149,13 @@ def setup(
         f"trainable%: {100 * trainable / total_params:.4f}"
     )
 
-    sharded = accelerator is not None and recipe.distributed.strategy == "fsdp"
     if sharded:  # split between the processes; the optimizer is built on the shards
         model = _shard(accelerator, model, plugins)
+        held, stored = held_by_this_process(model)
+        reporter.info(
+            f"fsdp: the model is split between {world.size} processes; this one holds "
+            f"{100 * held / stored:.1f}% of its weights ({held:,} of {stored:,} as stored)"
+        )
     groups = plugins.method.param_groups(model, t.learning_rate)
     params = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -209,9 +220,8 @@ def _parallel(accelerator: Any, model: Any) -> Any:
 INIT_BATCHES = 8
 
 
-def _first_batches(feed: Any, tokenizer: Any) -> list[dict]:
-    """The run's first micro-batches, collated and on the device."""
-    from adaptool.modeling import device
+def _first_batches(feed: Any, tokenizer: Any, dev: Any) -> list[dict]:
+    """The run's first micro-batches, collated and on the model's device ``dev``."""
     from adaptool.training.batching import collate
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -219,7 +229,7 @@ def _first_batches(feed: Any, tokenizer: Any) -> list[dict]:
     if isinstance(feed, PlannedFeed):  # an epoch's batches at most
         count = min(count, feed.plan.batches_per_epoch)
     batches = [collate(feed.batch(k), pad) for k in range(count)]
-    return [{k: v.to(device()) for k, v in batch.items()} for batch in batches]
+    return [{k: v.to(dev) for k, v in batch.items()} for batch in batches]
 
 
 def _base_record(recipe: Recipe, model: Any, precision: str) -> BaseModelRecord:

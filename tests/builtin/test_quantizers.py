@@ -44,7 +44,35 @@ def test_bnb_4bit_quantizes_and_disables_the_cpu_repack(registry, tiny_bloom_dir
         "double_quant": True,
         "compute_dtype": "float32",
         "skip_modules": None,
+        "quant_storage": "auto",
     }
+    assert config.bnb_4bit_quant_storage == torch.uint8
+
+
+def test_fsdp_gets_4bit_weights_in_a_float_container_and_refuses_8bit(registry, tiny_bloom_dir):
+    """FSDP splits floating-point tensors: under it a 4-bit base stores its packed weights in
+    the compute dtype (the same numbers: the logits are those of the uint8 storage); a uint8
+    storage asked for, and LLM.int8 weights, are refused with the reason."""
+    from adaptool.errors import PluginError
+
+    quantizer = make(registry, "quantizer", "bnb-4bit", compute_dtype="float32")
+    sharded = quantizer.for_sharding()
+    config = sharded.from_pretrained_kwargs()["quantization_config"]
+    assert config.bnb_4bit_quant_storage == torch.float32
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        packed = load(tiny_bloom_dir, sharded)
+        weight = packed.transformer.h[0].self_attention.query_key_value.weight
+        assert weight.dtype == torch.float32 and weight.is_floating_point()
+        assert torch.equal(packed(ids).logits, load(tiny_bloom_dir, quantizer)(ids).logits)
+    named = make(registry, "quantizer", "bnb-4bit", quant_storage="bfloat16")
+    assert named.for_sharding() is named
+    with pytest.raises(PluginError, match="quant_storage"):
+        make(registry, "quantizer", "bnb-4bit", quant_storage="uint8").for_sharding()
+    with pytest.raises(PluginError, match=r"LLM\.int8"):
+        make(registry, "quantizer", "bnb-8bit").for_sharding()
+    none = make(registry, "quantizer", "none")
+    assert none.for_sharding() is none
 
 
 def test_bnb_8bit_quantizes(registry, tiny_bloom_dir):

@@ -58,6 +58,7 @@ def test_to_dict_inlines_plugin_options_and_drops_none(tmp_path, registry):
         "quant_type": "fp4",
         "double_quant": True,
         "compute_dtype": "bfloat16",
+        "quant_storage": "auto",
     }  # skip_modules is None: dropped
     assert data["peft"]["init"] == "gaussian"
     assert "options" not in data["peft"]
