@@ -11,6 +11,7 @@ from adaptool.encoding import IGNORE_INDEX, Encoded, encode_rows
 from adaptool.errors import PluginError
 from adaptool.modeling import load_tokenizer
 from adaptool.recipe.resolve import RecipePlugins, resolve_plugins
+from adaptool.sharding import refusals
 from adaptool.training.sources import Data, load_source, load_stream
 
 if TYPE_CHECKING:
@@ -182,10 +183,12 @@ def check(recipe: Recipe, *, examples: int = 3, processes: int = 1) -> CheckRepo
         report.sources = _mixture(recipe, plugins, tokenizer, data)
     report.world = world_report(recipe, processes, trainable)
     if processes > 1 and recipe.distributed.strategy == "fsdp":
+        refused = refusals(plugins)
         try:
             plugins.quantizer.for_sharding()
         except PluginError as exc:
-            report.warnings.append(f"train refuses it: {exc}")
+            refused.append(str(exc))
+        report.warnings += [f'train refuses distributed.strategy = "fsdp": {r}' for r in refused]
     if processes > 1 and recipe.distributed.strategy == "deepspeed":
         report.warnings.append(
             'distributed.strategy = "deepspeed": train refuses it (not in this version); use '

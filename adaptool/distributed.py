@@ -88,7 +88,7 @@ def start(world: World, section: DistributedSection | None = None) -> Any:
             "the adapter's optimizer state across the processes (ZeRO stage 3's layout), or "
             '"ddp".'
         )
-    if section.cpu_offload and not gpu:
+    if section.strategy == "fsdp" and section.cpu_offload and not gpu:
         raise ModelError(
             "distributed.cpu_offload = true moves FSDP's shards from GPU to CPU memory "
             "between uses; on CPU processes they are in CPU memory already. Leave it out."
@@ -100,10 +100,13 @@ def start(world: World, section: DistributedSection | None = None) -> Any:
         from accelerate.utils import InitProcessGroupKwargs
 
         fsdp = None
+        process_group: dict[str, Any] = {"timeout": timedelta(hours=WAIT_HOURS)}
         if section.strategy == "fsdp":
             from adaptool.sharding import plugin
 
             fsdp = plugin(section, gpu=gpu)
+            if gpu and section.cpu_offload:  # offloaded shards meet in collectives on the CPU
+                process_group["backend"] = "cuda:nccl,cpu:gloo"
         # adaptool's precision is its own (bf16 weights, not autocast), whatever an
         # `accelerate config` says; the others wait while the main process tokenizes,
         # evaluates or checkpoints, which may take longer than NCCL's default 10 minutes
@@ -111,7 +114,7 @@ def start(world: World, section: DistributedSection | None = None) -> Any:
             cpu=not gpu,
             mixed_precision="no",
             fsdp_plugin=fsdp if gpu else None,
-            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=WAIT_HOURS))],
+            kwargs_handlers=[InitProcessGroupKwargs(**process_group)],
         )
         if fsdp is not None and not gpu:
             # accelerate hands its FSDP plugin to accelerators only (state.py), though

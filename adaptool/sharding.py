@@ -48,8 +48,9 @@ def shard(accelerator: Any, model: Any) -> Any:
     return fsdp2_prepare_model(accelerator, model)
 
 
-def refusals(plugins: RecipePlugins, model: Any) -> list[str]:
-    """What a sharded run cannot do with this recipe, each with its reason."""
+def refusals(plugins: RecipePlugins, model: Any = None) -> list[str]:
+    """What a sharded run cannot do with this recipe, each with its reason (``model``: the
+    wrapped model, whose peft config says whether modules are dropped at random)."""
     from adaptool.base import PeftMethod
 
     found = []
@@ -63,18 +64,19 @@ def refusals(plugins: RecipePlugins, model: Any) -> list[str]:
             f'peft.method = "{method.name}" works on whole weights after every step (rank '
             f"allocation, a regulariser), which FSDP holds split between the processes"
         )
-    if getattr(model.peft_config.get("default"), "module_dropout", 0):
+    config = model.peft_config.get("default") if model is not None else None
+    if getattr(config, "module_dropout", 0):
         found.append(
             "module_dropout > 0 skips adapter modules at random, a different set on each "
             "process, and FSDP needs every process to reduce the same gradients"
         )
     for callback in plugins.callbacks:
-        metric = getattr(callback.options, "metric", "eval_loss")
-        if metric != "eval_loss":
+        # a metric other than the evaluation loss is scored on generations
+        if getattr(callback, "key", "eval_loss") != "eval_loss":
             found.append(
-                f'callbacks.{callback.name}.metric = "{metric}" generates on the main '
-                f"process alone, which a model split between the processes cannot do "
-                f'(use metric = "eval_loss")'
+                f'callbacks.{callback.name}.metric = "{callback.options.metric}" generates '
+                f"on the main process alone, which a model split between the processes "
+                f'cannot do (use metric = "eval_loss")'
             )
     return found
 
@@ -125,9 +127,11 @@ def whole_adapter(model: Any) -> Iterator[None]:
     import torch
 
     _reshard(model)
-    swapped = []
+    swapped, whole = [], {}
     for module, name, param in _sharded_parameters(model):
-        module._parameters[name] = torch.nn.Parameter(param.full_tensor(), requires_grad=True)
+        if id(param) not in whole:  # a parameter two modules share stays one
+            whole[id(param)] = torch.nn.Parameter(param.full_tensor(), requires_grad=True)
+        module._parameters[name] = whole[id(param)]
         swapped.append((module, name, param))
     try:
         yield

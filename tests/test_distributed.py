@@ -63,16 +63,27 @@ def test_a_world_of_one_needs_no_collectives(monkeypatch):
     assert current() == World(rank=1, size=2, local_rank=1)
 
 
+BEST = '[callbacks.best-checkpoint]\nmetric = "eval_loss"'
+
+
 @pytest.mark.parametrize(
-    ("strategy", "backend"), [("ddp", "none"), ("fsdp", "none"), ("fsdp", "bnb-4bit")]
+    ("strategy", "backend", "extra"),
+    [
+        ("ddp", "none", ""),
+        ("fsdp", "none", ""),
+        ("fsdp", "bnb-4bit", ""),
+        ("fsdp", "none", BEST),
+    ],
+    ids=["ddp", "fsdp", "fsdp-qlora", "fsdp-best-checkpoint"],
 )
 def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
-    tmp_path, tiny_bloom_dir, plugins, strategy, backend
+    tmp_path, tiny_bloom_dir, plugins, strategy, backend, extra
 ):
     """DDP (each process the whole model) and FSDP (the base, adapter and optimizer state
     split between the two, on gloo; with QLoRA, the 4-bit weights stored in a float
-    container and split too) all give the single-process adapter. The tolerance is fp32
-    rounding: the same sums in another order (gradients added across processes)."""
+    container and split too; with a callback that saves the best adapter at evaluations)
+    all give the single-process adapter. The tolerance is fp32 rounding: the same sums in
+    another order (gradients added across processes)."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -80,12 +91,12 @@ def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
     (tmp_path / "one").mkdir()
     one = train(
         load_recipe(
-            recipe_file(tmp_path / "one", tiny_bloom_dir, steps=6, backend=backend),
+            recipe_file(tmp_path / "one", tiny_bloom_dir, steps=6, backend=backend, extra=extra),
             [*SAME, "training.gradient_accumulation_steps=4"],  # 2 x 2 processes
         )
     )
     (tmp_path / "two").mkdir()
-    path = recipe_file(tmp_path / "two", tiny_bloom_dir, steps=6, backend=backend)
+    path = recipe_file(tmp_path / "two", tiny_bloom_dir, steps=6, backend=backend, extra=extra)
     sets = [*SAME, f'distributed.strategy="{strategy}"']
     done = torchrun(path, *[a for s in sets for a in ("--set", s)])
     assert done.returncode == 0, done.stderr[-3000:]

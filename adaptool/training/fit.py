@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,8 +218,10 @@ def _loop(
                     model, eval_set, t.batch_size, pad_id, world=world, lockstep=sharded
                 )
                 record = (record or {"step": step}) | {"eval_loss": state.last_eval}
-                for callback in callbacks if main else []:
-                    record |= callback.on_eval(context, record)
+                # a callback may save the adapter (the best one): whole under FSDP
+                with whole_adapter(model) if sharded and callbacks else nullcontext():
+                    for callback in callbacks if main else []:
+                        record |= callback.on_eval(context, record)
             if main and record is not None:
                 records.append(record)
                 append_metrics(out, record)
