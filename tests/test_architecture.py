@@ -109,6 +109,7 @@ NO_LOGIC = {
     "adaptool.merging",
     "adaptool.recipe",
     "adaptool.training",
+    "adaptool.serving",
     "adaptool.cli.options",
     "adaptool.cli.output",
     "adaptool.builtin.commands",

@@ -9,7 +9,20 @@ from adaptool.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(app: Any) -> None:
-    from adaptool.cli import check, eval, generate, inspect, ls, merge, plugins, pull, push, train
+    from adaptool.cli import (
+        chat,
+        check,
+        eval,
+        generate,
+        inspect,
+        ls,
+        merge,
+        plugins,
+        pull,
+        push,
+        serve,
+        train,
+    )
 
     app.command("train")(train.train_cli)
     app.command("generate")(generate.generate_cli)
@@ -20,4 +33,6 @@ def register_commands(app: Any) -> None:
     app.command("inspect")(inspect.inspect_cli)
     app.command("ls")(ls.ls_cli)
     app.command("check")(check.check_cli)
+    app.command("serve")(serve.serve_cli)
+    app.command("chat")(chat.chat_cli)
     app.add_typer(plugins.plugins_app, name="plugins")

@@ -38,6 +38,8 @@ def test_plugins_json_lists_builtins_with_distribution(plugins):
         "inspect",
         "ls",
         "check",
+        "serve",
+        "chat",
         "plugins",
     ]
     assert data["problems"] == [] and data["blocked"] == []

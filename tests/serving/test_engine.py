@@ -1,0 +1,108 @@
+"""The engine without HTTP: rows cut at stop strings (never sending what may become one),
+the queue's bound, generation equal to `generate()` for the base and an adapter, and which
+base an adapter belongs on."""
+
+from __future__ import annotations
+
+import pytest
+
+from adaptool.generate import generate
+from adaptool.serving.engine import Engine, Job, QueueFull, Row, Sampling, context_length, same_base
+from tests.helpers import trained
+
+
+def events(job, kind):
+    return [e for e in job.log if e[0] == kind]
+
+
+def test_a_row_stops_at_a_stop_string_and_never_sends_part_of_one(tokenizer):
+    text = "alpha beta gamma delta"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    job = Job(None, [1], Sampling(max_tokens=100, temperature=0, stop=["gamma"]))
+    row = Row(job, 0, tokenizer, tokenizer.eos_token_id)
+    for token in ids:
+        row.take(token)
+    sent = "".join(e[2] for e in events(job, "delta"))
+    assert sent == "alpha beta "
+    assert events(job, "done") == [("done", 0, "stop", len(row.tokens))]
+    assert row.done and "gam" not in sent
+
+
+def test_a_row_ends_at_eos_or_its_budget(tokenizer):
+    ids = tokenizer("one two three", add_special_tokens=False)["input_ids"]
+    ended = Job(None, [1], Sampling(max_tokens=100, temperature=0))
+    row = Row(ended, 0, tokenizer, tokenizer.eos_token_id)
+    for token in [*ids, tokenizer.eos_token_id]:
+        row.take(token)
+    assert events(ended, "done")[0][2] == "stop"
+    assert "".join(e[2] for e in events(ended, "delta")) == "one two three"
+    short = Job(None, [1], Sampling(max_tokens=2, temperature=0))
+    row = Row(short, 0, tokenizer, tokenizer.eos_token_id)
+    for token in ids:
+        row.take(token)
+    assert events(short, "done") == [("done", 0, "length", 2)]
+
+
+@pytest.fixture
+def base(tiny_bloom_dir):
+    from adaptool.modeling import load_base, load_tokenizer
+    from adaptool.plugins import registry
+
+    model = load_base(str(tiny_bloom_dir), registry().create("quantizer", "none", {})).eval()
+    return model, load_tokenizer(str(tiny_bloom_dir))
+
+
+def test_the_queue_refuses_past_its_size(base, tiny_bloom_dir, registry):
+    model, tokenizer = base
+    engine = Engine(model, tokenizer, str(tiny_bloom_dir), max_queue=3)
+    engine.submit(Job(None, [5, 6], Sampling(), n=2))
+    with pytest.raises(QueueFull) as full:
+        engine.submit(Job(None, [5, 6], Sampling(), n=2))
+    assert full.value.retry_after >= 1 and engine.queue_depth() == 2
+
+
+def test_generation_is_what_generate_gives_for_the_base_and_an_adapter(
+    base, tiny_bloom_dir, tmp_path, registry
+):
+    model, tokenizer = base
+    prompt = "“Be yourself.” ->:"
+    ids = tokenizer(prompt)["input_ids"]
+    engine = Engine(model, tokenizer, str(tiny_bloom_dir))
+    plain = engine.run_now(Job(None, ids, Sampling(max_tokens=10, temperature=0)))
+    expected = generate(model, tokenizer, [prompt], max_new_tokens=10)[0].output
+    assert "".join(e[2] for e in events(plain, "delta")) == expected
+    adapter = trained(tmp_path, tiny_bloom_dir, name="a")
+    engine.add("a", adapter)
+    tuned = engine.run_now(Job("a", ids, Sampling(max_tokens=10, temperature=0)))
+    engine.model.set_adapter("a")
+    expected = generate(engine.model, tokenizer, [prompt], max_new_tokens=10)[0].output
+    assert "".join(e[2] for e in events(tuned, "delta")) == expected
+    again = engine.run_now(Job(None, ids, Sampling(max_tokens=10, temperature=0)))
+    assert events(again, "delta") == events(plain, "delta")  # the base, adapter or not
+    engine.remove("a")
+    assert engine.adapters == {}
+
+
+def test_an_adapter_belongs_on_its_own_base(tmp_path, tiny_bloom_dir):
+    assert same_base("bigscience/bloom-7b1", "bigscience/bloom-7b1")
+    assert not same_base("bigscience/bloom-7b1", "bigscience/bloom-560m")
+    assert same_base(str(tiny_bloom_dir), str(tiny_bloom_dir) + "/")
+    assert not same_base(str(tiny_bloom_dir), str(tmp_path))
+
+
+def test_the_prompt_limit_is_the_models_positions_or_the_tokenizers(base):
+    model, tokenizer = base
+    assert context_length(model, tokenizer) > 0
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            vocab_size=50,
+        )
+    )
+    assert context_length(llama, tokenizer) == 77
