@@ -7,7 +7,8 @@
     client to the server: mixed-adapter batches (--max-batch 16) against one request at a
     time (--max-batch 1), same server, alternated. Real (generated) tokens per second.
 
-    python benchmarks/serve.py           # BLOOM 12 x 768 (~90 M params), 2 rounds
+    python benchmarks/serve.py           # (a) BLOOM 16 x 1536 (~460 M params, fp32),
+                                         # (b) BLOOM 16 x 1024 (~200 M), 2 rounds
     python benchmarks/serve.py --quick   # BLOOM 6 x 512, 1 round
 
 Targets: memory <= 0.35x of 4 merged models; >= 3x tokens/s from batching. The last line is
@@ -19,13 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+
+import httpx2 as httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -77,13 +84,20 @@ import torch, transformers, peft
 import adaptool.serving.server
 imports = rss("VmRSS:")
 side, work, base = sys.argv[1], sys.argv[2], sys.argv[3]
-if side == "server":
+ids = torch.tensor([[5, 17, 33, 9, 100, 41, 7, 250]])
+if side == "server":  # a forward through each adapter: every weight read, as serving does
     from adaptool.serving.server import open_engine
     engine = open_engine([(f"a{i}", f"{work}/adapter-{i}") for i in range(4)])
+    with torch.no_grad():
+        for i in range(4):
+            engine.model(input_ids=ids, adapter_names=[f"a{i}"])
     held = [engine]
 else:
     from transformers import AutoModelForCausalLM
     held = [AutoModelForCausalLM.from_pretrained(f"{work}/merged-{i}") for i in range(4)]
+    with torch.no_grad():
+        for model in held:
+            model(input_ids=ids)
 print(json.dumps({"imports": imports, "peak": rss("VmHWM:"), "now": rss("VmRSS:")}))
 """
 
@@ -121,6 +135,33 @@ def throughput(url: str) -> tuple[float, int]:
     return tokens / (time.monotonic() - began), tokens
 
 
+@contextmanager
+def served(work: Path, max_batch: int) -> Iterator[str]:
+    """`adaptool serve` of the 4 adapters in its own process (the clients are in this one)."""
+    from adaptool.serving.server import free_port
+
+    port = free_port()
+    adapters = [f"--adapter=a{i}={work / f'adapter-{i}'}" for i in range(ADAPTERS)]
+    command = [sys.executable, "-m", "adaptool", "serve", *adapters, "--port", str(port)]
+    command += ["--max-batch", str(max_batch), "--max-queue", str(4 * REQUESTS)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                httpx.get(url + "/health")
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(process.stderr.read().decode()[-3000:]) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -132,14 +173,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller base, 1 round")
     args = parser.parse_args()
-    hidden, layers, rounds = (512, 6, 1) if args.quick else (768, 12, 2)
+    # memory matters for bases that are large next to the libraries (about 400 MB here)
+    hidden, layers, rounds = (512, 6, 1) if args.quick else (1024, 16, 2)
+    big = (512, 6) if args.quick else (1536, 16)
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
-        work = Path(tmp)
-        base = build_base(work, hidden=hidden, layers=layers)
+        work = Path(tmp) / "memory"
+        base = build_base(work, hidden=big[0], layers=big[1])
         make_adapters(work, base)
-
         server, merged = memory(work, base, "server"), memory(work, base, "merged")
+        shutil.rmtree(work)
         print(
             f"(a) peak RSS: one base + {ADAPTERS} adapters {server['peak']:.0f} MB, "
             f"{ADAPTERS} merged models {merged['peak']:.0f} MB: "
@@ -152,23 +195,21 @@ def main() -> None:
             f"{merged['peak'] - merged['imports']:.0f} MB: {above:.2f}x"
         )
 
-        from adaptool.serving.server import open_engine, running
-
-        engine = open_engine([(f"a{i}", str(work / f"adapter-{i}")) for i in range(ADAPTERS)])
+        work = Path(tmp) / "throughput"
+        make_adapters(work, build_base(work, hidden=hidden, layers=layers))
         rates: dict[int, list[float]] = {1: [], REQUESTS: []}
-        with running(engine) as url:
-            throughput(url)  # warm-up
-            for round_ in range(rounds):
-                for batch in (1, REQUESTS):
-                    engine.max_batch = batch
-                    before = engine.stats.mixed_batches
+        for round_ in range(rounds):
+            for batch in (1, REQUESTS):
+                with served(work, batch) as url:
+                    throughput(url)  # warm-up
                     rate, tokens = throughput(url)
-                    rates[batch].append(rate)
-                    mixed = engine.stats.mixed_batches - before
-                    print(
-                        f"  round {round_ + 1}, max batch {batch:2d}: {rate:7.1f} tokens/s "
-                        f"({tokens} tokens, {mixed} mixed-adapter batches)"
-                    )
+                    stats = httpx.get(url + "/metrics").json()
+                rates[batch].append(rate)
+                print(
+                    f"  round {round_ + 1}, --max-batch {batch:2d}: {rate:7.1f} tokens/s "
+                    f"({tokens} tokens; the server's largest batch {stats['largest_batch']}, "
+                    f"{stats['mixed_batches']} mixed-adapter batches)"
+                )
     alone, batched = statistics.median(rates[1]), statistics.median(rates[REQUESTS])
     print(
         f"(b) {REQUESTS} concurrent requests over {ADAPTERS} adapters: one at a time "

@@ -43,6 +43,12 @@ def serve_cli(
     max_queue: Annotated[
         int, typer.Option("--max-queue", min=1, help="Completions waiting before 429.")
     ] = 32,
+    batch_wait_ms: Annotated[
+        int,
+        typer.Option(
+            "--batch-wait-ms", min=0, help="How long a request waits for others to join its batch."
+        ),
+    ] = 50,
 ) -> None:
     """Serve TARGET adapters on their shared base: POST /v1/completions and
     /v1/chat/completions (OpenAI's API, `model` picks the adapter), GET /v1/models, and a
@@ -51,7 +57,12 @@ def serve_cli(
 
     pairs = parse_adapters(list(targets or []), list(adapter or []))
     engine = open_engine(
-        pairs, base=base, quantization=quantization, max_batch=max_batch, max_queue=max_queue
+        pairs,
+        base=base,
+        quantization=quantization,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        batch_wait=batch_wait_ms / 1000,
     )
     out = console()
     names = ", ".join([engine.base_id, *engine.adapters])

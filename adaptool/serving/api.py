@@ -280,7 +280,8 @@ def _submit(
     jobs: list[Job] = []
     try:
         for prompt in ids:
-            jobs.append(engine.submit(Job(model, prompt, sampling, n=body.n, loop=loop)))
+            job = Job(model, prompt, sampling, n=body.n, loop=loop, stream=body.stream)
+            jobs.append(engine.submit(job))
     except QueueFull as exc:
         for job in jobs:
             job.cancelled.set()
@@ -322,10 +323,11 @@ async def _collect(jobs: list[Job], request: Request) -> list[dict[int, dict[str
                 i: {"text": "", "finish_reason": None, "tokens": 0} for i in range(job.n)
             }
             async for event in _events(job, request):
+                if event[0] == "done":
+                    choices[event[1]].update(finish_reason=event[2], tokens=event[3])
+            for event in job.log:  # the text, whole (pieces are not sent one by one)
                 if event[0] == "delta":
                     choices[event[1]]["text"] += event[2]
-                elif event[0] == "done":
-                    choices[event[1]].update(finish_reason=event[2], tokens=event[3])
             results.append(choices)
     except ClientGone:
         for job in jobs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 import time
 from collections import deque
@@ -99,6 +100,7 @@ class Job:
         n: int = 1,
         loop: asyncio.AbstractEventLoop | None = None,
         on_event: Callable[[tuple], None] | None = None,
+        stream: bool = True,
     ) -> None:
         self.adapter = adapter
         self.prompt_ids = prompt_ids
@@ -108,6 +110,9 @@ class Job:
         self.events: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
         self.log: list[tuple] = []  # every event, for callers without a loop
         self.on_event = on_event  # called in the generating thread, as each event happens
+        #: whether the loop hears each piece of text (False: only the ends; the text is in
+        #: ``log``), so a caller waiting for the whole reply is not woken every token
+        self.stream = stream
         self.cancelled = threading.Event()
         self.finished = threading.Event()
 
@@ -115,7 +120,11 @@ class Job:
         self.log.append(event)
         if self.on_event is not None:
             self.on_event(event)
-        if self.loop is not None and self.events is not None:
+        if (
+            self.loop is not None
+            and self.events is not None
+            and (self.stream or event[0] != "delta")
+        ):
             try:
                 self.loop.call_soon_threadsafe(self.events.put_nowait, event)
             except RuntimeError:  # the caller's loop has closed: it went away
@@ -135,9 +144,8 @@ class Row:
         self.generator = None
         if s.temperature > 0:
             self.generator = torch.Generator()
-            self.generator.manual_seed(
-                (s.seed + index) if s.seed is not None else torch.seed() + index
-            )
+            seed = s.seed if s.seed is not None else random.randrange(2**62)
+            self.generator.manual_seed(seed + index)
         self.tokens: list[int] = []
         self.emitted = 0
         self.done = False
@@ -232,6 +240,7 @@ class Engine:
         max_batch: int = 8,
         max_queue: int = 32,
         max_prompt_tokens: int | None = None,
+        batch_wait: float = 0.05,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -241,6 +250,8 @@ class Engine:
         self.adapters: dict[str, Adapter] = {}
         self.max_batch = max_batch
         self.max_queue = max_queue
+        #: seconds the worker waits, once a request is in, for others to join its batch
+        self.batch_wait = batch_wait
         self.max_prompt_tokens = max_prompt_tokens or context_length(model, tokenizer)
         self.stats = Stats()
         self._pending: deque[Job] = deque()
@@ -272,6 +283,14 @@ class Engine:
                 f"base is {self.base_name}: an adapter only means something on its own base. "
                 f"Serve it from a server of {trained_on}."
             )
+        peft_type = str(artifact.config.get("peft_type", "")).upper()
+        held = {a.peft_type for a in self.adapters.values()}
+        if held and peft_type not in held:
+            raise AdapterError(
+                f"the adapter {artifact.path} is {peft_type or 'of an unknown method'}, and this "
+                f"server holds {', '.join(sorted(held))} adapters: peft keeps one method per "
+                f"model. Serve it from another server."
+            )
         check_fits(artifact, base=self.base_name)
         try:
             formatter = recorded_formatter(artifact.manifest, str(artifact.path))
@@ -280,7 +299,6 @@ class Engine:
         tokenizer = load_tokenizer(str(artifact.path)) if artifact.has_tokenizer else self.tokenizer
         with self._model_lock:
             self.model = attach_named(self.model, artifact.path, name, self.base_name)
-        peft_type = str(artifact.config.get("peft_type", "")).upper()
         adapter = Adapter(name, artifact, tokenizer, formatter, peft_type)
         self.adapters[name] = adapter
         return adapter
@@ -311,10 +329,11 @@ class Engine:
         with self._wake:
             return sum(j.n for j in self._pending)
 
-    def run_now(self, job: Job) -> Job:
-        """Generate ``job`` in this thread (no worker): ``adaptool chat`` and tests."""
-        self._generate([job])
-        return job
+    def run_now(self, *jobs: Job) -> Job:
+        """Generate ``jobs`` together in this thread (no worker), as the worker batches
+        them: ``adaptool chat`` and tests. Returns the first."""
+        self._generate(list(jobs))
+        return jobs[0]
 
     def start(self) -> None:
         if self._worker is None:
@@ -338,6 +357,14 @@ class Engine:
                     self._wake.wait()
                 if self._stopping:
                     return
+                # requests sent together reach the server a few milliseconds apart: a short
+                # wait lets them join one batch instead of the first running alone
+                deadline = time.monotonic() + self.batch_wait
+                while sum(j.n for j in self._pending) < self.max_batch and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(timeout=left)
                 jobs, rows = [], 0
                 while self._pending and rows + self._pending[0].n <= max(
                     self.max_batch, self._pending[0].n if not jobs else 0
@@ -355,6 +382,10 @@ class Engine:
         """The jobs' rows in as few generate calls as the adapters allow."""
         groups: dict[str, list[Job]] = {}
         for job in jobs:
+            if job.adapter is not None and job.adapter not in self.adapters:
+                job.emit("error", f"the adapter {job.adapter!r} was unloaded")
+                job.emit("end")
+                continue
             adapter = self.adapters.get(job.adapter) if job.adapter else None
             key = "" if adapter is None or adapter.mixable else adapter.name
             groups.setdefault(key, []).append(job)

@@ -53,6 +53,7 @@ def open_engine(
     quantization: str | None = None,
     max_batch: int = 8,
     max_queue: int = 32,
+    batch_wait: float = 0.05,
 ) -> Engine:
     """The engine for ``adapters`` ((name, folder or Hub id) pairs) on their shared base
     (``base``: where it lives, or the base alone when there are no adapters)."""
@@ -94,6 +95,7 @@ def open_engine(
         base_id=Path(base_name.rstrip("/")).name if Path(base_name).exists() else base_name,
         max_batch=max_batch,
         max_queue=max_queue,
+        batch_wait=batch_wait,
     )
     for named, _ in found:
         engine.add(named.name, named.path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from adaptool.errors import AdapterError
 from adaptool.generate import generate
 from adaptool.serving.engine import Engine, Job, QueueFull, Row, Sampling, context_length, same_base
 from tests.helpers import trained
@@ -106,3 +107,39 @@ def test_the_prompt_limit_is_the_models_positions_or_the_tokenizers(base):
         )
     )
     assert context_length(llama, tokenizer) == 77
+
+
+def test_methods_that_cannot_mix_are_batched_per_adapter_and_each_row_gets_its_own(
+    base, tiny_bloom_dir, tmp_path, registry
+):
+    """IA3 has no mixed-batch forward in peft: two IA3 adapters and the base, waiting
+    together, run a batch each, and every row gets what it gets alone. A LoRA adapter beside
+    them is refused (peft keeps one method per model)."""
+    from adaptool.recipe import load_recipe
+    from adaptool.training.run import train
+    from tests.helpers import method_recipe
+
+    model, tokenizer = base
+    recipe = method_recipe(tmp_path, tiny_bloom_dir, "ia3", 'target_modules = "all-linear"')
+    first = train(load_recipe(recipe, [f"output.dir={tmp_path / 'i1'}"])).output_dir
+    second = train(
+        load_recipe(recipe, [f"output.dir={tmp_path / 'i2'}", "training.seed=11"])
+    ).output_dir
+    engine = Engine(model, tokenizer, str(tiny_bloom_dir))
+    engine.add("i1", first)
+    engine.add("i2", second)
+    assert not engine.adapters["i1"].mixable
+    with pytest.raises(AdapterError, match="one method per model"):
+        engine.add("lora", trained(tmp_path, tiny_bloom_dir, name="lora"))
+    ids = tokenizer("“Be yourself.” ->:")["input_ids"]
+
+    def job(name):
+        return Job(name, ids, Sampling(max_tokens=8, temperature=0))
+
+    alone = {name: engine.run_now(job(name)) for name in ("i1", "i2", None)}
+    together = [job(name) for name in ("i1", "i2", None, "i2")]
+    batches = engine.stats.batches
+    engine.run_now(*together)
+    assert engine.stats.batches - batches == 3  # each adapter's rows, and the base's
+    for j in together:
+        assert events(j, "delta") == events(alone[j.adapter], "delta")
