@@ -20,7 +20,7 @@ def chat_cli(
     system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 256,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy.")] = 0.7,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.01, max=1.0)] = 1.0,
     seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
 ) -> None:
     """Chat with TARGET turn by turn: each reply streams, and the conversation so far goes

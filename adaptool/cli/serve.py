@@ -55,6 +55,7 @@ def serve_cli(
     playground page at http://HOST:PORT/."""
     from adaptool.serving.server import open_engine, parse_adapters, serve
 
+    api_key = api_key or None  # an empty key (ADAPTOOL_API_KEY=) is no key
     pairs = parse_adapters(list(targets or []), list(adapter or []))
     engine = open_engine(
         pairs,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -67,6 +67,7 @@ class ClientGone(Exception):
 def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
     """The server's app over ``engine`` (with ``api_key``, every ``/v1`` route needs it as a
     bearer token, and adapters can be loaded and unloaded)."""
+    api_key = api_key or None  # an empty key is no key (and no admin routes)
     app = FastAPI(title="adaptool", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
 
@@ -106,6 +107,15 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
                 code="invalid_api_key",
             )
 
+    def admin(request: Request) -> None:
+        if api_key is None:
+            raise ApiError(
+                403,
+                "loading and unloading adapters needs the server started with --api-key",
+                code="admin_disabled",
+            )
+        authorize(request)
+
     def resolve(model: str) -> str | None:
         """A request's ``model``: an adapter's name, or None for the base's."""
         if model in engine.adapters:
@@ -126,23 +136,23 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "base": engine.base_id, "adapters": sorted(engine.adapters)}
+        return {"status": "ok", "adapters": len(engine.adapters)}  # names: /v1/models
 
     @app.get("/metrics")
     async def metrics() -> dict[str, Any]:
         return engine.stats.as_dict(engine.queue_depth())
 
-    @app.get("/v1/models")
+    keyed = [Depends(authorize)]  # checked before the body is read
+
+    @app.get("/v1/models", dependencies=keyed)
     async def models(request: Request) -> dict[str, Any]:
-        authorize(request)
         data = [_model_card(engine.base_id, {"kind": "base", "path": engine.base_name})]
         data += [_model_card(name, a.summary()) for name, a in sorted(engine.adapters.items())]
         return {"object": "list", "data": data}
 
-    @app.get("/v1/adapters/{name:path}/metrics")
+    @app.get("/v1/adapters/{name:path}/metrics", dependencies=keyed)
     async def adapter_metrics(name: str, request: Request) -> dict[str, Any]:
         """The adapter's training records (its loss curve, for the page)."""
-        authorize(request)
         if name not in engine.adapters:
             resolve(name)
             return {"model": name, "records": []}
@@ -156,9 +166,8 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
                     continue
         return {"model": name, "records": records}
 
-    @app.post("/v1/adapters")
+    @app.post("/v1/adapters", dependencies=[Depends(admin)])
     async def load_adapter(body: AdapterLoad, request: Request) -> dict[str, Any]:
-        admin(request)
         from adaptool.hub.locate import locate
 
         try:
@@ -168,27 +177,16 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
             raise ApiError(400, str(exc), param="path", code="adapter_refused") from None
         return _model_card(body.name, adapter.summary())
 
-    @app.delete("/v1/adapters/{name:path}")
+    @app.delete("/v1/adapters/{name:path}", dependencies=[Depends(admin)])
     async def unload_adapter(name: str, request: Request) -> dict[str, Any]:
-        admin(request)
         try:
             await asyncio.to_thread(engine.remove, name)
         except AdaptoolError as exc:
             raise ApiError(404, str(exc), param="name", code="model_not_found") from None
         return {"id": name, "object": "model", "deleted": True}
 
-    def admin(request: Request) -> None:
-        if api_key is None:
-            raise ApiError(
-                403,
-                "loading and unloading adapters needs the server started with --api-key",
-                code="admin_disabled",
-            )
-        authorize(request)
-
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=keyed)
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        authorize(request)
         model = resolve(body.model)
         tokenizer = engine.tokenizer_for(model or "")
         formatter = None
@@ -211,7 +209,7 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
             special = not formatter.prompt_has_special_tokens
         else:
             prompts, special = body.prompts, True
-        ids = [_encode(tokenizer, p, special, engine.max_prompt_tokens) for p in prompts]
+        ids = [_encode(tokenizer, p, special, engine.context) for p in prompts]
         jobs = _submit(engine, model, ids, body, body.max_tokens)
         reply = _Reply("cmpl", "text_completion", body.model, formatter)
         if body.stream:
@@ -219,9 +217,8 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
         results = await _collect(jobs, request)
         return reply.completion(results, ids, body.n)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=keyed)
     async def chat(body: ChatRequest, request: Request) -> Any:
-        authorize(request)
         model = resolve(body.model)
         tokenizer = engine.tokenizer_for(model or "")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -229,8 +226,9 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
             text = render_chat(tokenizer, messages, body.model)
         except AdaptoolError as exc:
             raise ApiError(400, str(exc), param="messages") from None
-        ids = [_encode(tokenizer, text, False, engine.max_prompt_tokens)]
-        jobs = _submit(engine, model, ids, body, body.max_completion_tokens or body.max_tokens)
+        ids = [_encode(tokenizer, text, False, engine.context)]
+        budget = body.max_completion_tokens or body.max_tokens
+        jobs = _submit(engine, model, ids, body, budget, default=None)  # chat: to the end
         reply = _Reply("chatcmpl", "chat.completion", body.model, None)
         if body.stream:
             return _stream(reply.chat_chunks(jobs, body), jobs)
@@ -267,11 +265,33 @@ def _encode(tokenizer: Any, text: str, special: bool, limit: int) -> list[int]:
 
 
 def _submit(
-    engine: Engine, model: str | None, ids: list[list[int]], body: Sampled, max_tokens: int | None
+    engine: Engine,
+    model: str | None,
+    ids: list[list[int]],
+    body: Sampled,
+    max_tokens: int | None,
+    *,
+    default: int | None = DEFAULT_MAX_TOKENS,
 ) -> list[Job]:
+    """Queue a job per prompt. Without ``max_tokens``, ``default`` (None: the rest of the
+    context) within the context; a prompt and ``max_tokens`` beyond it are a 400."""
+    longest = max(len(p) for p in ids)
+    room = engine.context - longest
+    if max_tokens is not None and max_tokens > room:
+        raise ApiError(
+            400,
+            f"the prompt ({longest} tokens) and max_tokens ({max_tokens}) exceed the model's "
+            f"context of {engine.context} tokens; ask for at most {room}",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    if body.n > engine.max_queue:
+        raise ApiError(
+            400, f"n = {body.n} is more than this server queues ({engine.max_queue})", param="n"
+        )
     loop = asyncio.get_running_loop()
     sampling = Sampling(
-        max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+        max_tokens=max_tokens or min(default or room, room),
         temperature=body.temperature,
         top_p=body.top_p,
         stop=body.stops,
@@ -310,7 +330,9 @@ async def _events(job: Job, request: Request | None = None) -> AsyncIterator[tup
         if event[0] == "end":
             return
         if event[0] == "error":
-            raise ApiError(500, event[1], kind="server_error")
+            status = event[2] if len(event) > 2 else 500
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            raise ApiError(status, event[1], kind=kind, param="model" if status == 404 else None)
         yield event
 
 
@@ -333,6 +355,10 @@ async def _collect(jobs: list[Job], request: Request) -> list[dict[int, dict[str
         for job in jobs:
             job.cancelled.set()
         raise ApiError(499, "the client went away") from None
+    except ApiError:  # one failed: the request's other completions are not wanted
+        for job in jobs:
+            job.cancelled.set()
+        raise
     return results
 
 

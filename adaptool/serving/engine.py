@@ -52,7 +52,8 @@ class Adapter:
 
     @property
     def mixable(self) -> bool:
-        return self.peft_type in MIXABLE
+        # peft refuses adapter_names with DoRA (its magnitude is per adapter, not per row)
+        return self.peft_type in MIXABLE and not self.artifact.config.get("use_dora")
 
     def summary(self) -> dict[str, Any]:
         """What ``/v1/models`` says of it: the manifest's essentials."""
@@ -136,7 +137,7 @@ class Job:
 class Row:
     """One completion being generated: its sampling, its tokens and text so far."""
 
-    def __init__(self, job: Job, index: int, tokenizer: Any, eos: int | None) -> None:
+    def __init__(self, job: Job, index: int, tokenizer: Any, eos: set[int]) -> None:
         import torch
 
         self.job, self.index, self.tokenizer, self.eos = job, index, tokenizer, eos
@@ -145,7 +146,7 @@ class Row:
         if s.temperature > 0:
             self.generator = torch.Generator()
             seed = s.seed if s.seed is not None else random.randrange(2**62)
-            self.generator.manual_seed(seed + index)
+            self.generator.manual_seed((seed + index) % 2**63)  # any integer a client sends
         self.tokens: list[int] = []
         self.emitted = 0
         self.done = False
@@ -173,7 +174,7 @@ class Row:
         if self.job.cancelled.is_set():
             self.done = True
             return
-        if self.eos is not None and token == self.eos:
+        if token in self.eos:
             self._finish("stop", self._text())
             return
         self.tokens.append(token)
@@ -239,7 +240,7 @@ class Engine:
         base_id: str | None = None,
         max_batch: int = 8,
         max_queue: int = 32,
-        max_prompt_tokens: int | None = None,
+        context: int | None = None,
         batch_wait: float = 0.05,
     ) -> None:
         self.model = model
@@ -252,7 +253,8 @@ class Engine:
         self.max_queue = max_queue
         #: seconds the worker waits, once a request is in, for others to join its batch
         self.batch_wait = batch_wait
-        self.max_prompt_tokens = max_prompt_tokens or context_length(model, tokenizer)
+        #: the positions a row may use: its prompt and its reply together
+        self.context = context or context_length(model, tokenizer)
         self.stats = Stats()
         self._pending: deque[Job] = deque()
         self._wake = threading.Condition()
@@ -275,6 +277,12 @@ class Engine:
 
         if name in self.adapters or name == self.base_id:
             raise AdapterError(f"the name {name!r} is taken; give the adapter another one.")
+        if "." in name or name == BASE_ROW:
+            raise AdapterError(
+                f"the adapter name {name!r} cannot be used: peft names adapters without dots "
+                f"and keeps {BASE_ROW!r} for the base; name it with NAME=DIR (e.g. "
+                f"{name.replace('.', '-').strip('_') or 'adapter'})."
+            )
         artifact = Artifact.read(Path(folder), expect=Kind.ADAPTER)
         trained_on = artifact.base_name()
         if not same_base(trained_on, self.base_name):
@@ -310,12 +318,28 @@ class Engine:
             self.model.delete_adapter(name)
             del self.adapters[name]
 
+    def end_tokens(self, adapters: list[str | None]) -> set[int]:
+        """The tokens that end a reply: the model's generation config's (a chat model's
+        end-of-turn token among them) and the tokenizers' EOS."""
+        config = getattr(self.model, "generation_config", None)
+        ids = getattr(config, "eos_token_id", None)
+        found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        for name in {None, *adapters}:
+            eos = self.tokenizer_for(name or "").eos_token_id
+            if eos is not None:
+                found.add(eos)
+        return found
+
     def tokenizer_for(self, model: str) -> Any:
         return self.adapters[model].tokenizer if model in self.adapters else self.tokenizer
 
     # -- requests ------------------------------------------------------------------------------
     def submit(self, job: Job) -> Job:
         """Queue ``job`` for the worker; past the queue's size, QueueFull."""
+        if job.n > self.max_queue:
+            raise AdaptoolError(
+                f"n = {job.n} completions is more than this server queues ({self.max_queue})"
+            )
         with self._wake:
             waiting = sum(j.n for j in self._pending)
             if waiting + job.n > self.max_queue:
@@ -365,44 +389,54 @@ class Engine:
                     if left <= 0:
                         break
                     self._wake.wait(timeout=left)
-                jobs, rows = [], 0
-                while self._pending and rows + self._pending[0].n <= max(
-                    self.max_batch, self._pending[0].n if not jobs else 0
-                ):
-                    job = self._pending.popleft()
+                jobs, rows, width, budget = [], 0, 0, 0
+                while self._pending:
+                    job = self._pending[0]
                     if job.cancelled.is_set():
-                        job.emit("end")
+                        self._pending.popleft().emit("end")
                         continue
-                    jobs.append(job)
-                    rows += job.n
+                    # every row of a batch steps as far as its longest prompt plus its
+                    # largest budget: that must fit the model's positions
+                    w = max(width, len(job.prompt_ids))
+                    b = max(budget, job.sampling.max_tokens)
+                    fits = rows + job.n <= self.max_batch and w + b <= self.context
+                    if jobs and not fits:
+                        break
+                    jobs.append(self._pending.popleft())
+                    rows, width, budget = rows + job.n, w, b
             if jobs:
                 self._generate(jobs)
 
     def _generate(self, jobs: list[Job]) -> None:
-        """The jobs' rows in as few generate calls as the adapters allow."""
-        groups: dict[str, list[Job]] = {}
-        for job in jobs:
-            if job.adapter is not None and job.adapter not in self.adapters:
-                job.emit("error", f"the adapter {job.adapter!r} was unloaded")
-                job.emit("end")
-                continue
-            adapter = self.adapters.get(job.adapter) if job.adapter else None
-            key = "" if adapter is None or adapter.mixable else adapter.name
-            groups.setdefault(key, []).append(job)
-        for group in groups.values():
-            try:
-                with self._model_lock:
-                    self.running = sum(job.n for job in group)
-                    self._run(group)
-            except Exception as exc:  # a failed batch fails its requests, not the server
-                from adaptool.errors import describe
-
-                for job in group:
-                    job.emit("error", f"generation failed: {describe(exc)}")
-            finally:
-                self.running = 0
-                for job in group:
+        """The jobs' rows in as few generate calls as the adapters allow (adapters are not
+        attached or detached meanwhile)."""
+        with self._model_lock:
+            groups: dict[str, list[Job]] = {}
+            for job in jobs:
+                if job.adapter is not None and job.adapter not in self.adapters:
+                    job.emit("error", f"the adapter {job.adapter!r} was unloaded", 404)
                     job.emit("end")
+                    continue
+                adapter = self.adapters.get(job.adapter) if job.adapter else None
+                key = "" if adapter is None or adapter.mixable else adapter.name
+                groups.setdefault(key, []).append(job)
+            for group in groups.values():
+                self._run_group(group)
+
+    def _run_group(self, group: list[Job]) -> None:
+        """One generate call; its failure fails its requests, not the server."""
+        from adaptool.errors import describe
+
+        try:
+            self.running = sum(job.n for job in group)
+            self._run(group)
+        except Exception as exc:
+            for job in group:
+                job.emit("error", f"generation failed: {describe(exc)}", 500)
+        finally:
+            self.running = 0
+            for job in group:
+                job.emit("end")
 
     def _run(self, jobs: list[Job]) -> None:
         import torch
@@ -410,8 +444,10 @@ class Engine:
         from transformers.generation.streamers import BaseStreamer
 
         tokenizer = self.tokenizer
-        eos = tokenizer.eos_token_id
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+        eos = self.end_tokens([job.adapter for job in jobs])
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         rows = [
             Row(job, i, self.tokenizer_for(job.adapter or ""), eos)
             for job in jobs
@@ -470,7 +506,7 @@ class Engine:
                 attention_mask=mask.to(dev),
                 max_new_tokens=max(row.job.sampling.max_tokens for row in rows),
                 pad_token_id=pad,
-                eos_token_id=eos,
+                eos_token_id=sorted(eos) or None,
                 do_sample=False,
                 temperature=None,
                 top_p=None,

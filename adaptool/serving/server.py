@@ -27,7 +27,8 @@ class Named:
 def parse_adapters(targets: list[str], named: list[str]) -> list[tuple[str, str]]:
     """``TARGET`` arguments (named after their folder or Hub repo) and ``--adapter NAME=WHERE``
     options, as (name, where) pairs; a name given twice is refused."""
-    pairs = [(Path(t.split("@")[0].rstrip("/")).name, t) for t in targets]
+    # peft names adapters without dots: a folder's "qwen2.5-tagger" serves as "qwen2-5-tagger"
+    pairs = [(Path(t.split("@")[0].rstrip("/")).name.replace(".", "-"), t) for t in targets]
     for option in named:
         name, sep, where = option.partition("=")
         if not sep or not name or not where:

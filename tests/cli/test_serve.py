@@ -31,7 +31,7 @@ def test_serve_answers_on_localhost_and_stops_on_ctrl_c(tmp_path, tiny_bloom_dir
                 break
             except httpx.TransportError:
                 time.sleep(0.2)
-        assert health == {"status": "ok", "base": tiny_bloom_dir.name, "adapters": ["tagger"]}
+        assert health == {"status": "ok", "adapters": 1}
         reply = httpx.post(
             f"http://127.0.0.1:{port}/v1/completions",
             json={"model": "tagger", "prompt": "“Hi.” ->:", "max_tokens": 4},

@@ -20,7 +20,7 @@ def test_a_row_stops_at_a_stop_string_and_never_sends_part_of_one(tokenizer):
     text = "alpha beta gamma delta"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     job = Job(None, [1], Sampling(max_tokens=100, temperature=0, stop=["gamma"]))
-    row = Row(job, 0, tokenizer, tokenizer.eos_token_id)
+    row = Row(job, 0, tokenizer, {tokenizer.eos_token_id})
     for token in ids:
         row.take(token)
     sent = "".join(e[2] for e in events(job, "delta"))
@@ -32,13 +32,13 @@ def test_a_row_stops_at_a_stop_string_and_never_sends_part_of_one(tokenizer):
 def test_a_row_ends_at_eos_or_its_budget(tokenizer):
     ids = tokenizer("one two three", add_special_tokens=False)["input_ids"]
     ended = Job(None, [1], Sampling(max_tokens=100, temperature=0))
-    row = Row(ended, 0, tokenizer, tokenizer.eos_token_id)
+    row = Row(ended, 0, tokenizer, {tokenizer.eos_token_id})
     for token in [*ids, tokenizer.eos_token_id]:
         row.take(token)
     assert events(ended, "done")[0][2] == "stop"
     assert "".join(e[2] for e in events(ended, "delta")) == "one two three"
     short = Job(None, [1], Sampling(max_tokens=2, temperature=0))
-    row = Row(short, 0, tokenizer, tokenizer.eos_token_id)
+    row = Row(short, 0, tokenizer, {tokenizer.eos_token_id})
     for token in ids:
         row.take(token)
     assert events(short, "done") == [("done", 0, "length", 2)]
@@ -73,7 +73,13 @@ def test_generation_is_what_generate_gives_for_the_base_and_an_adapter(
     expected = generate(model, tokenizer, [prompt], max_new_tokens=10)[0].output
     assert "".join(e[2] for e in events(plain, "delta")) == expected
     adapter = trained(tmp_path, tiny_bloom_dir, name="a")
+    with pytest.raises(AdapterError, match="without dots"):
+        engine.add("v1.2", adapter)
     engine.add("a", adapter)
+    assert engine.adapters["a"].mixable
+    engine.adapters["a"].artifact.config["use_dora"] = True  # peft mixes no DoRA rows
+    assert not engine.adapters["a"].mixable
+    engine.adapters["a"].artifact.config["use_dora"] = False
     tuned = engine.run_now(Job("a", ids, Sampling(max_tokens=10, temperature=0)))
     engine.model.set_adapter("a")
     expected = generate(engine.model, tokenizer, [prompt], max_new_tokens=10)[0].output

@@ -12,6 +12,9 @@ from tests.helpers import trained
 def test_adapters_are_named_after_their_folders_or_as_told():
     pairs = parse_adapters(["runs/tagger", "org/repo@v1"], ["mine=runs/other"])
     assert pairs == [("tagger", "runs/tagger"), ("repo", "org/repo@v1"), ("mine", "runs/other")]
+    assert parse_adapters(["runs/qwen2.5-tagger"], []) == [
+        ("qwen2-5-tagger", "runs/qwen2.5-tagger")
+    ]
     with pytest.raises(AdaptoolError, match="two adapters are named"):
         parse_adapters(["runs/tagger", "other/tagger"], [])
     with pytest.raises(AdaptoolError, match="NAME=DIR_OR_HUB_ID"):
