@@ -34,6 +34,20 @@ def build_prompts(
     return [formatter.generation_prompt(i, tokenizer) for i in inputs]
 
 
+def left_padded(sequences: Sequence[Sequence[int]], pad: int) -> tuple[Any, Any]:
+    """Token id lists as one left-padded batch: (input_ids, attention_mask), as generation
+    wants them (every row's last token in the last column)."""
+    import torch
+
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -67,12 +81,8 @@ def generate(
     results: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
         chunk = encoded[start : start + batch_size]
-        width = max(len(ids) for ids in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
+        ids, mask = left_padded(chunk, pad)
+        width = ids.shape[1]
         sampling = (
             {"do_sample": True, "temperature": temperature, "top_p": top_p}
             if temperature > 0

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_speed import DATA, build_base  # noqa: E402
+from train_speed import DATA, build_base, cpu_model  # noqa: E402
 
 
 def recipe(work: Path, base: Path, steps: int, accumulation: int, name: str) -> Path:
@@ -82,13 +82,6 @@ def run(path: Path, nproc: int, strategy: str = "ddp") -> dict[str, float]:
         tokens += r["tokens"] - before["tokens"]
         seconds += (r["tokens"] - before["tokens"]) / r["tokens_per_s"]
     return {"tokens": tokens, "seconds": seconds, "loss": steps[-1]["loss"]}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from train_speed import build_base  # noqa: E402
+from train_speed import build_base, cpu_model  # noqa: E402
 
 ADAPTERS = 4
 REQUESTS = 16
@@ -160,13 +160,6 @@ def served(work: Path, max_batch: int) -> Iterator[str]:
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -119,6 +119,14 @@ print(json.dumps({"seconds": seconds, "tokens": result.tokens, "peak": peak_rss_
 """
 
 
+def cpu_model() -> str:
+    """The CPU's model name, for quoting with any figure measured on it."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def build_base(work: Path, *, hidden: int, layers: int, kind: str = "bloom") -> Path:
     import torch
     from transformers import (

@@ -145,13 +145,13 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
     keyed = [Depends(authorize)]  # checked before the body is read
 
     @app.get("/v1/models", dependencies=keyed)
-    async def models(request: Request) -> dict[str, Any]:
+    async def models() -> dict[str, Any]:
         data = [_model_card(engine.base_id, {"kind": "base", "path": engine.base_name})]
         data += [_model_card(name, a.summary()) for name, a in sorted(engine.adapters.items())]
         return {"object": "list", "data": data}
 
     @app.get("/v1/adapters/{name:path}/metrics", dependencies=keyed)
-    async def adapter_metrics(name: str, request: Request) -> dict[str, Any]:
+    async def adapter_metrics(name: str) -> dict[str, Any]:
         """The adapter's training records (its loss curve, for the page)."""
         if name not in engine.adapters:
             resolve(name)
@@ -167,7 +167,7 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
         return {"model": name, "records": records}
 
     @app.post("/v1/adapters", dependencies=[Depends(admin)])
-    async def load_adapter(body: AdapterLoad, request: Request) -> dict[str, Any]:
+    async def load_adapter(body: AdapterLoad) -> dict[str, Any]:
         from adaptool.hub.locate import locate
 
         try:
@@ -178,7 +178,7 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
         return _model_card(body.name, adapter.summary())
 
     @app.delete("/v1/adapters/{name:path}", dependencies=[Depends(admin)])
-    async def unload_adapter(name: str, request: Request) -> dict[str, Any]:
+    async def unload_adapter(name: str) -> dict[str, Any]:
         try:
             await asyncio.to_thread(engine.remove, name)
         except AdaptoolError as exc:

@@ -443,6 +443,8 @@ class Engine:
         from transformers import LogitsProcessor, StoppingCriteria
         from transformers.generation.streamers import BaseStreamer
 
+        from adaptool.generate import left_padded
+
         tokenizer = self.tokenizer
         eos = self.end_tokens([job.adapter for job in jobs])
         pad = tokenizer.pad_token_id
@@ -453,13 +455,7 @@ class Engine:
             for job in jobs
             for i in range(job.n)
         ]
-        prompts = [row.job.prompt_ids for row in rows]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, prompt in enumerate(prompts):
-            ids[r, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[r, width - len(prompt) :] = 1
+        ids, mask = left_padded([row.job.prompt_ids for row in rows], pad)
 
         class Choose(LogitsProcessor):
             """Each row's own choice of token (HF then takes it greedily)."""
