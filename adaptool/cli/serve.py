@@ -53,10 +53,11 @@ def serve_cli(
     """Serve TARGET adapters on their shared base: POST /v1/completions and
     /v1/chat/completions (OpenAI's API, `model` picks the adapter), GET /v1/models, and a
     playground page at http://HOST:PORT/."""
-    from adaptool.serving.server import open_engine, parse_adapters, serve
+    from adaptool.serving.server import check_listenable, open_engine, parse_adapters, serve
 
     api_key = api_key or None  # an empty key (ADAPTOOL_API_KEY=) is no key
     pairs = parse_adapters(list(targets or []), list(adapter or []))
+    check_listenable(host, port)
     engine = open_engine(
         pairs,
         base=base,

@@ -125,6 +125,21 @@ def _one_quantizer(found: list[tuple[Named, Any]], override: str | None) -> Any:
     return quantizers[0]
 
 
+def check_listenable(host: str, port: int) -> None:
+    """Refuse, before anything loads, an address the server could not listen on."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise AdaptoolError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another "
+                f"{param('port', 'PORT')} (or {param('host', 'HOST')})."
+            ) from None
+
+
 def serve(engine: Engine, *, host: str, port: int, api_key: str | None) -> None:
     """Serve until Ctrl-C."""
     import uvicorn

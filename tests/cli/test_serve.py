@@ -51,3 +51,30 @@ def test_nothing_to_serve_is_refused(tmp_path):
     )
     assert done.returncode == 2 and "nothing to serve" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_port_in_use_is_refused_before_anything_loads(tiny_bloom_dir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "adaptool",
+                "serve",
+                "--base",
+                str(tiny_bloom_dir),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "--port" in done.stderr and "Traceback" not in done.stderr
+    assert "serving" not in done.stdout
