@@ -141,6 +141,15 @@ class TrainingSection(Section):
         default=0, ge=0, le=MAX_STEPS, description="0: at every save and at the end"
     )
     group_by_length: bool = True
+    micro_batch_tokens: Annotated[int, Field(ge=0, le=MAX_LENGTH * MAX_BATCH)] | Literal["auto"] = (
+        Field(
+            default="auto",
+            description="the most tokens one forward pass takes: an optimizer step's rows "
+            "(batch_size x gradient_accumulation_steps) are merged into as few micro-batches of "
+            "at most this many tokens as they fit (the step is the same); auto: as many as the "
+            "memory free at the start allows, measured; 0: micro-batches of batch_size rows",
+        )
+    )
     packing: bool | Literal["auto"] = Field(
         default="auto",
         description="each micro-batch's rows as one sequence, attention kept within each row "

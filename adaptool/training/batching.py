@@ -164,3 +164,31 @@ def collate_for(packing: bool | str) -> Callable[[Sequence[Encoded], int], dict[
         return collate(examples, pad_token_id)
 
     return either
+
+
+def micro_batches(
+    rows: Sequence[Encoded], budget: int, *, packed: bool = False
+) -> list[list[Encoded]]:
+    """An optimizer step's rows as micro-batches of at most ``budget`` tokens each — as
+    padded (rows x the longest, rounded up to :data:`PAD_MULTIPLE`), or as packed (their
+    sum) — longest rows first, so each micro-batch holds rows alike; a row over the budget
+    goes alone. The loss is the mean over the step's trained tokens whatever the split, so
+    how the rows are cut changes the speed and the memory, not the step."""
+    order = sorted(rows, key=lambda e: len(e.input_ids), reverse=True)  # stable: deterministic
+    out: list[list[Encoded]] = []
+    current: list[Encoded] = []
+    width = used = 0
+    for e in order:
+        n = len(e.input_ids)
+        if packed:
+            cost = used + n
+        else:
+            cost = (len(current) + 1) * -(-max(width, n) // PAD_MULTIPLE) * PAD_MULTIPLE
+        if current and cost > budget:
+            out.append(current)
+            current, width, used = [], 0, 0
+        current.append(e)
+        width, used = max(width, n), used + n
+    if current:
+        out.append(current)
+    return out

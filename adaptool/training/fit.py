@@ -13,17 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptool.distributed import World, all_sum, from_main, gather_to_main
-from adaptool.encoding import IGNORE_INDEX, Encoded
+from adaptool.encoding import Encoded
 from adaptool.errors import TrainingError
 from adaptool.modeling import device
 from adaptool.sharding import is_sharded, whole_adapter, whole_optimizer_state
-from adaptool.training.batching import collate, collate_for
+from adaptool.training.batching import collate, collate_for, micro_batches
 from adaptool.training.checkpoint import (
     capture_rng,
     latest_checkpoint,
     resume_key,
     save_checkpoint,
 )
+from adaptool.training.loss import loss_sum
 from adaptool.training.metrics import append_metrics
 
 if TYPE_CHECKING:
@@ -119,12 +120,14 @@ def _loop(
     model, optimizer, scheduler = session.model, session.optimizer, session.scheduler
     method = session.plugins.method
     feed, eval_set = session.feed, session.data.eval_set
-    total_steps, accumulation = session.total_steps, t.gradient_accumulation_steps
+    total_steps, per_step = session.total_steps, session.batches_per_step
     dev = device()
     autocast, scaler = _mixed_precision(session.precision, dev)
     tokenizer = session.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pack = collate_for(session.packing)
+    packed = session.packing is True
+    head = session.head
     eval_every = t.eval_steps or t.save_steps or total_steps
     window = state.window
     window.started = time.monotonic()
@@ -143,12 +146,17 @@ def _loop(
     with StopOnInterrupt(reporter, launched=world.distributed) as stop:
         while state.step < total_steps and not stopping and context.stop_reason is None:
             runner.train()
-            # an optimizer step takes accumulation x world micro-batches of the plan; this
-            # process takes every world.size-th, so together they take what one process with
-            # world.size times the accumulation would
-            per_step = accumulation * world.size
-            first = state.step * per_step
-            group = [feed.batch(first + k) for k in range(world.rank, per_step, world.size)]
+            # an optimizer step takes a batch of the plan with every process's rows, each
+            # process its share, cut to the token budget; or (no budget) accumulation x world
+            # micro-batches of the plan, this process every world.size-th. Either way the
+            # processes together take what one process with world.size times the
+            # accumulation would
+            if session.micro_batch_tokens:  # the step's rows in as few forwards as fit
+                rows = feed.batch(state.step)[world.rank :: world.size]
+                group = micro_batches(rows, session.micro_batch_tokens, packed=packed)
+            else:
+                first = state.step * per_step
+                group = [feed.batch(first + k) for k in range(world.rank, per_step, world.size)]
             local_trained = sum(e.trained_tokens for examples in group for e in examples)
             n_trained = int(all_sum([local_trained])[0])
             step_loss = step_real = 0.0
@@ -158,7 +166,7 @@ def _loop(
                 last_micro = i == len(group) - 1
                 with _sync_unless(runner, last_micro):
                     with autocast():
-                        summed = loss_sum(runner, batch)
+                        summed = loss_sum(runner, batch, head=head)
                     # the mean over the trained tokens of the whole step, on every process;
                     # DDP averages gradients over the world, hence the world.size
                     scaled = summed * world.size / n_trained
@@ -199,7 +207,7 @@ def _loop(
             if step % t.logging_steps == 0 or step == total_steps:
                 elapsed = max(time.monotonic() - window.started, 1e-9)
                 state.tokens += window.real_tokens
-                epoch = feed.epoch(step * accumulation * world.size)
+                epoch = feed.epoch(step * per_step)
                 record = {
                     "step": step,
                     **({"epoch": round(epoch, 4)} if epoch is not None else {}),
@@ -215,7 +223,7 @@ def _loop(
             # and writes, the others go on to the next step's collectives and wait there
             if eval_set and (step % eval_every == 0 or step == total_steps):
                 state.last_eval = evaluate_loss(
-                    model, eval_set, t.batch_size, pad_id, world=world, lockstep=sharded
+                    model, eval_set, t.batch_size, pad_id, world=world, lockstep=sharded, head=head
                 )
                 record = (record or {"step": step}) | {"eval_loss": state.last_eval}
                 # a callback may save the adapter (the best one): whole under FSDP
@@ -271,6 +279,8 @@ def _checkpoint(session: Session, context: TrainingContext, state: LoopState, st
                     "callbacks": {c.name: c.state_dict() for c in callbacks},
                     "convert_at_save": session.initial is not None,
                     "world_size": session.world.size,
+                    # how the steps' rows were cut: a resume cuts them alike
+                    "micro_batch_tokens": session.micro_batch_tokens,
                     "strategy": session.recipe.distributed.strategy
                     if session.world.distributed
                     else None,
@@ -368,25 +378,6 @@ def _mixed_precision(precision: str, dev: str) -> tuple[Any, Any]:
     return contextlib.nullcontext, None
 
 
-def loss_sum(model: Any, batch: dict[str, Any]) -> Any:
-    """Summed cross-entropy over the trained (label != IGNORE_INDEX) next tokens."""
-    import torch.nn.functional as F
-
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    if "position_ids" in batch:  # a packed batch: transformers reads rows only without a cache
-        inputs["use_cache"] = False
-    logits = model(**inputs).logits
-    labels = batch["labels"][:, 1:]
-    # prompt tuning and P-tuning put virtual tokens first: the inputs' logits are the last ones
-    logits = logits[:, -batch["input_ids"].shape[1] : -1].float()
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-
-
 def evaluate_loss(
     model: Any,
     data: Sequence[Encoded],
@@ -395,11 +386,13 @@ def evaluate_loss(
     *,
     world: World | None = None,
     lockstep: bool = False,
+    head: Any = None,
 ) -> float:
     """Mean loss per trained token over ``data`` (no dropout, no gradients). Across
     processes (``world``) each evaluates every world.size-th batch and the sums are added;
     ``lockstep`` (FSDP, whose forward is a collective): each runs as many forwards as the
-    busiest, one it does not count where it has run out."""
+    busiest, one it does not count where it has run out. ``head``: the loss taken on it in
+    chunks (:func:`~adaptool.training.loss.loss_sum`)."""
     import torch
 
     world = world or World()
@@ -414,7 +407,7 @@ def evaluate_loss(
             start = mine[i] if i < len(mine) else starts[0]
             chunk = data[start : start + batch_size]
             batch = {k: v.to(dev) for k, v in collate(chunk, pad_id).items()}
-            summed = loss_sum(model, batch).item()
+            summed = loss_sum(model, batch, head=head).item()
             if i < len(mine):
                 total += summed
                 count += sum(e.trained_tokens for e in chunk)

@@ -95,6 +95,8 @@ def train(
             checkpoint, optimizer=session.optimizer, scheduler=session.scheduler, rank=world.rank
         )
         state = LoopState.from_checkpoint(saved)
+        # the steps' rows cut as before (dropout draws by shape): the budget it resolved
+        session.micro_batch_tokens = saved.get("micro_batch_tokens", session.micro_batch_tokens)
         _check_same_data(saved.get("data"), session.data.key(), checkpoint)
         if saved.get("total_steps") not in (None, session.total_steps):
             reporter.info(

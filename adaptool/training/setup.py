@@ -14,7 +14,7 @@ from adaptool.artifacts.fit import trainable_parameters
 from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
 from adaptool.base import RunInfo
-from adaptool.distributed import World, main_first, start
+from adaptool.distributed import World, from_main, main_first, start
 from adaptool.errors import AdaptoolError, ModelError, describe, param
 from adaptool.modeling import (
     free_memory,
@@ -26,7 +26,9 @@ from adaptool.modeling import (
 from adaptool.sharding import held_by_this_process
 from adaptool.training.batching import BatchPlan, PlannedFeed
 from adaptool.training.checkpoint import load_adapter
+from adaptool.training.loss import head_for_loss
 from adaptool.training.sources import Data, load_data
+from adaptool.training.speed import micro_batch_tokens
 
 if TYPE_CHECKING:
     from adaptool.base import PeftMethod
@@ -68,6 +70,14 @@ class Session:
     #: micro-batches packed into one sequence: always (True), where it costs no more
     #: attention ("auto"), never (False) — training.packing resolved for the model
     packing: bool | str = False
+    #: the model's output layer when the loss is taken on it in chunks (None: from logits)
+    head: Any = None
+    #: the most tokens a micro-batch takes (the step's rows merged up to it); 0: the plan's
+    #: micro-batches of batch_size rows
+    micro_batch_tokens: int = 0
+    #: the feed's batches an optimizer step takes (all processes together): one step's rows
+    #: each when micro-batches are merged, else gradient_accumulation_steps x world size
+    batches_per_step: int = 1
 
 
 def setup(
@@ -120,21 +130,15 @@ def setup(
     model = _prepare_for_training(
         model, quantized=plugins.quantizer.quantized, checkpointing=checkpointing
     )
-    if data.stream is not None:  # no length: the recipe gives max_steps
-        feed, total_steps = data.stream, t.max_steps
-    else:
-        plan = BatchPlan(data.train_set.lengths, t.batch_size, t.seed, t.group_by_length)
-        feed = PlannedFeed(plan, data.train_set)
-        per_step = t.gradient_accumulation_steps * world.size  # micro-batches of the plan
-        total_steps = t.max_steps or max(
-            1, math.ceil(t.total_epochs * plan.batches_per_epoch / per_step)
-        )
+    # micro-batches merged up to a token budget: the plan's batches are whole steps' rows
+    merging = not sharded and t.micro_batch_tokens != 0
+    feed, per_step, total_steps = _feed(data, t, world, merging)
     run = RunInfo(
         total_steps=total_steps,
         quantized=plugins.quantizer.quantized,
         learning_rate=t.learning_rate,
         tokenizer=model_section.name,
-        batches=lambda: _first_batches(feed, tokenizer, model.device),
+        batches=lambda: _first_batches(feed, tokenizer, model.device, rows=t.batch_size),
     )
     model = _wrap(model, plugins.method, recipe, init_adapter, run)
     if checkpoint is not None:  # a resume: the adapter as it was, before any sharding
@@ -142,6 +146,18 @@ def setup(
     if world.distributed:  # the same initial adapter everywhere, each process its own dropout
         torch.manual_seed(t.seed + world.rank)
     packing = _use_packing(t.packing, model, reporter)
+    # the loss on the LM head in chunks, and micro-batches as large as memory allows
+    # (measured on the model as it will train, before FSDP splits it)
+    head = None if sharded else head_for_loss(model)
+    budget = micro_batch_tokens(
+        t.micro_batch_tokens if merging else 0,
+        model,
+        lambda: _first_batches(feed, tokenizer, model.device, rows=t.batch_size, count=1)[0],
+        head=head,
+        reporter=reporter,
+    )
+    if world.distributed:  # every process cuts its rows alike
+        budget = from_main(budget)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
     reporter.info(
@@ -187,6 +203,9 @@ def setup(
         init_adapter=init_adapter,
         run=run,
         packing=packing,
+        head=head,
+        micro_batch_tokens=budget if merging else 0,
+        batches_per_step=per_step,
         world=world,
         runner=_parallel(accelerator, model) if accelerator and not sharded else model,
     )
@@ -220,16 +239,45 @@ def _parallel(accelerator: Any, model: Any) -> Any:
 INIT_BATCHES = 8
 
 
-def _first_batches(feed: Any, tokenizer: Any, dev: Any) -> list[dict]:
-    """The run's first micro-batches, collated and on the model's device ``dev``."""
-    from adaptool.training.batching import collate
+def _first_batches(
+    feed: Any,
+    tokenizer: Any,
+    dev: Any,
+    *,
+    rows: int,
+    count: int = INIT_BATCHES,
+    packing: bool | str = False,
+) -> list[dict]:
+    """The run's first ``count`` micro-batches of ``rows`` rows, collated (padded, or as
+    ``packing`` says) and on the model's device ``dev``: an epoch's rows at most."""
+    from adaptool.training.batching import collate_for
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    count = INIT_BATCHES
-    if isinstance(feed, PlannedFeed):  # an epoch's batches at most
-        count = min(count, feed.plan.batches_per_epoch)
-    batches = [collate(feed.batch(k), pad) for k in range(count)]
+    per_epoch = feed.plan.batches_per_epoch if isinstance(feed, PlannedFeed) else count
+    chunks = []
+    for k in range(min(count, per_epoch)):
+        batch = feed.batch(k)
+        chunks += [batch[i : i + rows] for i in range(0, len(batch), rows)]
+        if len(chunks) >= count:
+            break
+    pack = collate_for(packing)
+    batches = [pack(chunk, pad) for chunk in chunks[:count]]
     return [{k: v.to(dev) for k, v in batch.items()} for batch in batches]
+
+
+def _feed(data: Data, t: Any, world: World, merging: bool) -> tuple[Any, int, int]:
+    """The training batches in order, how many of them an optimizer step takes, and the
+    run's steps. Merging, a batch is a whole step's rows (every process's), length-grouped
+    together, which each process shares out and cuts to its token budget; otherwise a batch
+    is a micro-batch of batch_size rows, and each process takes every world.size-th."""
+    rows = t.batch_size * (t.gradient_accumulation_steps * world.size if merging else 1)
+    per_step = 1 if merging else t.gradient_accumulation_steps * world.size
+    if data.stream is not None:  # no length: the recipe gives max_steps
+        data.stream.batch_size = rows
+        return data.stream, per_step, t.max_steps
+    plan = BatchPlan(data.train_set.lengths, rows, t.seed, t.group_by_length)
+    total = t.max_steps or max(1, math.ceil(t.total_epochs * plan.batches_per_epoch / per_step))
+    return PlannedFeed(plan, data.train_set), per_step, total
 
 
 def _base_record(recipe: Recipe, model: Any, precision: str) -> BaseModelRecord:
