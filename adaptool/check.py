@@ -217,6 +217,8 @@ def world_report(recipe: Recipe, processes: int, trainable: int | None) -> dict[
         "effective_batch": t.batch_size * t.gradient_accumulation_steps * processes,
         "rows_per_micro_batch": t.batch_size,
         "micro_batches_per_step": t.gradient_accumulation_steps,
+        # the step's rows merged into fewer micro-batches (none under FSDP)
+        "micro_batch_tokens": 0 if strategy == "fsdp" and processes > 1 else t.micro_batch_tokens,
         "each_holds": holds if processes > 1 else f"the whole base, {adapter}",
     }
 

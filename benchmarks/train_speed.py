@@ -1,20 +1,26 @@
-"""Training throughput: the reference flow (plain transformers `Trainer` + peft, the notebook's
-settings: `DataCollatorForLanguageModeling`, gradient checkpointing, batch 4 x accumulation 4)
-against `adaptool train` on the same base, data, LoRA, steps and rows per step, alternated
-A/B/A/B in fresh processes. Prints real (non-padding) tokens/s, peak RSS and final loss.
+"""Training throughput against the machine's own limit. Three sides train the same base, data,
+LoRA (r=16), steps and rows per step (4 x accumulation 4), alternated in fresh processes:
 
-    python benchmarks/train_speed.py            # 20M-param BLOOM, 60 steps per run
-    python benchmarks/train_speed.py --quick    # 20 steps per run, under 3 minutes
-    python benchmarks/train_speed.py --quantization bnb-8bit   # both sides on an 8-bit base
-    python benchmarks/train_speed.py --model llama   # a Llama of the same size: adaptool
-                                                     # grouped, packed and by default (auto)
+- reference: the notebook's way with plain transformers `Trainer` + peft (fp32 on a CPU,
+  gradient checkpointing, `DataCollatorForLanguageModeling`, padded batches);
+- tuned: the best a user gets from transformers alone: bf16 weights (where the CPU computes
+  bf16 natively) under fp32 LoRA, length-grouped sampling, no gradient checkpointing;
+- adaptool: `adaptool train` with its defaults.
 
-adaptool runs with its defaults (precision and gradient checkpointing "auto": bf16 weights
-where the CPU computes bf16 natively, no checkpointing when memory allows); the reference
-runs the notebook's way (fp32 on a CPU, gradient checkpointing, padded batches).
+It prints real (non-padding) tokens/s, peak RSS and final loss per side, then the model FLOPs
+per real token, this machine's matmul rates (bf16 and fp32) measured in the same run at the
+model's own shapes, and the share of the bf16 rate each side reaches.
 
-Both sides train on the whole text (the notebook's loss), so final losses compare. The last
-line is the headline: `speedup: <adaptool real tokens/s / reference real tokens/s>`.
+    python benchmarks/train_speed.py                 # 20M-param BLOOM (6 x 512), 60 steps
+    python benchmarks/train_speed.py --size 100m     # a 100M-param BLOOM (12 x 768)
+    python benchmarks/train_speed.py --quick         # 20 steps per run
+    python benchmarks/train_speed.py --quantization bnb-8bit   # every side on an 8-bit base
+    python benchmarks/train_speed.py --model llama   # Llamas of those sizes: adaptool also
+                                                     # packed and length-grouped
+
+All sides train on the whole text (the notebook's loss), so final losses compare. The last
+lines are `vs_tuned: <adaptool / tuned real tokens/s>`, `utilisation: <adaptool's model
+FLOP/s / bf16 matmul rate>` and the headline `speedup: <adaptool / reference real tokens/s>`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "recipes" / "data" / "quotes-train.jsonl"
 TOKENIZER = ROOT / "recipes" / "assets" / "tiny-bloom"
+#: hidden size and layers of each --size
+SIZES = {"20m": (512, 6), "100m": (768, 12)}
 
 REFERENCE = """
 import json, sys, time
@@ -39,11 +47,27 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from adaptool.testing import peak_rss_mb
 base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-quantization = sys.argv[5]
+quantization, tuned = sys.argv[5], sys.argv[7] == "tuned"
 transformers.utils.logging.set_verbosity_error()
 torch.manual_seed(0)
 tokenizer = AutoTokenizer.from_pretrained(base)
-if quantization == "bnb-8bit":  # the notebook: load_in_8bit, then prepare for k-bit training
+from adaptool.modeling import cpu_has_native_bf16
+# tuned: bf16 weights where the CPU computes bf16 natively (LoRA stays fp32: peft upcasts it),
+# no gradient checkpointing, length-grouped sampling
+dtype = torch.bfloat16 if tuned and cpu_has_native_bf16() else torch.float32
+if quantization == "bnb-8bit" and tuned:
+    from transformers import BitsAndBytesConfig
+    from adaptool.builtin.quantizers import disable_cpu_bf16_repack
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=dtype, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    model = disable_cpu_bf16_repack(model)
+    for p in model.parameters():
+        p.requires_grad = False
+elif tuned:
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    for p in model.parameters():
+        p.requires_grad = False
+elif quantization == "bnb-8bit":  # the notebook: load_in_8bit, then prepare for k-bit training
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
     from adaptool.builtin.quantizers import disable_cpu_bf16_repack
@@ -73,6 +97,7 @@ args = transformers.TrainingArguments(
     output_dir=out, per_device_train_batch_size=4, gradient_accumulation_steps=4,
     warmup_steps=5, max_steps=steps, learning_rate=2e-3, logging_steps=1, use_cpu=True,
     report_to="none", save_strategy="no", seed=0, dataloader_num_workers=0,
+    **({"train_sampling_strategy": "group_by_length"} if tuned else {}),
 )
 trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
 started = time.monotonic()
@@ -90,7 +115,7 @@ from adaptool.recipe import validate_recipe
 from adaptool.testing import peak_rss_mb
 from adaptool.training.run import train
 base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-quantization, packing = sys.argv[5], sys.argv[6]
+quantization, packing, extra = sys.argv[5], sys.argv[6], json.loads(sys.argv[7])
 use_plugins(load_plugins(entry_points=False))
 # adaptool's defaults: dtype and precision "auto" (bf16 where the CPU computes it natively),
 # gradient checkpointing "auto", length-grouped batches
@@ -102,7 +127,7 @@ recipe = validate_recipe({
     "training": {"batch_size": 4, "gradient_accumulation_steps": 4, "warmup_steps": 5,
                  "max_steps": steps, "learning_rate": 2e-3, "logging_steps": 1,
                  "save_steps": 0, "seed": 0,
-                 "packing": {"auto": "auto", "true": True, "false": False}[packing]},
+                 "packing": {"auto": "auto", "true": True, "false": False}[packing]} | extra,
     "output": {"dir": out},
 })
 result = train(recipe)
@@ -172,14 +197,22 @@ def build_base(work: Path, *, hidden: int, layers: int, kind: str = "bloom") -> 
 
 
 def run(
-    code: str, base: Path, steps: int, out: Path, quantization: str, packing: str = "auto"
+    code: str,
+    base: Path,
+    steps: int,
+    out: Path,
+    quantization: str,
+    packing: str = "auto",
+    extra: str = "{}",
 ) -> dict[str, float]:
+    """One side in a fresh process: its real tokens, loop seconds, peak RSS and final loss.
+    ``extra``: the reference's mode (notebook or tuned), or adaptool's extra training keys."""
     done = subprocess.run(
         [
             sys.executable,
             "-c",
             code,
-            *(str(base), str(DATA), str(steps), str(out), quantization, packing),
+            *(str(base), str(DATA), str(steps), str(out), quantization, packing, extra),
         ],
         capture_output=True,
         text=True,
@@ -189,48 +222,115 @@ def run(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def model_flops_per_token(base: Path, *, rank: int = 16, mean_length: float = 64.0) -> float:
+    """The arithmetic one real token needs in LoRA training: the frozen base's matmuls forward
+    and once more backward for the activations' gradients (2 + 2 FLOPs a weight, the head
+    included; no weight gradients), the adapters' forward and both backward matmuls (6 a
+    weight), and attention over ``mean_length`` positions (QK and AV, forward and backward)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(base))
+    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    inter = getattr(config, "intermediate_size", None) or 4 * h
+    if config.model_type == "llama":
+        kv = h // config.num_attention_heads * config.num_key_value_heads
+        per_layer = h * (h + 2 * kv) + h * h + 3 * h * inter
+        adapted = 2 * h * rank + rank * h + rank * kv  # q_proj, v_proj (peft's default)
+    else:
+        per_layer = 3 * h * h + h * h + 2 * h * inter
+        adapted = h * rank + rank * 3 * h  # query_key_value (peft's default for BLOOM)
+    linear = layers * per_layer + h * vocab
+    attention = 2 * 2 * layers * h * mean_length
+    return 4 * linear + 6 * layers * adapted + 2 * attention
+
+
+def matmul_rates(base: Path, tokens: int = 1024) -> dict[str, float]:
+    """This machine's matmul rate (FLOP/s) in bf16 and fp32 at the model's own shapes: a
+    micro-batch of ``tokens`` through each of its linear layers, weighted by their work."""
+    import time
+
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(base))
+    h = config.hidden_size
+    inter = getattr(config, "intermediate_size", None) or 4 * h
+    shapes = [(h, 3 * h), (h, h), (h, inter), (inter, h), (h, config.vocab_size)]
+    rates = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        flops = seconds = 0.0
+        for k, n in shapes:
+            a, w = torch.randn(tokens, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            for _ in range(3):
+                a @ w
+            reps = 10
+            started = time.perf_counter()
+            for _ in range(reps):
+                a @ w
+            seconds += time.perf_counter() - started
+            flops += 2 * tokens * k * n * reps
+        rates[name] = flops / seconds
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 steps per run")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", choices=sorted(SIZES), default="20m")
     parser.add_argument(
         "--quantization",
         choices=["none", "bnb-8bit"],
         default="none",
-        help="the base on both sides: full precision, or bitsandbytes 8-bit as in the notebook",
+        help="the base on every side: full precision, or bitsandbytes 8-bit as in the notebook",
     )
     parser.add_argument(
         "--model",
         choices=["bloom", "llama"],
         default="bloom",
-        help="the base: a 20M-param BLOOM (ALiBi: length-grouped batches), or a Llama of the "
-        "same width and depth, where adaptool also runs packed (the default there) against "
-        "length-grouped",
+        help="the base: a BLOOM (ALiBi: length-grouped batches), or a Llama of the same width "
+        "and depth, where adaptool also runs packed and length-grouped",
+    )
+    parser.add_argument(
+        "--adaptool",
+        default="{}",
+        help="extra [training] keys for the adaptool side, as JSON: '{\"compile\": true}'",
     )
     args = parser.parse_args()
     steps = 20 if args.quick else 60
-    sides = [("reference", REFERENCE, "auto"), ("adaptool", ADAPTOOL, "auto")]
+    sides = [
+        ("reference", REFERENCE, "auto", "notebook"),
+        ("tuned", REFERENCE, "auto", "tuned"),
+        ("adaptool", ADAPTOOL, "auto", args.adaptool),
+    ]
     if args.model == "llama":  # adaptool padded (length-grouped) and every batch packed too
-        sides[1:1] = [("grouped", ADAPTOOL, "false"), ("packed", ADAPTOOL, "true")]
+        sides[2:2] = [
+            ("grouped", ADAPTOOL, "false", args.adaptool),
+            ("packed", ADAPTOOL, "true", args.adaptool),
+        ]
+    print(f"machine: {cpu_model()}")
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         work = Path(tmp)
-        base = build_base(work, hidden=512, layers=6, kind=args.model)
-        print(f"base quantization on both sides: {args.quantization}")
+        hidden, layers = SIZES[args.size]
+        base = build_base(work, hidden=hidden, layers=layers, kind=args.model)
+        print(f"base quantization on every side: {args.quantization}")
         if args.model == "llama":
             print(
                 "adaptool: its default (packing = auto: a batch of rows of mixed lengths "
                 "packed); grouped: packing = false; packed: packing = true"
             )
-        results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in sides}
+        results: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in sides}
         for round_ in range(args.rounds):
-            for name, code, packing in sides:
+            for name, code, packing, extra in sides:
                 out = work / f"{name}-{round_}"
-                r = run(code, base, steps, out, args.quantization, packing)
+                r = run(code, base, steps, out, args.quantization, packing, extra)
                 results[name].append(r)
                 print(
                     f"  round {round_ + 1} {name:<10} {r['tokens'] / r['seconds']:8.0f} real "
                     f"tokens/s  peak RSS {r['peak']:6.0f} MB  loss {r['loss']:.4f}"
                 )
+        flops = model_flops_per_token(base)
+        rates = matmul_rates(base)
 
     def med(name: str, key: str) -> float:
         if key == "rate":
@@ -238,9 +338,9 @@ def main() -> None:
         return statistics.median(r[key] for r in results[name])
 
     print()
-    others = [name for name, _, _ in sides if name != "reference"]
+    others = [name for name, *_ in sides if name != "reference"]
     header = "".join(f"{name:>12}{'ratio':>8}" for name in others)
-    print(f"{'':<22}{'reference (Trainer)':>20}{header}")
+    print(f"{'':<22}{'reference':>12}{header}")
     for label, key in (
         ("real tokens/s", "rate"),
         ("peak RSS (MB)", "peak"),
@@ -249,11 +349,27 @@ def main() -> None:
     ):
         theirs = med("reference", key)
         cells = "".join(f"{med(n, key):>12.2f}{med(n, key) / theirs:>8.2f}" for n in others)
-        print(f"{label:<22}{theirs:>20.2f}{cells}")
+        print(f"{label:<22}{theirs:>12.2f}{cells}")
+    print(
+        f"\nmodel work: {flops / 1e6:.1f} MFLOP a real token; matmul rate at its shapes: "
+        f"bf16 {rates['bf16'] / 1e12:.3f} TFLOP/s, fp32 {rates['fp32'] / 1e12:.3f} TFLOP/s"
+    )
+    for name, *_ in sides:
+        achieved = flops * med(name, "rate")
+        print(
+            f"  {name:<10} {achieved / 1e12:.3f} TFLOP/s: {achieved / rates['bf16']:.1%} of "
+            f"bf16, {achieved / rates['fp32']:.1%} of fp32"
+        )
     if args.model == "llama":
         packed, grouped = med("packed", "rate"), med("grouped", "rate")
         print(f"packed vs length-grouped: {packed / grouped:.2f}x real tokens/s")
-    print(f"speedup: {med('adaptool', 'rate') / med('reference', 'rate'):.2f}")
+    adaptool = med("adaptool", "rate")
+    tuned_peak, peak = med("tuned", "peak"), med("adaptool", "peak")
+    loss_gap = med("adaptool", "loss") / med("tuned", "loss") - 1
+    print(f"adaptool vs tuned: peak RSS {peak / tuned_peak:.2f}x, final loss {loss_gap:+.1%}")
+    print(f"vs_tuned: {adaptool / med('tuned', 'rate'):.2f}")
+    print(f"utilisation: {flops * adaptool / rates['bf16']:.3f}")
+    print(f"speedup: {adaptool / med('reference', 'rate'):.2f}")
 
 
 if __name__ == "__main__":

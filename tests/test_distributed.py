@@ -83,7 +83,9 @@ def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
     split between the two, on gloo; with QLoRA, the 4-bit weights stored in a float
     container and split too; with a callback that saves the best adapter at evaluations)
     all give the single-process adapter. The tolerance is fp32 rounding: the same sums in
-    another order (gradients added across processes)."""
+    another order (gradients added across processes; the single process takes the step's 8
+    rows in one micro-batch, FSDP's processes in micro-batches of 2 rows), which Adam's
+    normalised updates carry into the weights over the steps."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -111,7 +113,7 @@ def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
     a = load_file(one.output_dir / "adapter_model.safetensors")
     b = load_file(out / "adapter_model.safetensors")
     assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-5
     losses = [r["loss"] for r in records(out) if "loss" in r]
     assert losses == pytest.approx([r["loss"] for r in records(one.output_dir) if "loss" in r])
     assert sorted(p.name for p in tmp_path.joinpath("two").iterdir()) == ["out", "r.toml"]

@@ -51,13 +51,17 @@ def check_cli(
     out.print(f"  formatter    {report.formatter} v{report.formatter_version}", markup=False)
     out.print(f"  output       {r.output.dir}", markup=False)
     world = report.world
+    merged = {0: "", "auto": ", merged into as few micro-batches as memory allows"}.get(
+        world["micro_batch_tokens"],
+        f", merged into micro-batches of up to {world['micro_batch_tokens']} tokens",
+    )
     out.print(
         f"  processes    {world['processes']}"
         + (f" ({world['strategy']})" if world["strategy"] else "")
         + f": effective batch {world['effective_batch']} rows per optimizer step "
         f"({world['rows_per_micro_batch']} x {world['micro_batches_per_step']} micro-batches"
         + (f" x {world['processes']} processes" if world["processes"] > 1 else "")
-        + f"); each holds {world['each_holds']}",
+        + f"{merged}); each holds {world['each_holds']}",
         markup=False,
     )
     out.print(

@@ -192,3 +192,23 @@ def micro_batches(
     if current:
         out.append(current)
     return out
+
+
+def step_share(
+    batch: Sequence[Encoded], world: Any, *, rows: int, budget: int, packed: bool = False
+) -> tuple[list[list[Encoded]], int]:
+    """This process's micro-batches of an optimizer step's rows ``batch``, and how many of
+    them count. Its share is every ``world.size``-th row (the rows come longest first, so the
+    shares are alike), cut to the token ``budget`` (:func:`micro_batches`), or — budget 0 —
+    into micro-batches of ``rows`` rows. Every process runs as many micro-batches as the
+    busiest one (each forward may be a collective, and DDP waits for every process's
+    backward): the ones past its own are spares, a row run for nothing."""
+
+    def cut(share: Sequence[Encoded]) -> list[list[Encoded]]:
+        if budget:
+            return micro_batches(share, budget, packed=packed) if share else []
+        return [list(share[i : i + rows]) for i in range(0, len(share), rows)]
+
+    mine = cut(batch[world.rank :: world.size])
+    busiest = max(len(cut(batch[r :: world.size])) for r in range(world.size))
+    return mine + [list(batch[:1])] * (busiest - len(mine)), len(mine)

@@ -17,7 +17,7 @@ from adaptool.encoding import Encoded
 from adaptool.errors import TrainingError
 from adaptool.modeling import device
 from adaptool.sharding import is_sharded, whole_adapter, whole_optimizer_state
-from adaptool.training.batching import collate, collate_for, micro_batches
+from adaptool.training.batching import collate, collate_for, step_share
 from adaptool.training.checkpoint import (
     capture_rng,
     latest_checkpoint,
@@ -120,7 +120,7 @@ def _loop(
     model, optimizer, scheduler = session.model, session.optimizer, session.scheduler
     method = session.plugins.method
     feed, eval_set = session.feed, session.data.eval_set
-    total_steps, per_step = session.total_steps, session.batches_per_step
+    total_steps, budget = session.total_steps, session.micro_batch_tokens
     dev = device()
     autocast, scaler = _mixed_precision(session.precision, dev)
     tokenizer = session.tokenizer
@@ -146,18 +146,14 @@ def _loop(
     with StopOnInterrupt(reporter, launched=world.distributed) as stop:
         while state.step < total_steps and not stopping and context.stop_reason is None:
             runner.train()
-            # an optimizer step takes a batch of the plan with every process's rows, each
-            # process its share, cut to the token budget; or (no budget) accumulation x world
-            # micro-batches of the plan, this process every world.size-th. Either way the
-            # processes together take what one process with world.size times the
-            # accumulation would
-            if session.micro_batch_tokens:  # the step's rows in as few forwards as fit
-                rows = feed.batch(state.step)[world.rank :: world.size]
-                group = micro_batches(rows, session.micro_batch_tokens, packed=packed)
-            else:
-                first = state.step * per_step
-                group = [feed.batch(first + k) for k in range(world.rank, per_step, world.size)]
-            local_trained = sum(e.trained_tokens for examples in group for e in examples)
+            # a batch of the plan is the step's rows; this process takes its share, cut into
+            # micro-batches (to the token budget, or of batch_size rows), as many as the
+            # busiest process's (a spare one counts for nothing): together the processes take
+            # what one process with world.size times the accumulation would
+            group, counted = step_share(
+                feed.batch(state.step), world, rows=t.batch_size, budget=budget, packed=packed
+            )
+            local_trained = sum(e.trained_tokens for examples in group[:counted] for e in examples)
             n_trained = int(all_sum([local_trained])[0])
             step_loss = step_real = 0.0
             for i, examples in enumerate(group):
@@ -167,6 +163,8 @@ def _loop(
                 with _sync_unless(runner, last_micro):
                     with autocast():
                         summed = loss_sum(runner, batch, head=head)
+                    if i >= counted:  # a spare: in the collectives, not in the step
+                        summed = summed * 0.0
                     # the mean over the trained tokens of the whole step, on every process;
                     # DDP averages gradients over the world, hence the world.size
                     scaled = summed * world.size / n_trained
@@ -176,8 +174,9 @@ def _loop(
                     if anchored:  # every trainable parameter in the graph, with no effect
                         scaled = scaled + 0.0 * sum(p.reshape(-1)[0] for p in session.params)
                     (scaler.scale(scaled) if scaler else scaled).backward()
-                step_loss += summed.item()
-                step_real += sum(len(e.input_ids) for e in examples)
+                if i < counted:
+                    step_loss += summed.item()
+                    step_real += sum(len(e.input_ids) for e in examples)
             step_loss, step_real, asked = all_sum([step_loss, step_real, stop.requested])
             stopping = asked > 0  # the same on every process, whenever each saw the signal
             if not math.isfinite(step_loss):
@@ -207,7 +206,7 @@ def _loop(
             if step % t.logging_steps == 0 or step == total_steps:
                 elapsed = max(time.monotonic() - window.started, 1e-9)
                 state.tokens += window.real_tokens
-                epoch = feed.epoch(step * per_step)
+                epoch = feed.epoch(step)
                 record = {
                     "step": step,
                     **({"epoch": round(epoch, 4)} if epoch is not None else {}),

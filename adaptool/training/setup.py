@@ -28,7 +28,7 @@ from adaptool.training.batching import BatchPlan, PlannedFeed
 from adaptool.training.checkpoint import load_adapter
 from adaptool.training.loss import head_for_loss
 from adaptool.training.sources import Data, load_data
-from adaptool.training.speed import micro_batch_tokens
+from adaptool.training.speed import fuse_activations, micro_batch_tokens
 
 if TYPE_CHECKING:
     from adaptool.base import PeftMethod
@@ -75,9 +75,6 @@ class Session:
     #: the most tokens a micro-batch takes (the step's rows merged up to it); 0: the plan's
     #: micro-batches of batch_size rows
     micro_batch_tokens: int = 0
-    #: the feed's batches an optimizer step takes (all processes together): one step's rows
-    #: each when micro-batches are merged, else gradient_accumulation_steps x world size
-    batches_per_step: int = 1
 
 
 def setup(
@@ -130,9 +127,7 @@ def setup(
     model = _prepare_for_training(
         model, quantized=plugins.quantizer.quantized, checkpointing=checkpointing
     )
-    # micro-batches merged up to a token budget: the plan's batches are whole steps' rows
-    merging = not sharded and t.micro_batch_tokens != 0
-    feed, per_step, total_steps = _feed(data, t, world, merging)
+    feed, total_steps = _feed(data, t, world)
     run = RunInfo(
         total_steps=total_steps,
         quantized=plugins.quantizer.quantized,
@@ -146,11 +141,14 @@ def setup(
     if world.distributed:  # the same initial adapter everywhere, each process its own dropout
         torch.manual_seed(t.seed + world.rank)
     packing = _use_packing(t.packing, model, reporter)
+    fused = fuse_activations(model)
+    if fused:
+        reporter.info(f"activations: {', '.join(fused)} computed by torch's fused GELU (tanh)")
     # the loss on the LM head in chunks, and micro-batches as large as memory allows
     # (measured on the model as it will train, before FSDP splits it)
     head = None if sharded else head_for_loss(model)
     budget = micro_batch_tokens(
-        t.micro_batch_tokens if merging else 0,
+        0 if sharded else t.micro_batch_tokens,
         model,
         lambda: _first_batches(feed, tokenizer, model.device, rows=t.batch_size, count=1)[0],
         head=head,
@@ -204,8 +202,7 @@ def setup(
         run=run,
         packing=packing,
         head=head,
-        micro_batch_tokens=budget if merging else 0,
-        batches_per_step=per_step,
+        micro_batch_tokens=budget,
         world=world,
         runner=_parallel(accelerator, model) if accelerator and not sharded else model,
     )
@@ -265,19 +262,17 @@ def _first_batches(
     return [{k: v.to(dev) for k, v in batch.items()} for batch in batches]
 
 
-def _feed(data: Data, t: Any, world: World, merging: bool) -> tuple[Any, int, int]:
-    """The training batches in order, how many of them an optimizer step takes, and the
-    run's steps. Merging, a batch is a whole step's rows (every process's), length-grouped
-    together, which each process shares out and cuts to its token budget; otherwise a batch
-    is a micro-batch of batch_size rows, and each process takes every world.size-th."""
-    rows = t.batch_size * (t.gradient_accumulation_steps * world.size if merging else 1)
-    per_step = 1 if merging else t.gradient_accumulation_steps * world.size
+def _feed(data: Data, t: Any, world: World) -> tuple[Any, int]:
+    """The training batches in order, each an optimizer step's rows (every process's:
+    batch_size x gradient_accumulation_steps x world size), length-grouped together; and
+    the run's steps."""
+    rows = t.batch_size * t.gradient_accumulation_steps * world.size
     if data.stream is not None:  # no length: the recipe gives max_steps
         data.stream.batch_size = rows
-        return data.stream, per_step, t.max_steps
+        return data.stream, t.max_steps
     plan = BatchPlan(data.train_set.lengths, rows, t.seed, t.group_by_length)
-    total = t.max_steps or max(1, math.ceil(t.total_epochs * plan.batches_per_epoch / per_step))
-    return PlannedFeed(plan, data.train_set), per_step, total
+    total = t.max_steps or max(1, math.ceil(t.total_epochs * plan.batches_per_epoch))
+    return PlannedFeed(plan, data.train_set), total
 
 
 def _base_record(recipe: Recipe, model: Any, precision: str) -> BaseModelRecord:
