@@ -141,6 +141,11 @@ class TrainingSection(Section):
         default=0, ge=0, le=MAX_STEPS, description="0: at every save and at the end"
     )
     group_by_length: bool = True
+    compile: bool | Literal["auto"] = Field(
+        default="auto",
+        description="torch.compile each transformer block (compiled kernels cached across "
+        "runs); auto: where a compiler is there and the run is long enough for it to pay",
+    )
     micro_batch_tokens: Annotated[int, Field(ge=0, le=MAX_LENGTH * MAX_BATCH)] | Literal["auto"] = (
         Field(
             default="auto",

@@ -117,6 +117,7 @@ def build_manifest(session: Session, result: TrainResult) -> Manifest:
             "packing_used": session.packing,
             "micro_batch_tokens_used": session.micro_batch_tokens,
             "chunked_loss": session.head is not None,
+            "compiled": session.compiled.record(),
             # across processes: how many, how, and the optimizer step's rows
             "world_size": session.world.size,
             "strategy": session.recipe.distributed.strategy if session.world.distributed else None,

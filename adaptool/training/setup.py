@@ -4,6 +4,7 @@ everything :func:`~adaptool.training.fit.fit` needs, before the output dir is to
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -28,7 +29,13 @@ from adaptool.training.batching import BatchPlan, PlannedFeed
 from adaptool.training.checkpoint import load_adapter
 from adaptool.training.loss import head_for_loss
 from adaptool.training.sources import Data, load_data
-from adaptool.training.speed import fuse_activations, micro_batch_tokens
+from adaptool.training.speed import (
+    Compiled,
+    compile_blocks,
+    fuse_activations,
+    half_precision_lora,
+    micro_batch_tokens,
+)
 
 if TYPE_CHECKING:
     from adaptool.base import PeftMethod
@@ -75,6 +82,8 @@ class Session:
     #: the most tokens a micro-batch takes (the step's rows merged up to it); 0: the plan's
     #: micro-batches of batch_size rows
     micro_batch_tokens: int = 0
+    #: what training.compile did
+    compiled: Compiled = field(default_factory=Compiled)
 
 
 def setup(
@@ -144,14 +153,25 @@ def setup(
     fused = fuse_activations(model)
     if fused:
         reporter.info(f"activations: {', '.join(fused)} computed by torch's fused GELU (tanh)")
+    if not sharded and half_precision_lora(model):
+        reporter.info(f"lora: the low-rank path computed in {model.dtype}, the adapter kept fp32")
     # the loss on the LM head in chunks, and micro-batches as large as memory allows
     # (measured on the model as it will train, before FSDP splits it)
     head = None if sharded else head_for_loss(model)
+    model.train()  # measured, timed and compiled as it trains (dropout on)
+    probe = functools.cache(
+        lambda: _first_batches(feed, tokenizer, model.device, rows=t.batch_size, count=1)[0]
+    )
     budget = micro_batch_tokens(
-        0 if sharded else t.micro_batch_tokens,
+        0 if sharded else t.micro_batch_tokens, model, probe, head=head, reporter=reporter
+    )
+    compiled = compile_blocks(
+        t.compile,
         model,
-        lambda: _first_batches(feed, tokenizer, model.device, rows=t.batch_size, count=1)[0],
+        probe,
         head=head,
+        sharded=sharded,
+        run_tokens=total_steps * t.batch_size * t.gradient_accumulation_steps * _mean_row(data),
         reporter=reporter,
     )
     if world.distributed:  # every process cuts its rows alike
@@ -203,6 +223,7 @@ def setup(
         packing=packing,
         head=head,
         micro_batch_tokens=budget,
+        compiled=compiled,
         world=world,
         runner=_parallel(accelerator, model) if accelerator and not sharded else model,
     )
@@ -273,6 +294,12 @@ def _feed(data: Data, t: Any, world: World) -> tuple[Any, int]:
     plan = BatchPlan(data.train_set.lengths, rows, t.seed, t.group_by_length)
     total = t.max_steps or max(1, math.ceil(t.total_epochs * plan.batches_per_epoch))
     return PlannedFeed(plan, data.train_set), total
+
+
+def _mean_row(data: Data) -> float:
+    """The mean training row's tokens (a stream's: of the rows read ahead)."""
+    lengths = data.train_set.lengths
+    return float(lengths.mean()) if len(lengths) else 0.0
 
 
 def _base_record(recipe: Recipe, model: Any, precision: str) -> BaseModelRecord:

@@ -5,6 +5,8 @@ Each is exact: the optimizer step is the same, only its speed and memory change.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -92,3 +94,216 @@ def fuse_activations(model: Any) -> list[str]:
             if swapped[kind]:
                 setattr(parent, name, GELUTanh())
     return sorted(kind for kind, done in swapped.items() if done)
+
+
+#: ``training.compile = "auto"`` tries a run that would train longer than this eager (s):
+#: the blocks compile in seconds from the cache, a minute or so from scratch
+COMPILE_PAYS_AFTER = 600.0
+#: ... and keeps it compiled where that measured at least this much faster than eager
+COMPILE_MIN_GAIN = 1.05
+
+
+@dataclass
+class Compiled:
+    """What ``training.compile`` did: the blocks compiled and how long the first compiled
+    step took (the compile, from scratch or from the cache), or why it did not compile."""
+
+    blocks: int = 0
+    seconds: float | None = None
+    #: compiled speed / eager speed, measured on the same micro-batch at setup
+    gain: float | None = None
+    reason: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "blocks": self.blocks,
+            "seconds": self.seconds,
+            "gain": self.gain,
+            "reason": self.reason,
+        }
+
+
+def inductor_cache() -> Path:
+    """Where compiled kernels are kept between runs: ``TORCHINDUCTOR_CACHE_DIR`` when the
+    user set it, else adaptool's cache folder (not torch's default in /tmp, which a reboot
+    clears): a later run of a model compiles from it in seconds."""
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+        return Path(chosen)
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "adaptool" / "inductor")
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def cannot_compile(model: Any, *, sharded: bool) -> str | None:
+    """Why torch.compile cannot run here (None: it can)."""
+    import shutil
+
+    import torch
+
+    if sharded:
+        return "FSDP-sharded models are trained eager"
+    if not _blocks(model):
+        return "the model names no repeated block to compile (_no_split_modules)"
+    if torch.cuda.is_available():
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "compiling for a GPU needs triton (pip install triton)"
+    elif not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        return "compiling for the CPU needs a C++ compiler (g++ or clang++) on the PATH"
+    return None
+
+
+def _blocks(model: Any) -> list[Any]:
+    """The model's repeated transformer blocks (its ``_no_split_modules`` classes)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kinds = set(getattr(base, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in kinds]
+
+
+def seconds_per_token(model: Any, batch: dict[str, Any], *, head: Any, runs: int = 2) -> float:
+    """A training micro-batch (forward and backward) timed, per token: the last of ``runs``
+    (the first creates the kernels' per-shape state, or compiles). Gradients are cleared
+    after, and the generators left as they were."""
+    import time
+
+    import torch
+
+    from adaptool.training.loss import loss_sum
+
+    seconds = 0.0
+    with torch.random.fork_rng():
+        for _ in range(runs):
+            started = time.perf_counter()
+            loss_sum(model, batch, head=head).backward()
+            seconds = time.perf_counter() - started
+    model.zero_grad(set_to_none=True)
+    return seconds / batch["input_ids"].numel()
+
+
+def compile_blocks(
+    setting: bool | str,
+    model: Any,
+    probe: Callable[[], dict[str, Any]],
+    *,
+    head: Any,
+    sharded: bool,
+    run_tokens: float,
+    reporter: Reporter,
+) -> Compiled:
+    """``training.compile``: each repeated block compiled by torch.compile (regional
+    compilation: the blocks share one compiled graph; dynamic shapes, so batches of every
+    length reuse it), warmed on the micro-batch ``probe()`` — the time that took reported —
+    and timed against eager on it. ``auto``: tried where the compiler is there and the run
+    (``run_tokens`` tokens a process) would train longer than :data:`COMPILE_PAYS_AFTER`
+    seconds eager, kept where it measured :data:`COMPILE_MIN_GAIN` times eager's speed or
+    more. ``True`` and it cannot: a ModelError naming why."""
+    import time
+
+    from adaptool.errors import ModelError, describe
+
+    if setting is False:
+        return Compiled(reason="training.compile = false")
+    why = cannot_compile(model, sharded=sharded)
+    if why is not None and setting is True:
+        raise ModelError(f"training.compile = true, but {why}. Set training.compile = false.")
+    if why is not None:
+        return Compiled(reason=why)
+    batch = probe()
+    eager = seconds_per_token(model, batch, head=head)
+    if setting == "auto" and eager * run_tokens < COMPILE_PAYS_AFTER:
+        return Compiled(reason=f"the run would train for about {eager * run_tokens:.0f} s eager")
+    cache = inductor_cache()
+    blocks = _blocks(model)
+    for block in blocks:
+        block.compile(dynamic=True)
+    started = time.perf_counter()
+    try:
+        compiled = seconds_per_token(model, batch, head=head, runs=3)
+    except Exception as exc:  # the compiler's own failure: eager is always there
+        _uncompile(model, blocks)
+        if setting is True:
+            raise ModelError(
+                f"training.compile = true, but torch.compile failed on this model: "
+                f"{describe(exc)}. Set training.compile = false."
+            ) from None
+        reporter.info(f"compile: torch.compile failed ({describe(exc)}); training eager")
+        return Compiled(reason=f"torch.compile failed: {describe(exc)}")
+    seconds = round(time.perf_counter() - started, 2)
+    gain = eager / compiled
+    if setting == "auto" and gain < COMPILE_MIN_GAIN:
+        _uncompile(model, blocks)
+        reporter.info(
+            f"compile: compiled in {seconds:.1f} s but only {gain:.2f}x eager's speed here; "
+            f"training eager"
+        )
+        return Compiled(seconds=seconds, gain=round(gain, 3), reason="not faster than eager")
+    reporter.info(
+        f"compile: {len(blocks)} blocks compiled by torch.compile in {seconds:.1f} s, "
+        f"{gain:.2f}x eager's speed (kernels cached in {cache})"
+    )
+    return Compiled(blocks=len(blocks), seconds=seconds, gain=round(gain, 3))
+
+
+def _uncompile(model: Any, blocks: list[Any]) -> None:
+    for block in blocks:
+        block._compiled_call_impl = None
+    model.zero_grad(set_to_none=True)
+
+
+def half_precision_lora(model: Any) -> int:
+    """LoRA layers over a bf16 (or fp16) base compute their low-rank path in the base's
+    dtype, as autocast does on a GPU: the adapter's fp32 weights (the optimizer's master
+    copy, updated in fp32) are cast for the matmuls, instead of every input being cast up to
+    fp32 and every output back down — two passes over each adapted layer's widest tensors,
+    forward and backward, and fp32 matmuls at half the bf16 rate. The update is added by the
+    same matmul (``addmm``) that computes it. Layers doing anything else (several active
+    adapters, DoRA, a LoRA bias, a mixed batch, merged weights) take peft's own forward.
+    The number of layers switched."""
+    import torch
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    count = 0
+    for module in model.modules():
+        if type(module) is not LoraLinear or type(module.base_layer) is not torch.nn.Linear:
+            continue
+        if module.base_layer.weight.dtype not in (torch.bfloat16, torch.float16):
+            continue
+        module.forward = _half_lora_forward.__get__(module)
+        count += 1
+    return count
+
+
+def _half_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    names = self.active_adapters
+    name = names[0] if len(names) == 1 else None
+    if (
+        args
+        or kwargs
+        or name is None
+        or self.disable_adapters
+        or self.merged
+        or name not in self.lora_A
+        or name in self.lora_variant
+        or self.lora_bias.get(name)
+    ):
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x)
+    dtype = result.dtype
+    low = F.linear(self.lora_dropout[name](x.to(dtype)), self.lora_A[name].weight.to(dtype))
+    update = self.lora_B[name].weight.to(dtype).t()
+    flat = torch.addmm(
+        result.reshape(-1, result.shape[-1]),
+        low.reshape(-1, low.shape[-1]),
+        update,
+        alpha=self.scaling[name],
+    )
+    return flat.reshape(result.shape)
