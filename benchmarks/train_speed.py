@@ -18,7 +18,9 @@ model's own shapes, and the share of the bf16 rate each side reaches.
     python benchmarks/train_speed.py --model llama   # Llamas of those sizes: adaptool also
                                                      # packed and length-grouped
 
-All sides train on the whole text (the notebook's loss), so final losses compare. The last
+All sides train on the whole text (the notebook's loss); the final loss is each trained
+model's mean loss a token on the first 200 rows, measured alike (eval mode, each side's text
+tokenized as it trained on it). The last
 lines are `vs_tuned: <adaptool / tuned real tokens/s>`, `utilisation: <adaptool's model
 FLOP/s / bf16 matmul rate>` and the headline `speedup: <adaptool / reference real tokens/s>`.
 """
@@ -39,7 +41,34 @@ TOKENIZER = ROOT / "recipes" / "assets" / "tiny-bloom"
 #: hidden size and layers of each --size
 SIZES = {"20m": (512, 6), "100m": (768, 12)}
 
-REFERENCE = """
+#: the trained model's mean loss a token on the first rows of the data, whole text as every
+#: side trains on it, in eval mode: the same measure for every side, however each ordered its
+#: batches (the last steps' training loss depends on which rows they drew). Each side's text
+#: is tokenized as that side trained on it: the notebook's way whole, adaptool's prompt and
+#: completion apart (as it trains and generates); the EOS adaptool also trains on left out
+FINAL_LOSS = """
+def final_loss(model, tokenizer, data, apart=False, rows=200):
+    import json, torch
+    model.eval()
+    total = count = 0.0
+    with torch.no_grad():
+        for line in open(data).readlines()[:rows]:
+            r = json.loads(line)
+            prompt, completion = r["quote"] + " ->: ", str(r["tags"])
+            if apart:
+                ids = tokenizer(prompt).input_ids
+                ids += tokenizer(completion, add_special_tokens=False).input_ids
+            else:
+                ids = tokenizer(prompt + completion).input_ids
+            ids = torch.tensor([ids])
+            total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+            count += ids.shape[1] - 1
+    return total / count
+"""
+
+REFERENCE = (
+    FINAL_LOSS
+    + """
 import json, sys, time
 import torch, transformers
 from datasets import load_dataset
@@ -47,9 +76,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from adaptool.testing import peak_rss_mb
 base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-quantization, tuned = sys.argv[5], sys.argv[7] == "tuned"
+quantization, tuned, seed = sys.argv[5], sys.argv[7] == "tuned", int(sys.argv[8])
 transformers.utils.logging.set_verbosity_error()
-torch.manual_seed(0)
+torch.manual_seed(seed)
 tokenizer = AutoTokenizer.from_pretrained(base)
 from adaptool.modeling import cpu_has_native_bf16
 # tuned: bf16 weights where the CPU computes bf16 natively (LoRA stays fp32: peft upcasts it),
@@ -96,19 +125,22 @@ def collate(features):
 args = transformers.TrainingArguments(
     output_dir=out, per_device_train_batch_size=4, gradient_accumulation_steps=4,
     warmup_steps=5, max_steps=steps, learning_rate=2e-3, logging_steps=1, use_cpu=True,
-    report_to="none", save_strategy="no", seed=0, dataloader_num_workers=0,
+    report_to="none", save_strategy="no", seed=seed, dataloader_num_workers=0,
     **({"train_sampling_strategy": "group_by_length"} if tuned else {}),
 )
 trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
 started = time.monotonic()
 trainer.train()
 seconds = time.monotonic() - started
-losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-print(json.dumps({"seconds": seconds, "tokens": real["tokens"], "peak": peak_rss_mb(),
-                  "loss": sum(losses[-5:]) / len(losses[-5:])}))
+peak = peak_rss_mb()
+print(json.dumps({"seconds": seconds, "tokens": real["tokens"], "peak": peak,
+                  "loss": final_loss(model, tokenizer, data)}))
 """
+)
 
-ADAPTOOL = """
+ADAPTOOL = (
+    FINAL_LOSS
+    + """
 import json, sys
 from adaptool.plugins import load_plugins, use_plugins
 from adaptool.recipe import validate_recipe
@@ -116,6 +148,7 @@ from adaptool.testing import peak_rss_mb
 from adaptool.training.run import train
 base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 quantization, packing, extra = sys.argv[5], sys.argv[6], json.loads(sys.argv[7])
+seed = int(sys.argv[8])
 use_plugins(load_plugins(entry_points=False))
 # adaptool's defaults: dtype and precision "auto" (bf16 where the CPU computes it natively),
 # gradient checkpointing "auto", length-grouped batches
@@ -126,22 +159,30 @@ recipe = validate_recipe({
     "data": {"source": data, "formatter": "quote-tags", "train_on_prompt": True},
     "training": {"batch_size": 4, "gradient_accumulation_steps": 4, "warmup_steps": 5,
                  "max_steps": steps, "learning_rate": 2e-3, "logging_steps": 1,
-                 "save_steps": 0, "seed": 0,
+                 "save_steps": 0, "seed": seed,
                  "packing": {"auto": "auto", "true": True, "false": False}[packing]} | extra,
     "output": {"dir": out},
 })
 result = train(recipe)
 records = [json.loads(l) for l in open(out + "/metrics.jsonl")]
-losses = [r["loss"] for r in records if "loss" in r]
 # the training loop's own time (model loading and the final save are outside it, as they are
 # outside the reference's trainer.train())
 seconds, seen = 0.0, 0
 for r in records:
     seconds += (r["tokens"] - seen) / r["tokens_per_s"]
     seen = r["tokens"]
-print(json.dumps({"seconds": seconds, "tokens": result.tokens, "peak": peak_rss_mb(),
-                  "loss": sum(losses[-5:]) / len(losses[-5:])}))
+peak = peak_rss_mb()
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+import torch
+from adaptool.modeling import cpu_has_native_bf16
+# the dtype adaptool trained in (precision auto), as the tuned side evaluates in its own
+dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), out)
+loss = final_loss(trained, AutoTokenizer.from_pretrained(base), data, apart=True)
+print(json.dumps({"seconds": seconds, "tokens": result.tokens, "peak": peak, "loss": loss}))
 """
+)
 
 
 def cpu_model() -> str:
@@ -204,15 +245,18 @@ def run(
     quantization: str,
     packing: str = "auto",
     extra: str = "{}",
+    seed: int = 0,
 ) -> dict[str, float]:
     """One side in a fresh process: its real tokens, loop seconds, peak RSS and final loss.
-    ``extra``: the reference's mode (notebook or tuned), or adaptool's extra training keys."""
+    ``extra``: the reference's mode (notebook or tuned), or adaptool's extra training keys;
+    ``seed``: the run's (LoRA's initialisation, the data's order, dropout)."""
     done = subprocess.run(
         [
             sys.executable,
             "-c",
             code,
             *(str(base), str(DATA), str(steps), str(out), quantization, packing, extra),
+            str(seed),
         ],
         capture_output=True,
         text=True,
@@ -276,7 +320,7 @@ def matmul_rates(base: Path, tokens: int = 1024) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 steps per run")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", choices=sorted(SIZES), default="20m")
     parser.add_argument(
         "--quantization",
@@ -323,7 +367,9 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name, code, packing, extra in sides:
                 out = work / f"{name}-{round_}"
-                r = run(code, base, steps, out, args.quantization, packing, extra)
+                # each round its own seed, the same for every side: a final loss after 60
+                # steps of a small model moves by a few % with the seed alone
+                r = run(code, base, steps, out, args.quantization, packing, extra, round_)
                 results[name].append(r)
                 print(
                     f"  round {round_ + 1} {name:<10} {r['tokens'] / r['seconds']:8.0f} real "

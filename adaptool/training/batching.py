@@ -84,9 +84,11 @@ class _Order:
     batch: Any
 
 
-#: batches are padded to a multiple of this: a handful of distinct shapes instead of one per
-#: length keeps the CPU kernels' per-shape caches (oneDNN) from growing with every new length
-PAD_MULTIPLE = 16
+#: batches are padded to a multiple of this: fewer distinct shapes than one per length keeps
+#: the CPU kernels' per-shape caches (oneDNN) from growing with every new length (one per
+#: length: +300 MB peak on the benchmark), while short rows (quotes: 27 tokens on average)
+#: lose little to padding (16: 23 % of the compute was padding; 8: 12 %)
+PAD_MULTIPLE = 8
 
 
 def collate(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, Any]:
