@@ -85,7 +85,8 @@ def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
     all give the single-process adapter. The tolerance is fp32 rounding: the same sums in
     another order (gradients added across processes; the single process takes the step's 8
     rows in one micro-batch, FSDP's processes in micro-batches of 2 rows), which Adam's
-    normalised updates carry into the weights over the steps."""
+    normalised updates carry into the weights over the steps: 2e-4 is under 1 % of one
+    step's update at this learning rate (3e-2); the per-step losses agree to 1e-6."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -113,7 +114,7 @@ def test_two_processes_train_what_one_process_with_twice_the_accumulation_does(
     a = load_file(one.output_dir / "adapter_model.safetensors")
     b = load_file(out / "adapter_model.safetensors")
     assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-5
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-4
     losses = [r["loss"] for r in records(out) if "loss" in r]
     assert losses == pytest.approx([r["loss"] for r in records(one.output_dir) if "loss" in r])
     assert sorted(p.name for p in tmp_path.joinpath("two").iterdir()) == ["out", "r.toml"]

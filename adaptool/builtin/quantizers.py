@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 from adaptool.base import Options, Quantizer
@@ -134,7 +135,7 @@ class Bnb8bit(Quantizer):
         }
 
     def after_load(self, model: Any) -> Any:
-        return disable_cpu_bf16_repack(model)
+        return frozen_int8_training(disable_cpu_bf16_repack(model))
 
     def for_sharding(self) -> Bnb8bit:
         raise PluginError(
@@ -159,3 +160,50 @@ class Bnb8bit(Quantizer):
 def register_quantizers(register) -> None:
     for cls in (NoQuantization, Bnb4bit, Bnb8bit):
         register(cls)
+
+
+def frozen_int8_training(model: Any) -> Any:
+    """bitsandbytes trains an 8-bit layer on the CPU by dequantizing its weight for each
+    matmul (``MatMul8bitFp``), keeping the layer's input for a weight gradient that a frozen
+    base never takes: one input per layer held to the backward, all but invisible (an
+    attribute, not a saved tensor). :class:`FrozenInt8` does the same arithmetic and keeps
+    nothing but the layer: the backward dequantizes the weight again."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if type(module) is bnb.nn.Linear8bitLt:
+            module.forward = _frozen_int8_forward.__get__(module)
+    return model
+
+
+def _frozen_int8_forward(self: Any, x: Any) -> Any:
+    if not (self.training and x.device.type == "cpu") or self.weight.requires_grad:
+        return type(self).forward(self, x)
+    self.state.is_training = True
+    if self.weight.CB is not None:
+        self.init_8bit_state()
+    if self.bias is not None and self.bias.dtype != x.dtype:
+        self.bias.data = self.bias.data.to(x.dtype)
+    return _frozen_int8_function().apply(x, self)
+
+
+@functools.cache
+def _frozen_int8_function() -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    def weight(layer: Any, dtype: Any) -> Any:  # as bitsandbytes dequantizes it
+        state = layer.state
+        return state.CB.to(dtype).mul_(state.SCB.unsqueeze(1).mul(1.0 / 127.0))
+
+    class FrozenInt8(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any, layer: Any) -> Any:
+            ctx.layer, ctx.dtype = layer, x.dtype
+            return F.linear(x, weight(layer, x.dtype), layer.bias)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            return grad.to(ctx.dtype) @ weight(ctx.layer, ctx.dtype), None
+
+    return FrozenInt8

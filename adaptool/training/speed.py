@@ -166,6 +166,20 @@ def _blocks(model: Any) -> list[Any]:
     return [m for m in model.modules() if type(m).__name__ in kinds]
 
 
+def forward_seconds_per_token(model: Any, batch: dict[str, Any], *, head: Any) -> float:
+    """One training forward of ``batch`` timed, per token (its graph dropped unused)."""
+    import time
+
+    import torch
+
+    from adaptool.training.loss import loss_sum
+
+    with torch.random.fork_rng():
+        started = time.perf_counter()
+        loss_sum(model, batch, head=head)
+        return (time.perf_counter() - started) / batch["input_ids"].numel()
+
+
 def seconds_per_token(model: Any, batch: dict[str, Any], *, head: Any, runs: int = 2) -> float:
     """A training micro-batch (forward and backward) timed, per token: the last of ``runs``
     (the first creates the kernels' per-shape state, or compiles). Gradients are cleared
@@ -215,9 +229,11 @@ def compile_blocks(
     if why is not None:
         return Compiled(reason=why)
     batch = probe()
+    if setting == "auto":  # a training forward and twice its time for the backward
+        estimate = 3 * forward_seconds_per_token(model, batch, head=head) * run_tokens
+        if estimate < COMPILE_PAYS_AFTER:
+            return Compiled(reason=f"the run would train for about {estimate:.0f} s eager")
     eager = seconds_per_token(model, batch, head=head)
-    if setting == "auto" and eager * run_tokens < COMPILE_PAYS_AFTER:
-        return Compiled(reason=f"the run would train for about {eager * run_tokens:.0f} s eager")
     cache = inductor_cache()
     blocks = _blocks(model)
     for block in blocks:
