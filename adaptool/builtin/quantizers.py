@@ -177,7 +177,8 @@ def frozen_int8_training(model: Any) -> Any:
 
 
 def _frozen_int8_forward(self: Any, x: Any) -> Any:
-    if not (self.training and x.device.type == "cpu") or self.weight.requires_grad:
+    trained = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+    if not (self.training and x.device.type == "cpu") or trained:  # bitsandbytes' own path
         return type(self).forward(self, x)
     self.state.is_training = True
     if self.weight.CB is not None:

@@ -204,7 +204,7 @@ def step_share(
     shares are alike), cut to the token ``budget`` (:func:`micro_batches`), or — budget 0 —
     into micro-batches of ``rows`` rows. Every process runs as many micro-batches as the
     busiest one (each forward may be a collective, and DDP waits for every process's
-    backward): the ones past its own are spares, a row run for nothing."""
+    backward): the ones past its own are spares, the step's shortest row run for nothing."""
 
     def cut(share: Sequence[Encoded]) -> list[list[Encoded]]:
         if budget:
@@ -213,4 +213,4 @@ def step_share(
 
     mine = cut(batch[world.rank :: world.size])
     busiest = max(len(cut(batch[r :: world.size])) for r in range(world.size))
-    return mine + [list(batch[:1])] * (busiest - len(mine)), len(mine)
+    return mine + [list(batch[-1:])] * (busiest - len(mine)), len(mine)

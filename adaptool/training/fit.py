@@ -122,7 +122,7 @@ def _loop(
     feed, eval_set = session.feed, session.data.eval_set
     total_steps, budget = session.total_steps, session.micro_batch_tokens
     dev = device()
-    autocast, scaler = _mixed_precision(session.precision, dev)
+    autocast, scaler = mixed_precision(session.precision, dev)
     tokenizer = session.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pack = collate_for(session.packing)
@@ -278,8 +278,9 @@ def _checkpoint(session: Session, context: TrainingContext, state: LoopState, st
                     "callbacks": {c.name: c.state_dict() for c in callbacks},
                     "convert_at_save": session.initial is not None,
                     "world_size": session.world.size,
-                    # how the steps' rows were cut: a resume cuts them alike
+                    # how the steps' rows were cut and run: a resume does alike
                     "micro_batch_tokens": session.micro_batch_tokens,
+                    "compiled": session.compiled.blocks > 0,
                     "strategy": session.recipe.distributed.strategy
                     if session.world.distributed
                     else None,
@@ -358,7 +359,7 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _mixed_precision(precision: str, dev: str) -> tuple[Any, Any]:
+def mixed_precision(precision: str, dev: str) -> tuple[Any, Any]:
     """On a GPU, fp16/bf16 run under autocast (fp16 with loss scaling). On the CPU training
     stays in the weights' dtype: CPU autocast doubles peak memory for no speed, and CPU fp16
     is not supported, so fp16 there means fp32 (said once)."""

@@ -72,11 +72,15 @@ def standing_aside(head: Any) -> Iterator[dict[str, Any]]:
         seen["standin"] = torch.zeros((), dtype=hidden.dtype, device=hidden.device).expand(shape)
         return seen["standin"]
 
+    before = head.__dict__.get("forward")  # a forward set on the instance (a hook's), if any
     head.forward = keep
     try:
         yield seen
     finally:
-        del head.forward  # the class's own forward again
+        if before is None:
+            del head.forward  # the class's own forward again
+        else:
+            head.forward = before
 
 
 def head_for_loss(model: Any) -> Any:
@@ -87,7 +91,9 @@ def head_for_loss(model: Any) -> Any:
     import torch
 
     head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear:
+    # an fp16 head: the gradients worked out in the forward would be cast to fp16 before the
+    # loss scale (GradScaler's) reaches them, and small probabilities would flush to zero
+    if type(head) is not torch.nn.Linear or head.weight.dtype == torch.float16:
         return None
     sample = torch.zeros((1, 2), dtype=torch.long, device=head.weight.device)
     with torch.no_grad(), torch.random.fork_rng(), standing_aside(head) as seen:
@@ -105,6 +111,11 @@ def head_loss(hidden: Any, weight: Any, bias: Any, labels: Any) -> Any:
     through the head), so the backward only scales them, and each chunk's logits are freed
     as soon as it is done. Numerically the head's matmul, the fp32 log-softmax and the casts
     are those of the full-logits loss."""
+    import torch
+
+    if not torch.is_grad_enabled():  # evaluation: the loss alone, no gradients worked out
+        plain = [None if t is None else t.detach() for t in (hidden, weight, bias)]
+        return _head_loss_function().apply(*plain, labels)
     return _head_loss_function().apply(hidden, weight, bias, labels)
 
 

@@ -95,6 +95,13 @@ def train(
             checkpoint, optimizer=session.optimizer, scheduler=session.scheduler, rank=world.rank
         )
         state = LoopState.from_checkpoint(saved)
+        if "micro_batch_tokens" not in saved:
+            raise AdaptoolError(
+                f"{param('resume', 'True')}: the checkpoint {checkpoint} was written by an "
+                f"earlier adaptool, which cut the steps' rows into batches another way; "
+                f"resuming would not continue its run. Start it again with "
+                f"{param('overwrite', 'True')}."
+            )
         # the steps' rows cut as before (dropout draws by shape): the budget it resolved
         session.micro_batch_tokens = saved.get("micro_batch_tokens", session.micro_batch_tokens)
         _check_same_data(saved.get("data"), session.data.key(), checkpoint)

@@ -18,6 +18,7 @@ from adaptool.base import RunInfo
 from adaptool.distributed import World, from_main, main_first, start
 from adaptool.errors import AdaptoolError, ModelError, describe, param
 from adaptool.modeling import (
+    device,
     free_memory,
     load_base,
     load_tokenizer,
@@ -26,7 +27,7 @@ from adaptool.modeling import (
 )
 from adaptool.sharding import held_by_this_process
 from adaptool.training.batching import BatchPlan, PlannedFeed
-from adaptool.training.checkpoint import load_adapter
+from adaptool.training.checkpoint import load_adapter, read_state
 from adaptool.training.loss import head_for_loss
 from adaptool.training.sources import Data, load_data
 from adaptool.training.speed import (
@@ -162,18 +163,26 @@ def setup(
     probe = functools.cache(
         lambda: _first_batches(feed, tokenizer, model.device, rows=t.batch_size, count=1)[0]
     )
-    budget = micro_batch_tokens(
-        0 if sharded else t.micro_batch_tokens, model, probe, head=head, reporter=reporter
-    )
-    compiled = compile_blocks(
-        t.compile,
-        model,
-        probe,
-        head=head,
-        sharded=sharded,
-        run_tokens=total_steps * t.batch_size * t.gradient_accumulation_steps * _mean_row(data),
-        reporter=reporter,
-    )
+    # a resume runs as the checkpoint's run did: its rows cut alike (run.py), compiled or not
+    saved = read_state(checkpoint) if checkpoint is not None else None
+    compiling = t.compile if saved is None else saved.get("compiled", t.compile)
+    with _as_trained(precision):
+        budget = micro_batch_tokens(
+            0 if sharded else t.micro_batch_tokens, model, probe, head=head, reporter=reporter
+        )
+        if packing is True and model.config._attn_implementation not in VARLEN_ATTENTION:
+            # one sequence a micro-batch, attending over its square: no longer than packing
+            # batch_size rows made it before micro-batches were merged
+            budget = min(budget, t.batch_size * recipe.data.max_length) if budget else 0
+        compiled = compile_blocks(
+            compiling,
+            model,
+            probe,
+            head=head,
+            sharded=sharded,
+            run_tokens=total_steps * t.batch_size * t.gradient_accumulation_steps * _mean_row(data),
+            reporter=reporter,
+        )
     if world.distributed:  # every process cuts its rows alike
         budget = from_main(budget)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -294,6 +303,16 @@ def _feed(data: Data, t: Any, world: World) -> tuple[Any, int]:
     plan = BatchPlan(data.train_set.lengths, rows, t.seed, t.group_by_length)
     total = t.max_steps or max(1, math.ceil(t.total_epochs * plan.batches_per_epoch))
     return PlannedFeed(plan, data.train_set), total
+
+
+def _as_trained(precision: str) -> Any:
+    """What the setup's probes of the model run under: the loop's autocast on a GPU."""
+    import contextlib
+
+    from adaptool.training.fit import mixed_precision
+
+    dev = device()
+    return mixed_precision(precision, dev)[0]() if dev == "cuda" else contextlib.nullcontext()
 
 
 def _mean_row(data: Data) -> float:

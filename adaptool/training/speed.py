@@ -175,9 +175,19 @@ def forward_seconds_per_token(model: Any, batch: dict[str, Any], *, head: Any) -
     from adaptool.training.loss import loss_sum
 
     with torch.random.fork_rng():
+        _synchronize()
         started = time.perf_counter()
         loss_sum(model, batch, head=head)
+        _synchronize()
         return (time.perf_counter() - started) / batch["input_ids"].numel()
+
+
+def _synchronize() -> None:
+    """A GPU's queued work done (timers read the host's clock)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def seconds_per_token(model: Any, batch: dict[str, Any], *, head: Any, runs: int = 2) -> float:
@@ -193,8 +203,10 @@ def seconds_per_token(model: Any, batch: dict[str, Any], *, head: Any, runs: int
     seconds = 0.0
     with torch.random.fork_rng():
         for _ in range(runs):
+            _synchronize()
             started = time.perf_counter()
             loss_sum(model, batch, head=head).backward()
+            _synchronize()
             seconds = time.perf_counter() - started
     model.zero_grad(set_to_none=True)
     return seconds / batch["input_ids"].numel()
@@ -219,6 +231,7 @@ def compile_blocks(
     more. ``True`` and it cannot: a ModelError naming why."""
     import time
 
+    from adaptool.distributed import from_main
     from adaptool.errors import ModelError, describe
 
     if setting is False:
@@ -231,6 +244,8 @@ def compile_blocks(
     batch = probe()
     if setting == "auto":  # a training forward and twice its time for the backward
         estimate = 3 * forward_seconds_per_token(model, batch, head=head) * run_tokens
+        # every process decides as the main one did (they run the same model alike)
+        estimate = from_main(estimate)
         if estimate < COMPILE_PAYS_AFTER:
             return Compiled(reason=f"the run would train for about {estimate:.0f} s eager")
     eager = seconds_per_token(model, batch, head=head)
@@ -251,7 +266,7 @@ def compile_blocks(
         reporter.info(f"compile: torch.compile failed ({describe(exc)}); training eager")
         return Compiled(reason=f"torch.compile failed: {describe(exc)}")
     seconds = round(time.perf_counter() - started, 2)
-    gain = eager / compiled
+    gain = from_main(eager / compiled)
     if setting == "auto" and gain < COMPILE_MIN_GAIN:
         _uncompile(model, blocks)
         reporter.info(

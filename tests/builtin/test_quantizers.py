@@ -82,3 +82,43 @@ def test_bnb_8bit_quantizes(registry, tiny_bloom_dir):
     assert quantizer.from_pretrained_kwargs()["quantization_config"].llm_int8_threshold == 5.0
     model = load(tiny_bloom_dir, quantizer)
     assert isinstance(model.transformer.h[0].mlp.dense_h_to_4h, bnb.nn.Linear8bitLt)
+
+
+def test_8bit_layers_train_on_the_cpu_as_bitsandbytes_does_without_keeping_their_input(
+    registry, tiny_bloom_dir
+):
+    """bitsandbytes' CPU training path keeps each 8-bit layer's input for a weight gradient
+    a frozen base never takes; adaptool's computes the same output and input gradient and
+    lets the input go. A trainable bias takes bitsandbytes' own path (it needs the input)."""
+    import gc
+    import weakref
+
+    model = load(tiny_bloom_dir, make(registry, "quantizer", "bnb-8bit")).train()
+    layer = model.transformer.h[0].mlp.dense_h_to_4h
+    for p in model.parameters():
+        p.requires_grad_(False)
+    leaf = torch.randn(3, 5, layer.in_features, requires_grad=True)
+    results = []
+    for forward in (type(layer).forward.__get__(layer), layer):  # bitsandbytes', adaptool's
+        leaf.grad = None
+        hidden = leaf * 2.0  # an activation: kept only if something holds it for the backward
+        kept = weakref.ref(hidden)
+        out = forward(hidden)
+        del hidden
+        gc.collect()
+        results.append((out.detach(), kept() is not None))
+        out.square().sum().backward()
+        results[-1] += (leaf.grad.clone(),)
+    (theirs, they_keep, their_grad), (ours, we_keep, our_grad) = results
+    assert they_keep and not we_keep
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(our_grad, their_grad)
+    layer.bias.requires_grad_(True)
+    hidden = leaf * 2.0
+    kept = weakref.ref(hidden)
+    out = layer(hidden)
+    del hidden
+    gc.collect()
+    assert kept() is not None  # bitsandbytes' path: the bias gets its gradient
+    out.sum().backward()
+    assert layer.bias.grad is not None

@@ -172,3 +172,24 @@ def test_resume_on_changed_data_is_refused(tmp_path, tiny_bloom_dir, plugins):
         train(load_recipe(path), resume=True)
     source.write_text(original)
     assert train(load_recipe(path), resume=True).step == 8
+
+
+def test_a_checkpoint_of_an_earlier_batch_plan_is_refused_on_resume(
+    tmp_path, tiny_bloom_dir, plugins
+):
+    """A checkpoint written before a step's rows were planned together (it records no token
+    budget) would resume onto other batches: refused, naming the way out."""
+    import json
+
+    from adaptool.artifacts.layout import CHECKPOINT_STATE
+    from adaptool.training.checkpoint import latest_checkpoint
+
+    path = recipe_file(tmp_path, tiny_bloom_dir, steps=8)
+    assert train(load_recipe(path), reporter=InterruptAt(5)).interrupted
+    state_file = latest_checkpoint(tmp_path / "out") / CHECKPOINT_STATE
+    state = json.loads(state_file.read_text())
+    assert state["micro_batch_tokens"] > 0 and state["compiled"] is False
+    del state["micro_batch_tokens"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(AdaptoolError, match="written by an earlier adaptool"):
+        train(load_recipe(path), resume=True)

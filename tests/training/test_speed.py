@@ -44,8 +44,9 @@ def test_each_process_takes_its_share_and_as_many_micro_batches_as_the_busiest()
     mine, counted = step_share(batch, World(rank=0, size=2), rows=2, budget=0)
     assert _lengths(mine) == [[50, 20], [16]] and counted == 2
     theirs, counted = step_share(batch, World(rank=1, size=2), rows=2, budget=0)
-    # one micro-batch of its own, then a spare (run for nothing) to keep the two in step
-    assert _lengths(theirs) == [[48, 18], [50]] and counted == 1
+    # one micro-batch of its own, then a spare (the shortest row, run for nothing) to keep
+    # the two in step
+    assert _lengths(theirs) == [[48, 18], [16]] and counted == 1
     merged, counted = step_share(batch, World(rank=1, size=2), rows=2, budget=10_000)
     assert _lengths(merged) == [[48, 18]] and counted == 1
     alone, counted = step_share(batch, World(), rows=2, budget=0)
