@@ -273,11 +273,10 @@ def _first_batches(
     *,
     rows: int,
     count: int = INIT_BATCHES,
-    packing: bool | str = False,
 ) -> list[dict]:
-    """The run's first ``count`` micro-batches of ``rows`` rows, collated (padded, or as
-    ``packing`` says) and on the model's device ``dev``: an epoch's rows at most."""
-    from adaptool.training.batching import collate_for
+    """The run's first ``count`` micro-batches of ``rows`` rows, collated and on the model's
+    device ``dev``: an epoch's rows at most."""
+    from adaptool.training.batching import collate
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_epoch = feed.plan.batches_per_epoch if isinstance(feed, PlannedFeed) else count
@@ -287,8 +286,7 @@ def _first_batches(
         chunks += [batch[i : i + rows] for i in range(0, len(batch), rows)]
         if len(chunks) >= count:
             break
-    pack = collate_for(packing)
-    batches = [pack(chunk, pad) for chunk in chunks[:count]]
+    batches = [collate(chunk, pad) for chunk in chunks[:count]]
     return [{k: v.to(dev) for k, v in batch.items()} for batch in batches]
 
 

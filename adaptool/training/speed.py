@@ -5,7 +5,7 @@ Each is exact: the optimizer step is the same, only its speed and memory change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,12 +115,7 @@ class Compiled:
     reason: str | None = None
 
     def record(self) -> dict[str, Any]:
-        return {
-            "blocks": self.blocks,
-            "seconds": self.seconds,
-            "gain": self.gain,
-            "reason": self.reason,
-        }
+        return asdict(self)
 
 
 def inductor_cache() -> Path:
@@ -166,22 +161,6 @@ def _blocks(model: Any) -> list[Any]:
     return [m for m in model.modules() if type(m).__name__ in kinds]
 
 
-def forward_seconds_per_token(model: Any, batch: dict[str, Any], *, head: Any) -> float:
-    """One training forward of ``batch`` timed, per token (its graph dropped unused)."""
-    import time
-
-    import torch
-
-    from adaptool.training.loss import loss_sum
-
-    with torch.random.fork_rng():
-        _synchronize()
-        started = time.perf_counter()
-        loss_sum(model, batch, head=head)
-        _synchronize()
-        return (time.perf_counter() - started) / batch["input_ids"].numel()
-
-
 def _synchronize() -> None:
     """A GPU's queued work done (timers read the host's clock)."""
     import torch
@@ -190,10 +169,13 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def seconds_per_token(model: Any, batch: dict[str, Any], *, head: Any, runs: int = 2) -> float:
-    """A training micro-batch (forward and backward) timed, per token: the last of ``runs``
-    (the first creates the kernels' per-shape state, or compiles). Gradients are cleared
-    after, and the generators left as they were."""
+def seconds_per_token(
+    model: Any, batch: dict[str, Any], *, head: Any, runs: int = 2, backward: bool = True
+) -> float:
+    """A training micro-batch timed, per token: forward and backward (``backward=False``:
+    the forward alone, its graph dropped unused); the last of ``runs`` (the first creates
+    the kernels' per-shape state, or compiles). Gradients are cleared after, and the
+    generators left as they were."""
     import time
 
     import torch
@@ -205,7 +187,9 @@ def seconds_per_token(model: Any, batch: dict[str, Any], *, head: Any, runs: int
         for _ in range(runs):
             _synchronize()
             started = time.perf_counter()
-            loss_sum(model, batch, head=head).backward()
+            loss = loss_sum(model, batch, head=head)
+            if backward:
+                loss.backward()
             _synchronize()
             seconds = time.perf_counter() - started
     model.zero_grad(set_to_none=True)
@@ -243,7 +227,8 @@ def compile_blocks(
         return Compiled(reason=why)
     batch = probe()
     if setting == "auto":  # a training forward and twice its time for the backward
-        estimate = 3 * forward_seconds_per_token(model, batch, head=head) * run_tokens
+        forward = seconds_per_token(model, batch, head=head, runs=1, backward=False)
+        estimate = 3 * forward * run_tokens
         # every process decides as the main one did (they run the same model alike)
         estimate = from_main(estimate)
         if estimate < COMPILE_PAYS_AFTER:
