@@ -451,5 +451,8 @@ def _problems_from(exc: ValidationError, *, prefix: str, note: str = "") -> list
 
 
 def _is_union_tag(part: Any) -> bool:
-    """pydantic adds the union member to a location (``literal['auto']``, ``list[str]``)."""
-    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"})
+    """pydantic adds the union member to a location (``literal['auto']``, ``list[str]``, a
+    bounded number's ``constrained-int``)."""
+    return isinstance(part, str) and (
+        "[" in part or part in {"str", "int", "float", "bool"} or part.startswith("constrained-")
+    )

@@ -378,3 +378,17 @@ def test_a_mixture_round_trips_and_resolves_each_sources_path(tmp_path, registry
 )
 def test_mixture_keys_without_a_mixture_are_refused(tmp_path, registry, data, problem):
     _refused_with_data(tmp_path, data, problem)
+
+
+def test_a_bounded_number_or_auto_is_one_problem_naming_both(tmp_path, registry):
+    """``micro_batch_tokens`` is a number of at least 0 or "auto": a bad value is one
+    problem on the key itself, naming both."""
+    text = MINIMAL + '\n[training]\nmicro_batch_tokens = -1\ncompile = "maybe"\n'
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_recipe(tmp_path, text))
+    assert problems(err) == {
+        "training.micro_batch_tokens": (
+            "expected greater than or equal to 0 or 'auto', found -1 (integer)"
+        ),
+        "training.compile": "expected a valid boolean or 'auto', found \"maybe\" (string)",
+    }
