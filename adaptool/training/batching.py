@@ -84,19 +84,15 @@ class _Order:
     batch: Any
 
 
-#: batches are padded to a multiple of this: fewer distinct shapes than one per length keeps
-#: the CPU kernels' per-shape caches (oneDNN) from growing with every new length (one per
-#: length: +300 MB peak on the benchmark), while short rows (quotes: 27 tokens on average)
-#: lose little to padding (16: 23 % of the compute was padding; 8: 12 %)
-PAD_MULTIPLE = 8
-
-
 def collate(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, Any]:
-    """Right-pad a batch: input_ids, attention_mask, labels (IGNORE_INDEX on padding)."""
+    """Right-pad a batch to its longest row: input_ids, attention_mask, labels (IGNORE_INDEX on
+    padding). Not to a multiple of 8 or 16: length-grouped rows differ by a token or two, and
+    rounding the width up was 12-23 % of the compute on short rows (the quotes average 27
+    tokens); the CPU kernel caches a shape per length fills are bounded instead
+    (:func:`adaptool.training.speed.limit_kernel_caches`)."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)
-    width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
     ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -113,17 +109,12 @@ def collate_packed(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, 
     position ids start again at 0, which is how transformers (``create_causal_mask``) knows
     where a row ends and masks attention block-diagonally, so no token sees another row's.
     Every row's first label is IGNORE_INDEX already (nothing in the row precedes it), so no
-    row is trained to predict the next one's start. The tail is padded to a multiple of
-    :data:`PAD_MULTIPLE` as a row of its own, never trained."""
+    row is trained to predict the next one's start."""
     import torch
 
     ids = [t for e in examples for t in e.input_ids]
     labels = [t for e in examples for t in e.labels]
     positions = [p for e in examples for p in range(len(e.input_ids))]
-    pad = -len(ids) % PAD_MULTIPLE
-    ids += [pad_token_id] * pad
-    labels += [IGNORE_INDEX] * pad
-    positions += list(range(pad))
     return {
         "input_ids": torch.tensor([ids], dtype=torch.long),
         "position_ids": torch.tensor([positions], dtype=torch.long),
@@ -172,20 +163,17 @@ def micro_batches(
     rows: Sequence[Encoded], budget: int, *, packed: bool = False
 ) -> list[list[Encoded]]:
     """An optimizer step's rows as micro-batches of at most ``budget`` tokens each — as
-    padded (rows x the longest, rounded up to :data:`PAD_MULTIPLE`), or as packed (their
-    sum) — longest rows first, so each micro-batch holds rows alike; a row over the budget
-    goes alone. The loss is the mean over the step's trained tokens whatever the split, so
-    how the rows are cut changes the speed and the memory, not the step."""
+    padded (rows x the longest), or as packed (their sum) — longest rows first, so each
+    micro-batch holds rows alike; a row over the budget goes alone. The loss is the mean over
+    the step's trained tokens whatever the split, so how the rows are cut changes the speed
+    and the memory, not the step."""
     order = sorted(rows, key=lambda e: len(e.input_ids), reverse=True)  # stable: deterministic
     out: list[list[Encoded]] = []
     current: list[Encoded] = []
     width = used = 0
     for e in order:
         n = len(e.input_ids)
-        if packed:
-            cost = used + n
-        else:
-            cost = (len(current) + 1) * -(-max(width, n) // PAD_MULTIPLE) * PAD_MULTIPLE
+        cost = used + n if packed else (len(current) + 1) * max(width, n)
         if current and cost > budget:
             out.append(current)
             current, width, used = [], 0, 0

@@ -37,6 +37,7 @@ from adaptool.training.fit import FitOutcome, LoopState, fit
 from adaptool.training.metrics import last, read_metrics, write_metrics
 from adaptool.training.progress import Reporter
 from adaptool.training.setup import Session, setup
+from adaptool.training.speed import limit_kernel_caches
 
 if TYPE_CHECKING:
     from adaptool.recipe.schema import Recipe
@@ -60,6 +61,7 @@ def train(
     ``interrupted=True``; ``resume=True`` continues from the newest checkpoint there. Nothing
     is written to the output dir until data and model have loaded."""
     started = time.monotonic()
+    limit_kernel_caches()  # before this process's first matmul, where it is the first
     world = current()  # set by torchrun / accelerate launch; a world of one otherwise
     reporter = (reporter or Reporter()) if world.main else Reporter()
     out = Path(output_dir).resolve() if output_dir is not None else Path(recipe.output.dir)

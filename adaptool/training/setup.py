@@ -133,7 +133,14 @@ def setup(
         on_gpu=not sharded or quantizer.quantized,
     )
     base = _base_record(recipe, model, precision)
-    checkpointing = _use_gradient_checkpointing(t.gradient_checkpointing, model, data, t)
+    checkpointing = _use_gradient_checkpointing(
+        t.gradient_checkpointing,
+        model,
+        data,
+        t,
+        quantized=plugins.quantizer.quantized,
+        method=plugins.method,
+    )
     model = _prepare_for_training(
         model, quantized=plugins.quantizer.quantized, checkpointing=checkpointing
     )
@@ -331,11 +338,22 @@ def _base_record(recipe: Recipe, model: Any, precision: str) -> BaseModelRecord:
     )
 
 
-def _use_gradient_checkpointing(setting: bool | str, model: Any, data: Data, t: Any) -> bool:
-    """``auto``: on only when the activations of one micro-batch would not fit comfortably in
-    the memory left after loading the model."""
+#: peft's methods that refuse a gradient-checkpointed base (their prefixes ride in the cache)
+UNCHECKPOINTABLE = ("PREFIX_TUNING", "CARTRIDGE")
+
+
+def _use_gradient_checkpointing(
+    setting: bool | str, model: Any, data: Data, t: Any, *, quantized: bool, method: Any
+) -> bool:
+    """``auto``: on for a quantized base — memory is what quantizing it was for (peft's k-bit
+    preparation turns it on too; measured on the 8-bit benchmark: peak RSS 0.97x the
+    notebook's instead of 1.07x, at 0.7x the speed) unless the method cannot take it — and
+    where the activations of one micro-batch would not fit comfortably in the memory left
+    after loading the model."""
     if isinstance(setting, bool):
         return setting
+    if quantized and getattr(method, "peft_type", None) not in UNCHECKPOINTABLE:
+        return True
 
     config = model.config
     hidden = getattr(config, "hidden_size", 1024)

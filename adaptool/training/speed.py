@@ -17,6 +17,23 @@ if TYPE_CHECKING:
 #: the share of the memory free at setup that one micro-batch's activations may take
 ACTIVATION_SHARE = 0.25
 
+#: entries in each of the CPU's two caches of matmul kernels (oneDNN's primitive cache and
+#: ideep's in front of it), a kernel for each shape, about 1 MB each. Their default, 1024 each,
+#: grows by hundreds of MB once micro-batches take a shape per length (+560 MB peak on the 100M
+#: benchmark model); 16 hold a micro-batch's kernels (measured there: 1109 MB peak instead of
+#: 1563, at the same speed within the run-to-run noise; 8 was 10 % slower, 0 crashes oneDNN)
+KERNEL_CACHE_ENTRIES = 16
+
+
+def limit_kernel_caches() -> None:
+    """Bound the CPU matmul kernel caches (:data:`KERNEL_CACHE_ENTRIES`) unless the user set
+    them: both read their size from the environment when the process first runs a bf16 matmul,
+    so this takes effect for a process that trains first (the CLI, a launched worker)."""
+    import os
+
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(name, str(KERNEL_CACHE_ENTRIES))
+
 
 def activation_bytes_per_token(model: Any, batch: dict[str, Any], *, head: Any = None) -> float:
     """What one training forward keeps for its backward, per token of ``batch``: measured by

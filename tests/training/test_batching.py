@@ -6,9 +6,9 @@ import pytest
 import torch
 
 
-def test_padding_to_a_multiple_changes_no_row_s_loss(tokenizer, monkeypatch):
+def test_batches_are_padded_to_their_longest_row_and_padding_changes_no_loss(tokenizer):
     from adaptool.base import Example
-    from adaptool.encoding import encode_examples
+    from adaptool.encoding import IGNORE_INDEX, encode_examples
     from adaptool.testing import make_tiny_bloom
     from adaptool.training import batching
     from adaptool.training.fit import loss_sum as _loss_sum
@@ -17,14 +17,14 @@ def test_padding_to_a_multiple_changes_no_row_s_loss(tokenizer, monkeypatch):
     examples = [Example("“A” ->: ", "['x', 'y']"), Example("“Be yourself.” ->: ", "[]")]
     encoded = encode_examples(examples, tokenizer, max_length=64)
     longest = max(len(e.input_ids) for e in encoded)
-    padded = batching.collate(encoded, tokenizer.pad_token_id)
-    assert padded["input_ids"].shape[1] % batching.PAD_MULTIPLE == 0
-    assert padded["input_ids"].shape[1] >= longest
-    monkeypatch.setattr(batching, "PAD_MULTIPLE", 1)
     exact = batching.collate(encoded, tokenizer.pad_token_id)
-    assert exact["input_ids"].shape[1] == longest
+    assert exact["input_ids"].shape[1] == longest  # no wider than the longest row
+    assert exact["attention_mask"].sum().item() == sum(len(e.input_ids) for e in encoded)
+    # padded wider (as a batch with a longer row would be), every row's loss is the same
+    more = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    wider = {k: torch.nn.functional.pad(v, (0, 5), value=more[k]) for k, v in exact.items()}
     with torch.no_grad():
-        assert _loss_sum(model, padded).item() == pytest.approx(_loss_sum(model, exact).item())
+        assert _loss_sum(model, wider).item() == pytest.approx(_loss_sum(model, exact).item())
 
 
 # -- packing -------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ def test_training_runs_and_the_loss_falls(tmp_path, tiny_bloom_dir, registry, ba
         assert result.manifest.base_model.dtype == "bfloat16"
         assert result.manifest.training["precision_used"] == "bf16"
     assert not result.interrupted and result.step == 16
+    # gradient_checkpointing "auto": on for a quantized base (memory is what it is for), off
+    # for this tiny full-precision one (its activations fit many times over)
+    assert result.manifest.training["gradient_checkpointing_used"] is (backend != "none")
     losses = [r["loss"] for r in records(result.output_dir) if "loss" in r]
     assert len(losses) == 16
     # a random tiny base starts near uniform (ln 400 = 5.99 nats); the adapter must move it
