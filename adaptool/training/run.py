@@ -59,7 +59,10 @@ def train(
 
     Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and returns with
     ``interrupted=True``; ``resume=True`` continues from the newest checkpoint there. Nothing
-    is written to the output dir until data and model have loaded."""
+    is written to the output dir until data and model have loaded. Unless already set, it
+    bounds this process's CPU matmul kernel caches (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``,
+    ``LRU_CACHE_CAPACITY``: :func:`~adaptool.training.speed.limit_kernel_caches`) for as long
+    as it runs, where no bf16 matmul has run before."""
     started = time.monotonic()
     limit_kernel_caches()  # before this process's first matmul, where it is the first
     world = current()  # set by torchrun / accelerate launch; a world of one otherwise

@@ -352,7 +352,9 @@ def _use_gradient_checkpointing(
     after loading the model."""
     if isinstance(setting, bool):
         return setting
-    if quantized and getattr(method, "peft_type", None) not in UNCHECKPOINTABLE:
+    if str(getattr(method, "peft_type", "") or "").upper() in UNCHECKPOINTABLE:
+        return False
+    if quantized:
         return True
 
     config = model.config

@@ -19,10 +19,12 @@ ACTIVATION_SHARE = 0.25
 
 #: entries in each of the CPU's two caches of matmul kernels (oneDNN's primitive cache and
 #: ideep's in front of it), a kernel for each shape, about 1 MB each. Their default, 1024 each,
-#: grows by hundreds of MB once micro-batches take a shape per length (+560 MB peak on the 100M
-#: benchmark model); 16 hold a micro-batch's kernels (measured there: 1109 MB peak instead of
-#: 1563, at the same speed within the run-to-run noise; 8 was 10 % slower, 0 crashes oneDNN)
-KERNEL_CACHE_ENTRIES = 16
+#: grows by hundreds of MB once micro-batches take a shape per length (+450 MB peak on the 100M
+#: benchmark model). 64 hold a micro-batch's kernels, forward and backward, with every linear
+#: layer adapted (an LRU cache smaller than what a micro-batch cycles through misses on every
+#: kernel); on the 100M model 16 to 64 measured the same speed within the noise and 1000 to
+#: 1110 MB peak instead of 1563; 8 was 10 % slower; 0 crashes oneDNN
+KERNEL_CACHE_ENTRIES = 64
 
 
 def limit_kernel_caches() -> None:
@@ -74,6 +76,19 @@ def micro_batch_tokens(
     if setting != "auto":
         return int(setting)
     per_token = activation_bytes_per_token(model, probe(), head=head)
+    # under gradient checkpointing autograd keeps each block's input only, but the backward
+    # recomputes one block at a time, keeping all of that block's activations meanwhile
+    flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", None) is True]
+    if flagged:
+        blocks = [m for m in flagged if not any(c is not m and c in flagged for c in m.modules())]
+        for m in flagged:
+            m.gradient_checkpointing = False
+        try:
+            whole = activation_bytes_per_token(model, probe(), head=head)
+        finally:
+            for m in flagged:
+                m.gradient_checkpointing = True
+        per_token += whole / len(blocks)
     budget = int(ACTIVATION_SHARE * free_memory() / max(per_token, 1.0))
     reporter.info(
         f"micro-batches: up to {budget:,} tokens each ({per_token / 1024:.0f} KiB of "
@@ -331,7 +346,8 @@ def _half_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x)
     dtype = result.dtype
-    low = F.linear(self.lora_dropout[name](x.to(dtype)), self.lora_A[name].weight.to(dtype))
+    dropped = _dropout(self.lora_dropout[name], x.to(dtype))
+    low = F.linear(dropped, self.lora_A[name].weight.to(dtype))
     update = self.lora_B[name].weight.to(dtype).t()
     flat = torch.addmm(
         result.reshape(-1, result.shape[-1]),
@@ -340,3 +356,37 @@ def _half_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         alpha=self.scaling[name],
     )
     return flat.reshape(result.shape)
+
+
+#: a CPU dropout mask compares 16 random bits an element with the drop probability, rounded
+#: to a multiple of 2^-16 (0.05 -> 0.0500030518)
+MASK_BITS = 16
+
+
+def _dropout(module: Any, x: Any) -> Any:
+    """``module`` (LoRA's ``nn.Dropout``, or an ``Identity``) applied to ``x``. On a CPU a
+    training dropout draws its mask 16 bits an element from 64-bit random integers, four
+    elements a draw: torch's CPU ``bernoulli_`` draws a random number an element, 4 ns each
+    here, 4 % of a 100M model's step; this mask costs 40 % of that. The drop probability is
+    rounded to a multiple of 2^-16 and the kept elements scaled by its exact complement, so
+    the output's expectation is still ``x``. The mask comes from torch's generator, seeded
+    and checkpointed with it."""
+    import torch
+
+    p = getattr(module, "p", 0.0)
+    if (
+        not module.training
+        or p == 0
+        or x.device.type != "cpu"
+        or not isinstance(module, torch.nn.Dropout)
+    ):
+        return module(x)
+    span = 1 << MASK_BITS
+    dropped = round(p * span)
+    if dropped == 0 or dropped == span or module.inplace:
+        return module(x)
+    words = -(-x.numel() * MASK_BITS // 64)
+    # every 64-bit value alike (from the smallest, no upper bound: the full range, no modulo)
+    bits = torch.empty(words, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+    keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - span // 2
+    return torch.where(keep, x * (span / (span - dropped)), 0)

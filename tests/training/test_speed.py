@@ -27,13 +27,13 @@ def _lengths(batches) -> list[list[int]]:
 
 def test_micro_batches_hold_alike_rows_up_to_the_token_budget():
     rows = _rows(10, 40, 12, 33, 9, 100, 30)
-    # padded: rows x the longest rounded up to 8; the longest rows first; a row over the
+    # padded: rows x the longest (no rounding up); the longest rows first; a row over the
     # budget alone
     assert _lengths(micro_batches(rows, 96)) == [[100], [40, 33], [30, 12, 10], [9]]
     assert sum(len(b) for b in micro_batches(rows, 96)) == len(rows)
     for batch in micro_batches(rows, 96)[1:]:
-        width = -(-max(len(e.input_ids) for e in batch) // 8) * 8
-        assert len(batch) * width <= 96
+        assert len(batch) * max(len(e.input_ids) for e in batch) <= 96
+    assert _lengths(micro_batches(_rows(13, 12, 12), 39)) == [[13, 12, 12]]  # 3 x 13
     # packed: their sum
     assert _lengths(micro_batches(rows, 96, packed=True)) == [[100], [40, 33], [30, 12, 10, 9]]
     assert _lengths(micro_batches(rows, 10_000)) == [[100, 40, 33, 30, 12, 10, 9]]
@@ -91,6 +91,48 @@ def test_a_tiny_budget_cuts_every_row_into_its_own_micro_batch_and_still_trains(
     manifest = json.loads((result.output_dir / "adaptool.json").read_text())["training"]
     assert manifest["micro_batch_tokens_used"] == 1
     assert result.step == 4 and result.train_loss is not None
+
+
+def test_a_checkpointed_model_s_budget_counts_the_block_its_backward_recomputes(
+    tokenizer, monkeypatch
+):
+    from peft import LoraConfig, get_peft_model
+
+    from adaptool import modeling
+    from adaptool.testing import make_tiny_bloom
+    from adaptool.training.progress import Reporter
+    from adaptool.training.speed import (
+        ACTIVATION_SHARE,
+        activation_bytes_per_token,
+        micro_batch_tokens,
+    )
+
+    monkeypatch.setattr(modeling, "free_memory", lambda: 1 << 30)
+    model = get_peft_model(make_tiny_bloom(None, tokenizer), LoraConfig(r=4)).train()
+    batch = {"input_ids": torch.randint(5, len(tokenizer), (2, 16))}
+    batch["labels"] = batch["input_ids"]
+
+    def budget():
+        return micro_batch_tokens("auto", model, lambda: batch, head=None, reporter=Reporter())
+
+    whole = activation_bytes_per_token(model, batch)
+    plain = budget()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    kept = activation_bytes_per_token(model, batch)
+    assert kept < whole / 2  # checkpointed: the blocks' inputs only
+    layers = model.config.num_hidden_layers
+    checkpointed = budget()
+    assert plain < checkpointed  # checkpointing still lets a micro-batch take more tokens
+    # ... but no more than the inputs kept plus one block recomputed at a time allow
+    # (its input now requires grad, so a block keeps a little more than it did unchecked)
+    share = ACTIVATION_SHARE * (1 << 30)
+    assert share / (kept + 2 * whole / layers) < checkpointed <= share / (kept + whole / layers)
+    assert all(
+        m.gradient_checkpointing
+        for m in model.modules()
+        if hasattr(m, "gradient_checkpointing") and "Block" in type(m).__name__
+    )
 
 
 def test_bloom_s_gelu_is_swapped_for_the_fused_one_with_the_same_output(tokenizer):
@@ -155,6 +197,36 @@ def test_the_bf16_lora_path_computes_peft_s_output_and_gradients(tokenizer):
     for name, grad in grads_a.items():
         scale = grad.abs().max().item()
         assert (grads_b[name] - grad).abs().max().item() <= 5e-2 * scale, name
+
+
+def test_the_cpu_dropout_drops_at_its_rate_keeps_the_expectation_and_backpropagates_the_mask():
+    from adaptool.training.speed import _dropout
+
+    dropout = torch.nn.Dropout(0.05).train()
+    x = torch.rand(1000, 1000) + 0.5
+    x.requires_grad_(True)
+    torch.manual_seed(3)
+    out = _dropout(dropout, x)
+    keep = out != 0
+    assert abs(1 - keep.float().mean().item() - 0.05) < 0.002  # 10 standard deviations
+    scale = 65536 / (65536 - 3277)  # 0.05 as 3277 / 65536
+    torch.testing.assert_close(out[keep], x[keep].detach() * scale)
+    assert abs(out.mean().item() / x.mean().item() - 1) < 0.003  # the expectation kept
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, keep.float() * scale)
+    torch.manual_seed(3)  # the generator's: seeded (and checkpointed) with torch's
+    assert torch.equal(_dropout(dropout, x.detach()) != 0, keep)
+    assert not torch.equal(_dropout(dropout, x.detach()) != 0, keep)
+    # rows and columns alike: no stretch of the tensor kept whole or dropped whole
+    assert abs(1 - keep[:, :10].float().mean().item() - 0.05) < 0.01
+    assert abs(1 - keep[-10:].float().mean().item() - 0.05) < 0.01
+    half = _dropout(dropout, x.detach().bfloat16())
+    assert (
+        half.dtype == torch.bfloat16 and abs(1 - (half != 0).float().mean().item() - 0.05) < 0.002
+    )
+    # evaluation, no dropout and an Identity pass through
+    assert torch.equal(_dropout(dropout.eval(), x), x)
+    assert torch.equal(_dropout(torch.nn.Identity(), x), x)
 
 
 def test_an_fp32_base_keeps_peft_s_lora_path(tokenizer):
