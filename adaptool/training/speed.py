@@ -20,11 +20,13 @@ ACTIVATION_SHARE = 0.25
 #: entries in each of the CPU's two caches of matmul kernels (oneDNN's primitive cache and
 #: ideep's in front of it), a kernel for each shape, about 1 MB each. Their default, 1024 each,
 #: grows by hundreds of MB once micro-batches take a shape per length (+450 MB peak on the 100M
-#: benchmark model). 64 hold a micro-batch's kernels, forward and backward, with every linear
-#: layer adapted (an LRU cache smaller than what a micro-batch cycles through misses on every
-#: kernel); on the 100M model 16 to 64 measured the same speed within the noise and 1000 to
-#: 1110 MB peak instead of 1563; 8 was 10 % slower; 0 crashes oneDNN
-KERNEL_CACHE_ENTRIES = 64
+#: benchmark model). 16 held a BLOOM micro-batch's kernels (LoRA on query_key_value): the
+#: same speed as 1024 within the noise, 1109 MB peak instead of 1563 on the 100M model; 64
+#: measured +60 MB on the 20M model and +100 MB on the 8-bit one; 8 was 10 % slower; 0
+#: crashes oneDNN. An LRU cache smaller than the kernels a micro-batch cycles through misses
+#: on every one: models with many distinct adapted shapes may want a larger one (the
+#: environment variables below win)
+KERNEL_CACHE_ENTRIES = 16
 
 
 def limit_kernel_caches() -> None:
