@@ -88,8 +88,8 @@ def collate(examples: Sequence[Encoded], pad_token_id: int) -> dict[str, Any]:
     """Right-pad a batch to its longest row: input_ids, attention_mask, labels (IGNORE_INDEX on
     padding). Not to a multiple of 8 or 16: length-grouped rows differ by a token or two, and
     rounding the width up was 12-23 % of the compute on short rows (the quotes average 27
-    tokens); the CPU kernel caches a shape per length fills are bounded instead
-    (:func:`adaptool.training.speed.limit_kernel_caches`)."""
+    tokens). The CPU's per-shape kernel caches, which a shape per length would fill, are
+    bounded instead (:func:`adaptool.training.speed.limit_kernel_caches`)."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)

@@ -352,7 +352,7 @@ def _use_gradient_checkpointing(
     after loading the model."""
     if isinstance(setting, bool):
         return setting
-    if str(getattr(method, "peft_type", "") or "").upper() in UNCHECKPOINTABLE:
+    if (method.peft_type or "").upper() in UNCHECKPOINTABLE:
         return False
     if quantized:
         return True

@@ -82,7 +82,9 @@ def micro_batch_tokens(
     # recomputes one block at a time, keeping all of that block's activations meanwhile
     flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", None) is True]
     if flagged:
-        blocks = [m for m in flagged if not any(c is not m and c in flagged for c in m.modules())]
+        # the innermost flagged modules are the blocks (a model may flag itself too)
+        inner = {id(m) for m in flagged}
+        blocks = [m for m in flagged if not any(id(c) in inner for c in list(m.modules())[1:])]
         for m in flagged:
             m.gradient_checkpointing = False
         try:
