@@ -12,12 +12,18 @@ It prints real (non-padding) tokens/s, peak RSS and final loss per side, then th
 per real token, this machine's matmul rates (bf16 and fp32) measured in the same run at the
 model's own shapes, and the share of the bf16 rate each side reaches.
 
+Where a GPU is there every side trains on it, as adaptool does (`--cpu` keeps them all on the
+CPU): the reference as the notebook on a GPU (fp32 weights under fp16 autocast, gradient
+checkpointing), tuned in bf16 (weights and autocast), and peak memory is the GPU's (torch's
+peak allocation) rather than the process's RSS; the matmul rates are the GPU's.
+
     python benchmarks/train_speed.py                 # 20M-param BLOOM (6 x 512), 60 steps
     python benchmarks/train_speed.py --size 100m     # a 100M-param BLOOM (12 x 768)
     python benchmarks/train_speed.py --quick         # 20 steps per run
     python benchmarks/train_speed.py --quantization bnb-8bit   # every side on an 8-bit base
     python benchmarks/train_speed.py --model llama   # Llamas of those sizes: adaptool also
                                                      # packed and length-grouped
+    python benchmarks/train_speed.py --cpu           # on the CPU where a GPU is there too
 
 All sides train on every token of the text (the notebook's loss). The reference tokenizes
 it whole, as the notebook does; tuned and adaptool train on the very same token sequences
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,6 +58,13 @@ SIZES = {"20m": (512, 6), "100m": (768, 12)}
 #: is tokenized as that side trained on it: the notebook's way whole, tuned's and adaptool's
 #: prompt and completion apart (as adaptool trains and generates); the EOS left out
 FINAL_LOSS = """
+def peak_mb():
+    import torch
+    from adaptool.testing import peak_rss_mb
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return peak_rss_mb()
+
 def final_loss(model, tokenizer, data, apart=False, rows=200):
     import json, torch
     model.eval()
@@ -64,7 +78,7 @@ def final_loss(model, tokenizer, data, apart=False, rows=200):
                 ids += tokenizer(completion, add_special_tokens=False).input_ids
             else:
                 ids = tokenizer(prompt + completion).input_ids
-            ids = torch.tensor([ids])
+            ids = torch.tensor([ids], device=model.device)
             total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
             count += ids.shape[1] - 1
     return total / count
@@ -78,7 +92,6 @@ import torch, transformers
 from datasets import load_dataset
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from adaptool.testing import peak_rss_mb
 base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 quantization, tuned, seed = sys.argv[5], sys.argv[7] == "tuned", int(sys.argv[8])
 transformers.utils.logging.set_verbosity_error()
@@ -86,13 +99,17 @@ torch.manual_seed(seed)
 tokenizer = AutoTokenizer.from_pretrained(base)
 from adaptool.modeling import cpu_has_native_bf16
 # tuned: bf16 weights where the CPU computes bf16 natively (LoRA stays fp32: peft upcasts it),
-# no gradient checkpointing, length-grouped sampling
-dtype = torch.bfloat16 if tuned and cpu_has_native_bf16() else torch.float32
+# no gradient checkpointing, length-grouped sampling; on a GPU bf16 weights under bf16
+# autocast. The notebook on a GPU: fp32 weights under fp16 autocast (its fp16=True)
+gpu = torch.cuda.is_available()
+dtype = torch.bfloat16 if tuned and (gpu or cpu_has_native_bf16()) else torch.float32
+where = {"": 0} if gpu else None  # a quantized base loads where it trains (the notebook: auto)
 if quantization == "bnb-8bit" and tuned:
     from transformers import BitsAndBytesConfig
     from adaptool.builtin.quantizers import disable_cpu_bf16_repack
     model = AutoModelForCausalLM.from_pretrained(
-        base, dtype=dtype, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+        base, dtype=dtype, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+        device_map=where)
     model = disable_cpu_bf16_repack(model)
     for p in model.parameters():
         p.requires_grad = False
@@ -105,7 +122,8 @@ elif quantization == "bnb-8bit":  # the notebook: load_in_8bit, then prepare for
     from transformers import BitsAndBytesConfig
     from adaptool.builtin.quantizers import disable_cpu_bf16_repack
     model = AutoModelForCausalLM.from_pretrained(
-        base, dtype=torch.float32, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+        base, dtype=torch.float32, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+        device_map=where)
     model = disable_cpu_bf16_repack(model)  # bitsandbytes' CPU repack bug, fixed as adaptool does
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
 else:
@@ -138,15 +156,16 @@ def collate(features):
     return batch
 args = transformers.TrainingArguments(
     output_dir=out, per_device_train_batch_size=4, gradient_accumulation_steps=4,
-    warmup_steps=5, max_steps=steps, learning_rate=2e-3, logging_steps=1, use_cpu=True,
+    warmup_steps=5, max_steps=steps, learning_rate=2e-3, logging_steps=1,
     report_to="none", save_strategy="no", seed=seed, dataloader_num_workers=0,
+    use_cpu=not gpu, bf16=gpu and tuned, fp16=gpu and not tuned,
     **({"train_sampling_strategy": "group_by_length"} if tuned else {}),
 )
 trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
 started = time.monotonic()
 trainer.train()
 seconds = time.monotonic() - started
-peak = peak_rss_mb()
+peak = peak_mb()
 print(json.dumps({"seconds": seconds, "tokens": real["tokens"], "peak": peak,
                   "loss": final_loss(model, tokenizer, data, apart=tuned)}))
 """
@@ -158,7 +177,6 @@ ADAPTOOL = (
 import json, sys
 from adaptool.plugins import load_plugins, use_plugins
 from adaptool.recipe import validate_recipe
-from adaptool.testing import peak_rss_mb
 from adaptool.training.run import train
 base, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 quantization, packing, extra = sys.argv[5], sys.argv[6], json.loads(sys.argv[7])
@@ -185,14 +203,16 @@ seconds, seen = 0.0, 0
 for r in records:
     seconds += (r["tokens"] - seen) / r["tokens_per_s"]
     seen = r["tokens"]
-peak = peak_rss_mb()
+peak = peak_mb()
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import torch
 from adaptool.modeling import cpu_has_native_bf16
 # the dtype adaptool trained in (precision auto), as the tuned side evaluates in its own
-dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), out)
+gpu = torch.cuda.is_available()
+dtype = torch.bfloat16 if gpu or cpu_has_native_bf16() else torch.float32
+model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to("cuda" if gpu else "cpu")
+trained = PeftModel.from_pretrained(model, out)
 loss = final_loss(trained, AutoTokenizer.from_pretrained(base), data, apart=True)
 print(json.dumps({"seconds": seconds, "tokens": result.tokens, "peak": peak, "loss": loss}))
 """
@@ -205,6 +225,15 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return "unknown CPU"
+
+
+def machine() -> str:
+    """The CPU, and the GPU the sides train on where there is one."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CPU: {cpu_model()})"
+    return cpu_model()
 
 
 def build_base(work: Path, *, hidden: int, layers: int, kind: str = "bloom") -> Path:
@@ -304,11 +333,15 @@ def model_flops_per_token(base: Path, *, rank: int = 16, mean_length: float = 64
 
 def matmul_rates(base: Path, tokens: int = 1024) -> dict[str, float]:
     """This machine's matmul rate (FLOP/s) in bf16 and fp32 at the model's own shapes: a
-    micro-batch of ``tokens`` through each of its linear layers, weighted by their work."""
+    micro-batch of ``tokens`` through each of its linear layers, weighted by their work (on
+    the GPU where the sides train on one)."""
     import time
 
     import torch
     from transformers import AutoConfig
+
+    gpu = torch.cuda.is_available()
+    dev, sync = ("cuda", torch.cuda.synchronize) if gpu else ("cpu", lambda: None)
 
     config = AutoConfig.from_pretrained(str(base))
     h = config.hidden_size
@@ -318,13 +351,16 @@ def matmul_rates(base: Path, tokens: int = 1024) -> dict[str, float]:
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         flops = seconds = 0.0
         for k, n in shapes:
-            a, w = torch.randn(tokens, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            a = torch.randn(tokens, k, dtype=dtype, device=dev)
+            w = torch.randn(k, n, dtype=dtype, device=dev)
             for _ in range(3):
                 a @ w
-            reps = 10
+            reps = 100 if gpu else 10
+            sync()
             started = time.perf_counter()
             for _ in range(reps):
                 a @ w
+            sync()
             seconds += time.perf_counter() - started
             flops += 2 * tokens * k * n * reps
         rates[name] = flops / seconds
@@ -350,11 +386,19 @@ def main() -> None:
         "and depth, where adaptool also runs packed and length-grouped",
     )
     parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="train every side on the CPU where a GPU is there too (sides follow adaptool, "
+        "which trains on a GPU where it finds one)",
+    )
+    parser.add_argument(
         "--adaptool",
         default="{}",
         help="extra [training] keys for the adaptool side, as JSON: '{\"compile\": true}'",
     )
     args = parser.parse_args()
+    if args.cpu:  # before torch looks: the sides' processes inherit it
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     steps = 20 if args.quick else 60
     sides = [
         ("reference", REFERENCE, "auto", "notebook"),
@@ -366,7 +410,10 @@ def main() -> None:
             ("grouped", ADAPTOOL, "false", args.adaptool),
             ("packed", ADAPTOOL, "true", args.adaptool),
         ]
-    print(f"machine: {cpu_model()}")
+    print(f"machine: {machine()}")
+    import torch
+
+    memory = "peak GPU memory" if torch.cuda.is_available() else "peak RSS"
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         work = Path(tmp)
         hidden, layers = SIZES[args.size]
@@ -387,7 +434,7 @@ def main() -> None:
                 results[name].append(r)
                 print(
                     f"  round {round_ + 1} {name:<10} {r['tokens'] / r['seconds']:8.0f} real "
-                    f"tokens/s  peak RSS {r['peak']:6.0f} MB  loss {r['loss']:.4f}"
+                    f"tokens/s  {memory} {r['peak']:6.0f} MB  loss {r['loss']:.4f}"
                 )
         flops = model_flops_per_token(base)
         rates = matmul_rates(base)
@@ -403,7 +450,7 @@ def main() -> None:
     print(f"{'':<22}{'reference':>12}{header}")
     for label, key in (
         ("real tokens/s", "rate"),
-        ("peak RSS (MB)", "peak"),
+        (f"{memory} (MB)", "peak"),
         ("final loss", "loss"),
         ("real tokens", "tokens"),
     ):
@@ -426,7 +473,7 @@ def main() -> None:
     adaptool = med("adaptool", "rate")
     tuned_peak, peak = med("tuned", "peak"), med("adaptool", "peak")
     loss_gap = med("adaptool", "loss") / med("tuned", "loss") - 1
-    print(f"adaptool vs tuned: peak RSS {peak / tuned_peak:.2f}x, final loss {loss_gap:+.1%}")
+    print(f"adaptool vs tuned: {memory} {peak / tuned_peak:.2f}x, final loss {loss_gap:+.1%}")
     print(f"vs_tuned: {adaptool / med('tuned', 'rate'):.2f}")
     print(f"utilisation: {flops * adaptool / rates['bf16']:.3f}")
     print(f"speedup: {adaptool / med('reference', 'rate'):.2f}")
