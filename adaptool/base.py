@@ -448,6 +448,15 @@ class LayerToFold:
     config: Any
 
 
+def peft_type_name(value: Any) -> str:
+    """peft's type of an adapter as one spelling, its name in capitals ("LORA"), whether it
+    comes from an ``adapter_config.json`` (where older peft wrote "PeftType.LORA"), a
+    ``PeftType`` or a method's :attr:`PeftMethod.peft_type`; "" for none."""
+    if value is None:
+        return ""
+    return str(getattr(value, "value", value)).removeprefix("PeftType.").upper()
+
+
 class PeftMethod(Plugin):
     """One parameter-efficient method: its ``peft`` config, and everything about it that is
     method-specific — how its saved weights are recognised and folded into a base (or why they

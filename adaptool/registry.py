@@ -11,7 +11,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adaptool.base import Callback, Formatter, Logger, Options, PeftMethod, Plugin, Quantizer
+from adaptool.base import (
+    Callback,
+    Formatter,
+    Logger,
+    Options,
+    PeftMethod,
+    Plugin,
+    Quantizer,
+    peft_type_name,
+)
 from adaptool.errors import AdaptoolWarning, PluginError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
@@ -196,12 +205,12 @@ class Registry:
     def method_for_peft_type(self, peft_type: str) -> str | None:
         """The name of the PEFT method plugin that builds peft's ``peft_type`` ("LORA"): how
         an adapter made without adaptool finds its method (built-ins first)."""
-        wanted = str(peft_type).removeprefix("PeftType.").upper()
+        wanted = peft_type_name(peft_type)
         entries = sorted(
             self._entries["peft-method"].values(), key=lambda e: not e.provider.builtin
         )
         for entry in entries:
-            if str(getattr(entry.cls, "peft_type", None) or "").upper() == wanted:
+            if peft_type_name(getattr(entry.cls, "peft_type", None)) == wanted:
                 return entry.cls.name
         return None
 

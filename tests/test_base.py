@@ -450,3 +450,14 @@ def test_a_methods_checkpoint_state_goes_back_into_a_fresh_model(
     assert scores.keys() == restored.keys() and all(
         torch.equal(scores[k], restored[k]) for k in scores
     )
+
+
+def test_peft_types_compare_in_one_spelling_however_they_were_written():
+    from peft import PeftType
+
+    from adaptool.base import peft_type_name
+
+    spellings = ["LORA", "lora", "PeftType.LORA", PeftType.LORA]
+    assert {peft_type_name(s) for s in spellings} == {"LORA"}
+    assert peft_type_name(PeftType.PREFIX_TUNING) == "PREFIX_TUNING"
+    assert peft_type_name(None) == "" and peft_type_name("") == ""

@@ -22,6 +22,7 @@ from typing import Any
 
 from adaptool import __version__
 from adaptool.artifacts.layout import MANIFEST, Kind
+from adaptool.base import peft_type_name
 from adaptool.errors import AdapterError, describe
 
 FORMAT_VERSION = 2
@@ -136,8 +137,7 @@ class Manifest:
         """The PEFT method: the recorded one, or a merged model's adapter's peft type."""
         if self.peft is not None:
             return self.peft.method
-        peft_type = (self.adapter or {}).get("peft_type")
-        return str(peft_type).removeprefix("PeftType.").lower() if peft_type else None
+        return peft_type_name((self.adapter or {}).get("peft_type")).lower() or None
 
     def adapter_manifest(self) -> Manifest | None:
         """For a merged model: the manifest of the adapter folded in."""

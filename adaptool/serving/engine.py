@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaptool.base import peft_type_name
 from adaptool.errors import AdapterError, AdaptoolError
 
 if TYPE_CHECKING:
@@ -291,7 +292,7 @@ class Engine:
                 f"base is {self.base_name}: an adapter only means something on its own base. "
                 f"Serve it from a server of {trained_on}."
             )
-        peft_type = str(artifact.config.get("peft_type", "")).upper()
+        peft_type = peft_type_name(artifact.config.get("peft_type"))
         held = {a.peft_type for a in self.adapters.values()}
         if held and peft_type not in held:
             raise AdapterError(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from adaptool.artifacts.fit import trainable_parameters
 from adaptool.artifacts.loading import attach
 from adaptool.artifacts.manifest import BaseModelRecord, content_hash
-from adaptool.base import RunInfo
+from adaptool.base import RunInfo, peft_type_name
 from adaptool.distributed import World, from_main, main_first, start
 from adaptool.errors import AdaptoolError, ModelError, describe, param
 from adaptool.modeling import (
@@ -352,7 +352,7 @@ def _use_gradient_checkpointing(
     after loading the model."""
     if isinstance(setting, bool):
         return setting
-    if (method.peft_type or "").upper() in UNCHECKPOINTABLE:
+    if peft_type_name(method.peft_type) in UNCHECKPOINTABLE:
         return False
     if quantized:
         return True
@@ -452,8 +452,8 @@ def _check_same_method(init_adapter: Path, method: PeftMethod) -> None:
     from adaptool.artifacts.layout import ADAPTER_CONFIG
 
     config = json.loads((init_adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    found = str(config.get("peft_type", "")).removeprefix("PeftType.")
-    if method.peft_type and found.upper() != method.peft_type.upper():
+    found = peft_type_name(config.get("peft_type"))
+    if method.peft_type and found != peft_type_name(method.peft_type):
         raise ModelError(
             f"{param('init_adapter', 'DIR')}: {init_adapter} is a {found} adapter, but the recipe "
             f"trains with {method.title()} (peft.method = '{method.name}'); set peft.method to "
