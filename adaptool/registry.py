@@ -206,6 +206,8 @@ class Registry:
         """The name of the PEFT method plugin that builds peft's ``peft_type`` ("LORA"): how
         an adapter made without adaptool finds its method (built-ins first)."""
         wanted = peft_type_name(peft_type)
+        if not wanted:  # a config naming no type is no method's
+            return None
         entries = sorted(
             self._entries["peft-method"].values(), key=lambda e: not e.provider.builtin
         )

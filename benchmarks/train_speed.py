@@ -8,9 +8,10 @@ LoRA (r=16), steps and rows per step (4 x accumulation 4), alternated in fresh p
   token sequences adaptool trains on;
 - adaptool: `adaptool train` with its defaults.
 
-It prints real (non-padding) tokens/s, peak RSS and final loss per side, then the model FLOPs
-per real token, this machine's matmul rates (bf16 and fp32) measured in the same run at the
-model's own shapes, and the share of the bf16 rate each side reaches.
+It prints real (non-padding) tokens/s, peak memory (RSS; on a GPU, torch's peak allocation)
+and final loss per side, then the model FLOPs per real token, this machine's matmul rates
+(bf16 and fp32) measured in the same run at the model's own shapes, and the share of the
+bf16 rate each side reaches.
 
 Where a GPU is there every side trains on it, as adaptool does (`--cpu` keeps them all on the
 CPU): the reference as the notebook on a GPU (fp32 weights under fp16 autocast, gradient
@@ -97,12 +98,14 @@ quantization, tuned, seed = sys.argv[5], sys.argv[7] == "tuned", int(sys.argv[8]
 transformers.utils.logging.set_verbosity_error()
 torch.manual_seed(seed)
 tokenizer = AutoTokenizer.from_pretrained(base)
-from adaptool.modeling import cpu_has_native_bf16
+from adaptool.modeling import resolve_precision
 # tuned: bf16 weights where the CPU computes bf16 natively (LoRA stays fp32: peft upcasts it),
 # no gradient checkpointing, length-grouped sampling; on a GPU bf16 weights under bf16
-# autocast. The notebook on a GPU: fp32 weights under fp16 autocast (its fp16=True)
+# autocast (fp16 autocast over fp32 on a GPU without bf16). The notebook on a GPU: fp32
+# weights under fp16 autocast (its fp16=True)
 gpu = torch.cuda.is_available()
-dtype = torch.bfloat16 if tuned and (gpu or cpu_has_native_bf16()) else torch.float32
+half = resolve_precision("auto")  # what this machine computes fastest: bf16, fp16 or fp32
+dtype = torch.bfloat16 if tuned and half == "bf16" else torch.float32
 where = {"": 0} if gpu else None  # a quantized base loads where it trains (the notebook: auto)
 if quantization == "bnb-8bit" and tuned:
     from transformers import BitsAndBytesConfig
@@ -158,7 +161,8 @@ args = transformers.TrainingArguments(
     output_dir=out, per_device_train_batch_size=4, gradient_accumulation_steps=4,
     warmup_steps=5, max_steps=steps, learning_rate=2e-3, logging_steps=1,
     report_to="none", save_strategy="no", seed=seed, dataloader_num_workers=0,
-    use_cpu=not gpu, bf16=gpu and tuned, fp16=gpu and not tuned,
+    use_cpu=not gpu, bf16=gpu and tuned and half == "bf16",
+    fp16=gpu and not (tuned and half == "bf16"),
     **({"train_sampling_strategy": "group_by_length"} if tuned else {}),
 )
 trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
@@ -207,10 +211,10 @@ peak = peak_mb()
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import torch
-from adaptool.modeling import cpu_has_native_bf16
+from adaptool.modeling import PRECISION_DTYPES, resolve_precision
 # the dtype adaptool trained in (precision auto), as the tuned side evaluates in its own
 gpu = torch.cuda.is_available()
-dtype = torch.bfloat16 if gpu or cpu_has_native_bf16() else torch.float32
+dtype = getattr(torch, PRECISION_DTYPES[resolve_precision("auto")])
 model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to("cuda" if gpu else "cpu")
 trained = PeftModel.from_pretrained(model, out)
 loss = final_loss(trained, AutoTokenizer.from_pretrained(base), data, apart=True)
@@ -290,7 +294,7 @@ def run(
     extra: str = "{}",
     seed: int = 0,
 ) -> dict[str, float]:
-    """One side in a fresh process: its real tokens, loop seconds, peak RSS and final loss.
+    """One side in a fresh process: its real tokens, loop seconds, peak memory and final loss.
     ``extra``: the reference's mode (notebook or tuned), or adaptool's extra training keys;
     ``seed``: the run's (LoRA's initialisation, the data's order, dropout)."""
     done = subprocess.run(
@@ -366,6 +370,9 @@ def matmul_rates(base: Path, tokens: int = 1024) -> dict[str, float]:
             seconds += best
             flops += 2 * tokens * k * n * reps
         rates[name] = flops / seconds
+    del a, w
+    if gpu:  # the sides' processes size their batches by the GPU memory free
+        torch.cuda.empty_cache()
     return rates
 
 

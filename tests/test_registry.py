@@ -68,3 +68,14 @@ def test_a_method_written_for_the_old_peft_config_signature_is_refused_with_the_
 
     with pytest.raises(PluginError, match=r"peft_config\(settings, run\)"):
         check_registration("peft-method", Old)
+
+
+def test_an_adapter_s_peft_type_finds_its_method_however_it_is_spelled():
+    """Adapters made without adaptool find their method plugin by peft's type; a config that
+    names none is no method's (not the first plugin that declares no type)."""
+    from adaptool.plugins import load_plugins
+
+    registry = load_plugins(entry_points=False).registry
+    assert {registry.method_for_peft_type(t) for t in ("LORA", "PeftType.LORA", "lora")} == {"lora"}
+    assert registry.method_for_peft_type("") is None
+    assert registry.method_for_peft_type("NOT_A_TYPE") is None

@@ -23,6 +23,7 @@ from adaptool.artifacts.layout import (
 )
 from adaptool.artifacts.manifest import BaseModelRecord, Manifest, read_manifest
 from adaptool.artifacts.outputs import unfinished_run
+from adaptool.base import peft_type_name
 from adaptool.errors import AdapterError, param
 
 
@@ -100,7 +101,7 @@ class Artifact:
         recorded = self.manifest.method if self.manifest else None
         if recorded:
             return recorded
-        return str(self.config.get("peft_type", "adapter")).lower()
+        return peft_type_name(self.config.get("peft_type")).lower() or "adapter"
 
     @property
     def backend(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adaptool.base import peft_type_name
 from adaptool.errors import PluginError
 from adaptool.plugins import registry
 
@@ -24,7 +25,7 @@ def recorded_method(artifact: Artifact) -> PeftMethod:
     spec = manifest.peft if manifest is not None else None
     if spec is not None and spec.method:
         return recreate("peft-method", spec.method, spec, origin)
-    peft_type = str(artifact.config.get("peft_type", ""))
+    peft_type = peft_type_name(artifact.config.get("peft_type"))
     name = registry().method_for_peft_type(peft_type)
     if name is None:
         raise PluginError(
@@ -52,7 +53,7 @@ def describe_method(name: str | None, config: dict[str, Any]) -> tuple[str, dict
     """(display name, the hyperparameters that matter) of the method ``name`` (else the one
     that builds ``config``'s peft type), described by its plugin from the peft ``config``
     (``adapter_config.json``). A method not installed here is shown by its name alone."""
-    peft_type = str(config.get("peft_type", ""))
+    peft_type = peft_type_name(config.get("peft_type"))
     if not name or name not in registry().names("peft-method"):
         name = registry().method_for_peft_type(peft_type) or name or peft_type.lower() or "?"
     try:

@@ -26,6 +26,7 @@ from adaptool.artifacts.manifest import (
     write_manifest,
 )
 from adaptool.artifacts.outputs import check_output, mark
+from adaptool.base import peft_type_name
 from adaptool.errors import AdapterError, AdaptoolError, param
 from adaptool.merging.merge import MergeResult, base_folder, merge
 from adaptool.merging.options import Combination, choice
@@ -78,9 +79,9 @@ def combine(
 
     configs = [PeftConfig.from_pretrained(str(f)) for f in folders]
     for folder, config in zip(folders, configs, strict=True):
-        if str(config.peft_type) not in ("LORA", "PeftType.LORA"):
+        if peft_type_name(config.peft_type) != "LORA":
             raise AdapterError(
-                f"{folder} is a {config.peft_type} adapter; adapters are "
+                f"{folder} is a {peft_type_name(config.peft_type)} adapter; adapters are "
                 f"combined with peft's add_weighted_adapter, which takes LoRA only."
             )
     identities = [_base_identity(a) for a in artifacts]

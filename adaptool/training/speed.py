@@ -374,7 +374,8 @@ def _dropout(module: Any, x: Any) -> Any:
     here, 4 % of a 100M model's step; this mask costs 40 % of that. The drop probability is
     rounded to a multiple of 2^-16 and the kept elements scaled by its exact complement, so
     the output's expectation is still ``x``. The mask comes from torch's generator, seeded
-    and checkpointed with it."""
+    and checkpointed with it. Under torch.compile, torch's dropout (inductor generates its
+    mask inside the fused kernel; dynamo cannot trace ``random_``)."""
     import torch
 
     p = getattr(module, "p", 0.0)
@@ -383,6 +384,7 @@ def _dropout(module: Any, x: Any) -> Any:
         or p == 0
         or x.device.type != "cpu"
         or not isinstance(module, torch.nn.Dropout)
+        or torch.compiler.is_compiling()
     ):
         return module(x)
     span = 1 << MASK_BITS

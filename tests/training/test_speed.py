@@ -229,10 +229,10 @@ def test_the_cpu_dropout_drops_at_its_rate_keeps_the_expectation_and_backpropaga
     assert torch.equal(_dropout(torch.nn.Identity(), x), x)
 
 
-def test_the_cpu_dropout_compiles_and_drops_at_its_rate_when_compiled():
-    """Under training.compile the bf16 LoRA path's dropout is traced by inductor: its mask
-    (random_ over the whole int64 range, viewed as int16) compiles to the same rate and
-    scale."""
+def test_under_torch_compile_lora_dropout_is_torch_s_in_one_graph():
+    """Under training.compile the bf16 LoRA path's dropout is torch's, which inductor fuses
+    (dynamo cannot trace the eager mask's ``random_``: a graph break at every adapted layer):
+    one graph, dropping at its rate, scaled by 1 / (1 - p)."""
     import shutil
 
     from adaptool.training.speed import _dropout
@@ -240,17 +240,16 @@ def test_the_cpu_dropout_compiles_and_drops_at_its_rate_when_compiled():
     if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
         pytest.skip("inductor compiles for the CPU with a C++ compiler; none here")
     dropout = torch.nn.Dropout(0.05).train()
-    compiled = torch.compile(lambda x: _dropout(dropout, x) * 2, dynamic=False)
+    compiled = torch.compile(lambda x: _dropout(dropout, x) * 2, fullgraph=True)
     x = torch.rand(500, 400, dtype=torch.bfloat16) + 0.5
     x.requires_grad_(True)
     out = compiled(x)
     keep = out != 0
     assert out.dtype == torch.bfloat16
-    assert abs(1 - keep.float().mean().item() - 0.05) < 0.004  # 10 standard deviations
-    scale = 65536 / (65536 - 3277)
-    torch.testing.assert_close(out[keep], (x[keep].detach().float() * scale * 2).bfloat16())
+    assert abs(1 - keep.float().mean().item() - 0.05) < 0.004  # 8 standard deviations
+    torch.testing.assert_close(out[keep], (x[keep].detach().float() * 2 / 0.95).bfloat16())
     out.float().sum().backward()
-    torch.testing.assert_close(x.grad, (keep.float() * scale * 2).bfloat16())
+    torch.testing.assert_close(x.grad, (keep.float() * 2 / 0.95).bfloat16())
 
 
 def test_an_fp32_base_keeps_peft_s_lora_path(tokenizer):
