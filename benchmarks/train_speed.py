@@ -104,8 +104,9 @@ from adaptool.modeling import resolve_precision
 # autocast (fp16 autocast over fp32 on a GPU without bf16). The notebook on a GPU: fp32
 # weights under fp16 autocast (its fp16=True)
 gpu = torch.cuda.is_available()
-half = resolve_precision("auto")  # what this machine computes fastest: bf16, fp16 or fp32
-dtype = torch.bfloat16 if tuned and half == "bf16" else torch.float32
+# what this machine computes fastest (bf16, fp16 or fp32): tuned takes bf16 where it is that
+tuned_bf16 = tuned and resolve_precision("auto") == "bf16"
+dtype = torch.bfloat16 if tuned_bf16 else torch.float32
 where = {"": 0} if gpu else None  # a quantized base loads where it trains (the notebook: auto)
 if quantization == "bnb-8bit" and tuned:
     from transformers import BitsAndBytesConfig
@@ -161,8 +162,7 @@ args = transformers.TrainingArguments(
     output_dir=out, per_device_train_batch_size=4, gradient_accumulation_steps=4,
     warmup_steps=5, max_steps=steps, learning_rate=2e-3, logging_steps=1,
     report_to="none", save_strategy="no", seed=seed, dataloader_num_workers=0,
-    use_cpu=not gpu, bf16=gpu and tuned and half == "bf16",
-    fp16=gpu and not (tuned and half == "bf16"),
+    use_cpu=not gpu, bf16=gpu and tuned_bf16, fp16=gpu and not tuned_bf16,
     **({"train_sampling_strategy": "group_by_length"} if tuned else {}),
 )
 trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
@@ -211,11 +211,10 @@ peak = peak_mb()
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import torch
-from adaptool.modeling import PRECISION_DTYPES, resolve_precision
+from adaptool.modeling import PRECISION_DTYPES, device, resolve_precision
 # the dtype adaptool trained in (precision auto), as the tuned side evaluates in its own
-gpu = torch.cuda.is_available()
 dtype = getattr(torch, PRECISION_DTYPES[resolve_precision("auto")])
-model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to("cuda" if gpu else "cpu")
+model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device())
 trained = PeftModel.from_pretrained(model, out)
 loss = final_loss(trained, AutoTokenizer.from_pretrained(base), data, apart=True)
 print(json.dumps({"seconds": seconds, "tokens": result.tokens, "peak": peak, "loss": loss}))

@@ -79,9 +79,10 @@ def combine(
 
     configs = [PeftConfig.from_pretrained(str(f)) for f in folders]
     for folder, config in zip(folders, configs, strict=True):
-        if peft_type_name(config.peft_type) != "LORA":
+        kind = peft_type_name(config.peft_type)
+        if kind != "LORA":
             raise AdapterError(
-                f"{folder} is a {peft_type_name(config.peft_type)} adapter; adapters are "
+                f"{folder} is a {kind} adapter; adapters are "
                 f"combined with peft's add_weighted_adapter, which takes LoRA only."
             )
     identities = [_base_identity(a) for a in artifacts]
