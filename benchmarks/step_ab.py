@@ -3,7 +3,9 @@ measure of what the change does in the step: a profile charges each op its own t
 lone-tensor timing leaves out the memory traffic of everything around it.
 
 adaptool's setup runs once, as for `train_speed.py`'s adaptool side (a BLOOM of --size,
-LoRA r=16, 4 x 4 rows a step, every token trained). Blocks of 5 optimizer steps then run
+LoRA r=16, 4 x 4 rows a step, every token trained). A step is the loop's: its micro-batches'
+forward and backward, then the optimizer's step (without the loop's logging, clipping and
+schedule, the same with the change on and off). Blocks of 5 optimizer steps then run
 with the change off and on, both on the same batches, in alternating order, for --rounds
 rounds. The last line is `gain: <median time off / median time on>`: above 1, the change
 makes the step faster. `--change none` times the same step on both sides, to show the noise.
@@ -207,8 +209,8 @@ def flush_denormal(model: Any, on: bool) -> None:
 
 
 def prepack(model: Any, on: bool) -> None:
-    """the frozen base's linear weights prepacked by oneDNN for the forward matmuls (a second
-    copy of the weights; the backward keeps the plain ones)"""
+    """the frozen base's linear weights prepacked by oneDNN (CPU) for the forward matmuls (a
+    second copy of the weights; the backward keeps the plain ones)"""
     import torch
 
     class Packed(torch.autograd.Function):
@@ -318,7 +320,7 @@ def main() -> None:
                 rows, state.world, rows=4, budget=state.micro_batch_tokens, packed=False
             )
             for examples in group:
-                batch = collate(examples, pad_id)
+                batch = {k: v.to(model.device) for k, v in collate(examples, pad_id).items()}
                 (loss_sum(model, batch, head=state.head) / 1000).backward()
             state.optimizer.step()
             state.optimizer.zero_grad()
