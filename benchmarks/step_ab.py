@@ -7,7 +7,9 @@ LoRA r=16, 4 x 4 rows a step, every token trained). A step is the loop's: its mi
 forward and backward, then the optimizer's step (without the loop's logging, clipping and
 schedule, the same with the change on and off). Blocks of 5 optimizer steps then run
 with the change off and on, both on the same batches, in alternating order, for --rounds
-rounds. The last line is `gain: <median time off / median time on>`: above 1, the change
+rounds (even: each side goes first as often). On the CPU, in bf16 (adaptool's precision
+where the CPU computes bf16 natively; the script stops where it does not), eager (the changes
+patch modules). The last line is `gain: <median time off / median time on>`: above 1, the change
 makes the step faster. `--change none` times the same step on both sides, to show the noise.
 
     python benchmarks/step_ab.py --size 100m --change no-gelu
@@ -21,6 +23,8 @@ work could gain.
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import statistics
 import sys
 import tempfile
@@ -44,14 +48,8 @@ def _gelu_class() -> Any:
     return GELUTanh
 
 
-def _plain_gelu(self: Any, x: Any) -> Any:
-    import torch.nn.functional as F
-
-    return F.gelu(x, approximate="tanh")
-
-
 def _set_gelu(forward: Any, on: bool) -> None:
-    _gelu_class().forward = forward if on else _plain_gelu
+    _swap(_gelu_class(), "forward", forward, on)
 
 
 def no_gelu(model: Any, on: bool) -> None:
@@ -62,6 +60,7 @@ def no_gelu(model: Any, on: bool) -> None:
 _TABLES: dict[Any, Any] = {}
 
 
+@functools.cache
 def _table_gelu_function() -> Any:
     import torch
     import torch.nn.functional as F
@@ -194,11 +193,13 @@ def lora_inplace(model: Any, on: bool) -> None:
         flat.addmm_(low.reshape(-1, low.shape[-1]), update, alpha=self.scaling[name])
         return result
 
-    for module in model.modules():
-        if type(module) is LoraLinear and "forward" in module.__dict__:
-            original = module.__dict__.get("_ab_forward") or module.forward
-            module._ab_forward = original
-            module.forward = forward.__get__(module) if on else original
+    switched = [m for m in model.modules() if type(m) is LoraLinear and "forward" in m.__dict__]
+    if not switched:
+        raise SystemExit("lora-inplace: no LoRA layer takes adaptool's half-precision path")
+    for module in switched:
+        original = module.__dict__.get("_ab_forward") or module.forward
+        module._ab_forward = original
+        module.forward = forward.__get__(module) if on else original
 
 
 def flush_denormal(model: Any, on: bool) -> None:
@@ -230,11 +231,17 @@ def prepack(model: Any, on: bool) -> None:
     def forward(self, x):
         return Packed.apply(x, self.weight, self._ab_packed, self.bias)
 
-    for name, module in model.named_modules():
-        if type(module) is not torch.nn.Linear or module.weight.requires_grad:
-            continue
-        if "lm_head" in name or module.weight.dtype != torch.bfloat16:
-            continue
+    frozen = [
+        module
+        for name, module in model.named_modules()
+        if type(module) is torch.nn.Linear
+        and not module.weight.requires_grad
+        and module.weight.dtype == torch.bfloat16
+        and "lm_head" not in name
+    ]
+    if not frozen:
+        raise SystemExit("prepack: no frozen bf16 linear layer to prepack")
+    for module in frozen:
         if not hasattr(module, "_ab_packed"):
             module._ab_packed = torch.ops.mkldnn._reorder_linear_weight(module.weight, 512)
         if on:
@@ -272,10 +279,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--list", action="store_true", help="the changes, and exit")
     args = parser.parse_args()
+    if args.rounds < 2 or args.rounds % 2:
+        parser.error("--rounds: an even number (each side goes first as often as the other)")
     if args.list:
         for name, function in CHANGES.items():
             print(f"{name:16} {' '.join(function.__doc__.split())}")
         return
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the changes are CPU ones (before torch looks)
+    import torch
     from transformers import AutoTokenizer
 
     from adaptool.plugins import load_plugins, use_plugins
@@ -305,11 +316,14 @@ def main() -> None:
                     "learning_rate": 2e-3,
                     "seed": 0,
                     "save_steps": 0,
+                    "compile": False,  # the changes patch eager modules
                 },
                 "output": {"dir": str(work / "out")},
             }
         )
         state = setup(recipe, resolve_plugins(recipe), init_adapter=None, reporter=Reporter())
+        if state.model.dtype != torch.bfloat16:  # the changes are to adaptool's bf16 CPU path
+            raise SystemExit(f"the model trains in {state.model.dtype} here, not bf16")
         collate, model = collate_for(state.packing), state.model
         pad_id = AutoTokenizer.from_pretrained(str(base)).pad_token_id or 0
         model.train()
