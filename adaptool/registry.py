@@ -212,7 +212,7 @@ class Registry:
             self._entries["peft-method"].values(), key=lambda e: not e.provider.builtin
         )
         for entry in entries:
-            if peft_type_name(getattr(entry.cls, "peft_type", None)) == wanted:
+            if peft_type_name(entry.cls.peft_type) == wanted:  # a PeftMethod ClassVar
                 return entry.cls.name
         return None
 

@@ -13,6 +13,7 @@ from typing import Any
 from adaptool.artifacts.artifact import Artifact
 from adaptool.artifacts.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from adaptool.artifacts.method import recorded_method
+from adaptool.base import peft_type_name
 from adaptool.errors import AdapterError, describe, param
 from adaptool.merging.streaming import read_layout
 from adaptool.modeling import quiet_libraries
@@ -87,7 +88,7 @@ def check_fits(artifact: Artifact, *, base: str | None = None) -> Fit:
             f"{len(saved)} tensors wrong, {len(missing)} missing: {'; '.join(detail)}). Pass "
             f"{param('base')} with the model it was trained on."
         )
-    method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+    method = peft_type_name(config.peft_type).lower()
     return Fit(base=str(name), method=method, tensors=len(saved))
 
 
