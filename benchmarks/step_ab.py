@@ -111,10 +111,12 @@ def compiled_gelu(model: Any, on: bool) -> None:
     _set_gelu(lambda self, x: _COMPILED[0](x), on)
 
 
-def _swap(cls: Any, name: str, replacement: Any, on: bool) -> None:
-    original = cls.__dict__.get(f"_ab_{name}") or getattr(cls, name)
-    setattr(cls, f"_ab_{name}", original)
-    setattr(cls, name, replacement if on else original)
+def _swap(owner: Any, name: str, replacement: Any, on: bool) -> None:
+    """``owner.name`` (a class's, a module's or an object's own attribute) set to
+    ``replacement`` when on, to what it was before the first swap when off."""
+    original = vars(owner).get(f"_ab_{name}") or getattr(owner, name)
+    setattr(owner, f"_ab_{name}", original)
+    setattr(owner, name, replacement if on else original)
 
 
 def no_attention(model: Any, on: bool) -> None:
@@ -166,13 +168,7 @@ def no_lora_dropout(model: Any, on: bool) -> None:
     """ceiling: LoRA's dropout taken out"""
     import adaptool.training.speed as speed
 
-    _swap_function(speed, "_dropout", lambda module, x: x, on)
-
-
-def _swap_function(module: Any, name: str, replacement: Any, on: bool) -> None:
-    original = getattr(module, f"_ab_{name}", None) or getattr(module, name)
-    setattr(module, f"_ab_{name}", original)
-    setattr(module, name, replacement if on else original)
+    _swap(speed, "_dropout", lambda module, x: x, on)
 
 
 def lora_inplace(model: Any, on: bool) -> None:
@@ -197,9 +193,7 @@ def lora_inplace(model: Any, on: bool) -> None:
     if not switched:
         raise SystemExit("lora-inplace: no LoRA layer takes adaptool's half-precision path")
     for module in switched:
-        original = module.__dict__.get("_ab_forward") or module.forward
-        module._ab_forward = original
-        module.forward = forward.__get__(module) if on else original
+        _swap(module, "forward", forward.__get__(module), on)
 
 
 def flush_denormal(model: Any, on: bool) -> None:
@@ -280,7 +274,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="the changes, and exit")
     args = parser.parse_args()
     if args.rounds < 2 or args.rounds % 2:
-        parser.error("--rounds: an even number (each side goes first as often as the other)")
+        parser.error("--rounds: an even number, 2 or more (each side goes first as often)")
     if args.list:
         for name, function in CHANGES.items():
             print(f"{name:16} {' '.join(function.__doc__.split())}")
